@@ -1,0 +1,20 @@
+"""A canonical byte encoding of JSON values, for deterministic tie-breaks.
+
+Merges must pick the same winner on every replica even when two states carry
+different values under the same clock (two clients reusing a clock, a value
+written twice at one timestamp).  Comparing canonical encodings gives a total
+order on JSON values that does not depend on key order or arrival order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_OPTIONS = orjson.OPT_SORT_KEYS
+
+
+def canonical(value: Any) -> bytes:
+    """The value's JSON with sorted keys and no spaces: equal values, equal bytes."""
+    return orjson.dumps(value, option=_OPTIONS)

@@ -1,0 +1,178 @@
+"""The node: one replica's identity, message routing and error replies.
+
+Data flows one way: a transport hands `handle_line` one request line, the node
+decodes it, routes the body by its `type` to a handler in `HANDLERS`, and hands
+back the encoded reply.  The node owns the only outgoing `msg_id` counter, so
+every message it sends, replies and peer messages alike, is numbered from 0.
+
+A request never escapes as an exception: bad input becomes error 12, a refusal
+the contract defines becomes its code, and anything unexpected is logged with
+its traceback and answered with error 13 while the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from replica import handlers
+from replica.crdt.malformed import Malformed
+from replica.errors import ErrorCode, RequestError
+from replica.keyspaces import Keyspaces
+
+log = logging.getLogger("replica.node")
+
+Body = dict[str, Any]
+Handler = Callable[["Node", Body, str | None], Body | None]
+
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+DEFAULT_MVCC_RETENTION_MS = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """What a node needs beyond its identity; the shell fills it from config or flags."""
+
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    mvcc_retention_ms: int = DEFAULT_MVCC_RETENTION_MS
+
+
+class Node:
+    """One replica.  Bound to an identity by `cluster.toml` or, in stdio mode, by `init`."""
+
+    def __init__(
+        self,
+        node_id: str | None = None,
+        node_ids: Sequence[str] = (),
+        settings: NodeSettings | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.node_ids: list[str] = list(node_ids)
+        self.settings = settings or NodeSettings()
+        self.next_msg_id = 0
+        self.keyspaces = Keyspaces(node_id or "", mvcc_retention_ms=self.settings.mvcc_retention_ms)
+
+    @property
+    def initialised(self) -> bool:
+        return self.node_id is not None
+
+    def bind(self, node_id: str, node_ids: Sequence[str]) -> None:
+        """Take an identity from `init` (stdio mode)."""
+        self.node_id = node_id
+        self.node_ids = list(node_ids)
+        self.keyspaces.node_id = node_id
+
+    # -- lines -----------------------------------------------------------------
+
+    def handle_line(self, line: bytes) -> bytes | None:
+        """Decode one request line, handle it, and encode the reply (None: no reply is due)."""
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return self.error_line(ErrorCode.MALFORMED_REQUEST, f"not valid JSON: {exc}")
+        if not isinstance(message, dict):
+            return self.error_line(ErrorCode.MALFORMED_REQUEST, "a message must be a JSON object")
+        if "type" not in message and "body" in message:
+            return self._handle_envelope(message)
+        reply = self.handle_body(message, None)
+        return None if reply is None else orjson.dumps(reply) + b"\n"
+
+    def _handle_envelope(self, message: Body) -> bytes | None:
+        body = message["body"]
+        src = message.get("src")
+        if not isinstance(body, dict):
+            reply: Body | None = self._error(
+                None, ErrorCode.MALFORMED_REQUEST, "field 'body' must be an object"
+            )
+        else:
+            src_id = src if isinstance(src, str) else None
+            reply = self.handle_body(body, src_id)
+        if reply is None:
+            return None
+        me = self.node_id if self.node_id is not None else message.get("dest")
+        return orjson.dumps({"src": me, "dest": src, "body": reply}) + b"\n"
+
+    def error_line(self, code: ErrorCode, text: str) -> bytes:
+        """An error reply to a line that could not be read as a request (bare form)."""
+        return orjson.dumps(self._error(None, code, text)) + b"\n"
+
+    def line_too_long(self) -> bytes:
+        limit = self.settings.max_line_bytes
+        return self.error_line(
+            ErrorCode.MALFORMED_REQUEST, f"line longer than max_line_bytes ({limit}); closing"
+        )
+
+    # -- bodies ----------------------------------------------------------------
+
+    def handle_body(self, body: Body, src: str | None) -> Body | None:
+        """Route one message body from `src` (None: bare form) to its handler; build the reply."""
+        msg_id = body.get("msg_id")
+        if msg_id is not None and type(msg_id) is not int:
+            return self._error(
+                None, ErrorCode.MALFORMED_REQUEST, "field 'msg_id' must be an integer"
+            )
+        msg_type = body.get("type")
+        if not isinstance(msg_type, str):
+            return self._error(msg_id, ErrorCode.MALFORMED_REQUEST, "field 'type' must be a string")
+        handler = HANDLERS.get(msg_type)
+        if handler is None:
+            if msg_type.endswith("_ok") and "in_reply_to" in body:
+                return None  # a peer's acknowledgement of a message we sent
+            return self._error(
+                msg_id, ErrorCode.NOT_SUPPORTED, f"unknown message type {msg_type!r}"
+            )
+        if not self.initialised and handler is not handlers.init:
+            return self._error(
+                msg_id, ErrorCode.TEMPORARILY_UNAVAILABLE, "node not initialised: send init first"
+            )
+        try:
+            reply = handler(self, body, src)
+        except Malformed as exc:
+            return self._error(msg_id, ErrorCode.MALFORMED_REQUEST, str(exc))
+        except RequestError as exc:
+            return self._error(msg_id, exc.code, exc.text)
+        except Exception as exc:  # a bug: report it, keep serving
+            log.exception("handler for %r failed on %r", msg_type, body)
+            return self._error(msg_id, ErrorCode.CRASH, f"internal error: {type(exc).__name__}")
+        if reply is None:
+            return None
+        if msg_id is not None:
+            reply["in_reply_to"] = msg_id
+        reply["msg_id"] = self._take_msg_id()
+        return reply
+
+    def _error(self, msg_id: int | None, code: ErrorCode, text: str) -> Body:
+        reply: Body = {"type": "error", "code": int(code), "text": text}
+        if msg_id is not None:
+            reply["in_reply_to"] = msg_id
+        reply["msg_id"] = self._take_msg_id()
+        return reply
+
+    def _take_msg_id(self) -> int:
+        msg_id = self.next_msg_id
+        self.next_msg_id = msg_id + 1
+        return msg_id
+
+
+HANDLERS: dict[str, Handler] = {
+    "init": handlers.init,
+    "mv_write": handlers.mv_write,
+    "mv_read": handlers.mv_read,
+    "mv_merge": handlers.mv_merge,
+    "kv_put": handlers.kv_put,
+    "kv_get": handlers.kv_get,
+    "kv_resolve": handlers.kv_resolve,
+    "kv_merge": handlers.kv_merge,
+    "mvcc_put": handlers.mvcc_put,
+    "mvcc_get": handlers.mvcc_get,
+    "mvcc_snapshot": handlers.mvcc_snapshot,
+    "mvcc_gc": handlers.mvcc_gc,
+    "mvcc_merge": handlers.mvcc_merge,
+    "lww_write": handlers.lww_write,
+    "lww_read": handlers.lww_read,
+    "lww_merge": handlers.lww_merge,
+}
