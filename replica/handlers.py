@@ -1,16 +1,38 @@
-"""Request handlers, one function per message type (placeholder until the core lands)."""
+"""Request handlers: one function per message type, named after it.
+
+A handler validates the body's fields (raising `Malformed` before touching any
+state, so a bad request changes nothing), calls the node's keyspaces, and
+returns the reply body without `in_reply_to` and `msg_id`, which the node adds.
+Merge messages from peers return None when they carry no `msg_id`: only
+requests that can be matched to a reply are acknowledged.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from replica.crdt.malformed import Malformed, require_list, require_str
+from replica.crdt import version_vector
+from replica.crdt.clocked_siblings import ClockedSiblings, NotCovered, clock_from_wire
+from replica.crdt.lww import LWWRegister
+from replica.crdt.malformed import (
+    Malformed,
+    optional_count,
+    require_count,
+    require_field,
+    require_list,
+    require_object,
+    require_str,
+)
+from replica.crdt.mv_register import MVRegister, Sibling
+from replica.crdt.mvcc import TimestampConflict, Version, VersionChain
 from replica.errors import ErrorCode, RequestError
 
 if TYPE_CHECKING:
     from replica.node import Node
 
 Body = dict[str, Any]
+State = TypeVar("State")
 
 
 def init(node: Node, body: Body, src: str | None) -> Body:
@@ -27,11 +49,191 @@ def init(node: Node, body: Body, src: str | None) -> Body:
     return {"type": "init_ok"}
 
 
-def _todo(node: Node, body: Body, src: str | None) -> Body:
-    raise RequestError(ErrorCode.NOT_SUPPORTED, "not implemented yet")
+# -- MV registers -----------------------------------------------------------------
 
 
-mv_write = mv_read = mv_merge = _todo
-kv_put = kv_get = kv_resolve = kv_merge = _todo
-mvcc_put = mvcc_get = mvcc_snapshot = mvcc_gc = mvcc_merge = _todo
-lww_write = lww_read = lww_merge = _todo
+def mv_write(node: Node, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    value = require_field(body, "value")
+    raw_context = body.get("context")
+    context = None if raw_context is None else version_vector.from_wire(raw_context, "context")
+    register, sibling = node.keyspaces.mv_write(key, value, context)
+    return {
+        "type": "mv_write_ok",
+        "vclock": sibling.vclock(),
+        "context": register.context(),
+        "values": [s.to_read() for s in register.siblings],
+    }
+
+
+def mv_read(node: Node, body: Body, src: str | None) -> Body:
+    register = node.keyspaces.mv.get(require_str(body, "key"))
+    if register is None:
+        return {"type": "mv_read_ok", "values": [], "context": {}}
+    return {
+        "type": "mv_read_ok",
+        "values": [s.to_read() for s in register.siblings],
+        "context": register.context(),
+    }
+
+
+def mv_merge(node: Node, body: Body, src: str | None) -> Body | None:
+    """Accepts whole sibling sets, a batch of them, or the seed's single dot-less entry."""
+    if "entry" in body:
+        key = require_str(body, "key")
+        deltas = [(key, MVRegister.of([Sibling.from_entry(body["entry"], src)]))]
+    else:
+        deltas = _deltas(body, "siblings", MVRegister.from_wire)
+    for key, register in deltas:
+        node.keyspaces.mv_merge(key, register)
+    return _merge_ack(body)
+
+
+# -- client-clocked KV --------------------------------------------------------------
+
+
+def kv_put(node: Node, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    value = require_field(body, "value")
+    clock = clock_from_wire(require_field(body, "clock"))
+    result = node.keyspaces.kv_put(key, value, clock)
+    reply: Body = {"type": "kv_put_ok", "status": result.status}
+    if result.status == "conflict":
+        reply["siblings"] = result.siblings
+    elif result.status == "rejected":
+        reply["reason"] = "stale"
+    return reply
+
+
+def kv_get(node: Node, body: Body, src: str | None) -> Body:
+    siblings = node.keyspaces.kv.get(require_str(body, "key"))
+    return {"type": "kv_get_ok", "values": [] if siblings is None else siblings.to_wire()}
+
+
+def kv_resolve(node: Node, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    value = require_field(body, "value")
+    clock = clock_from_wire(require_field(body, "clock"))
+    try:
+        node.keyspaces.kv_resolve(key, value, clock)
+    except NotCovered as exc:
+        clocks = ", ".join(str(list(c)) for c in exc.uncovered)
+        raise RequestError(
+            ErrorCode.PRECONDITION_FAILED,
+            f"clock {list(clock)} does not cover sibling clocks {clocks}",
+        ) from None
+    return {"type": "kv_resolve_ok", "status": "resolved"}
+
+
+def kv_merge(node: Node, body: Body, src: str | None) -> Body | None:
+    for key, siblings in _deltas(body, "siblings", ClockedSiblings.from_wire):
+        node.keyspaces.kv_merge(key, siblings)
+    return _merge_ack(body)
+
+
+# -- MVCC ---------------------------------------------------------------------------
+
+
+def mvcc_put(node: Node, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    value = require_field(body, "value")
+    timestamp = optional_count(body, "timestamp")
+    try:
+        version, ts = node.keyspaces.mvcc_put(key, value, timestamp)
+    except TimestampConflict as exc:
+        raise RequestError(
+            ErrorCode.TXN_CONFLICT,
+            f"timestamp {timestamp} is at or below the key's newest version ({exc.newest})",
+        ) from None
+    return {"type": "mvcc_put_ok", "version": version, "timestamp": ts}
+
+
+def mvcc_get(node: Node, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    read_timestamp = optional_count(body, "read_timestamp")
+    _check_horizon(node, read_timestamp)
+    found = node.keyspaces.mvcc_read(key, read_timestamp)
+    if found is None:
+        at = "" if read_timestamp is None else f" at or before timestamp {read_timestamp}"
+        raise RequestError(ErrorCode.KEY_DOES_NOT_EXIST, f"no version of {key!r}{at}")
+    return {"type": "mvcc_get_ok", **_version_view(*found)}
+
+
+def mvcc_snapshot(node: Node, body: Body, src: str | None) -> Body:
+    keys = require_list(body.get("keys"), "field 'keys'")
+    if not all(isinstance(k, str) for k in keys):
+        raise Malformed("field 'keys' must be an array of strings")
+    read_timestamp = require_count(body.get("read_timestamp"), "field 'read_timestamp'")
+    _check_horizon(node, read_timestamp)
+    values: Body = {}
+    for key in keys:
+        found = node.keyspaces.mvcc_read(key, read_timestamp)
+        values[key] = None if found is None else _version_view(*found)
+    return {"type": "mvcc_snapshot_ok", "values": values}
+
+
+def mvcc_gc(node: Node, body: Body, src: str | None) -> Body:
+    before = require_count(body.get("before"), "field 'before'")
+    removed = node.keyspaces.mvcc_gc(before)
+    return {"type": "mvcc_gc_ok", "removed": removed, "horizon": node.keyspaces.mvcc_horizon}
+
+
+def mvcc_merge(node: Node, body: Body, src: str | None) -> Body | None:
+    for key, chain in _deltas(body, "state", VersionChain.from_wire):
+        node.keyspaces.mvcc_merge(key, chain)
+    return _merge_ack(body)
+
+
+def _check_horizon(node: Node, read_timestamp: int | None) -> None:
+    horizon = node.keyspaces.mvcc_horizon
+    if read_timestamp is not None and read_timestamp < horizon:
+        raise RequestError(
+            ErrorCode.PRECONDITION_FAILED,
+            f"read_timestamp {read_timestamp} is below the garbage-collection horizon {horizon}",
+        )
+
+
+def _version_view(version: Version, number: int) -> Body:
+    return {"value": version.value, "version": number, "as_of_timestamp": version.timestamp}
+
+
+# -- LWW registers --------------------------------------------------------------------
+
+
+def lww_write(node: Node, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    value = require_field(body, "value")
+    timestamp = optional_count(body, "timestamp")
+    ts = node.keyspaces.lww_write(key, value, timestamp)
+    return {"type": "lww_write_ok", "timestamp": ts, "replica": node.node_id}
+
+
+def lww_read(node: Node, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    register = node.keyspaces.lww.get(key)
+    if register is None:
+        raise RequestError(ErrorCode.KEY_DOES_NOT_EXIST, f"no value for {key!r}")
+    return {"type": "lww_read_ok", **register.to_wire()}
+
+
+def lww_merge(node: Node, body: Body, src: str | None) -> Body | None:
+    for key, register in _deltas(body, "state", LWWRegister.from_wire):
+        node.keyspaces.lww_merge(key, register)
+    return _merge_ack(body)
+
+
+# -- merge plumbing -------------------------------------------------------------------
+
+
+def _deltas(body: Body, field: str, decode: Callable[[Any], State]) -> list[tuple[str, State]]:
+    """Decode `{key, <field>}` or `{deltas: [{key, <field>}...]}`, all before applying any."""
+    if "deltas" in body:
+        items = require_list(body["deltas"], "field 'deltas'")
+        entries = [require_object(item, "each delta") for item in items]
+    else:
+        entries = [body]
+    return [(require_str(e, "key"), decode(require_field(e, field))) for e in entries]
+
+
+def _merge_ack(body: Body) -> Body | None:
+    return None if body.get("msg_id") is None else {"type": f"{body['type']}_ok"}

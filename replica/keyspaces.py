@@ -1,9 +1,181 @@
-"""The node's state: four separate keyspaces (placeholder until the core lands)."""
+"""The node's state: four separate keyspaces over the pure data types.
+
+`mv_*`, `kv_*`, `mvcc_*` and `lww_*` name four different keys even when the key
+string is the same, so each keyspace is its own dictionary.  This class applies
+operations and merges to them, keeps the hybrid logical clock above every
+timestamp the node has seen, and tells listeners which keys changed: that
+single notification is what replication and durable storage hook into, so the
+handlers never need to know either exists.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
+from replica.crdt.clocked_siblings import Clock, ClockedSiblings, PutResult
+from replica.crdt.hlc import HybridLogicalClock
+from replica.crdt.lww import LWWRegister
+from replica.crdt.mv_register import MVRegister, Sibling
+from replica.crdt.mvcc import Version, VersionChain
+from replica.crdt.version_vector import VersionVector
+
+ChangeListener = Callable[[str, str], None]
+"""Called with (keyspace, key) after a key's state changed."""
+
+MV, KV, MVCC, LWW = "mv", "kv", "mvcc", "lww"
+
+HLC_SHIFT = 16  # the hybrid logical clock keeps 16 bits of logical counter under the milliseconds
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
 
 class Keyspaces:
-    def __init__(self, node_id: str, *, mvcc_retention_ms: int) -> None:
+    """All keys a node holds, and the operations that change them."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        mvcc_retention_ms: int,
+        now_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
         self.node_id = node_id
-        self.mvcc_retention_ms = mvcc_retention_ms
+        self.mv: dict[str, MVRegister] = {}
+        self.kv: dict[str, ClockedSiblings] = {}
+        self.mvcc: dict[str, VersionChain] = {}
+        self.lww: dict[str, LWWRegister] = {}
+        self.hlc = HybridLogicalClock()
+        self._now_ms = now_ms
+        self._retention = mvcc_retention_ms << HLC_SHIFT
+        self._gc_before = 0
+        self.listeners: list[ChangeListener] = []
+
+    def _changed(self, keyspace: str, key: str) -> None:
+        for listener in self.listeners:
+            listener(keyspace, key)
+
+    def _timestamp(self, given: int | None) -> int:
+        """A client's timestamp is observed; without one the clock issues a fresh one."""
+        if given is not None:
+            self.hlc = self.hlc.observe(given)
+            return given
+        self.hlc, issued = self.hlc.tick(self._now_ms())
+        return issued
+
+    # -- MV registers --------------------------------------------------------------
+
+    def mv_write(
+        self, key: str, value: Any, context: VersionVector | None
+    ) -> tuple[MVRegister, Sibling]:
+        register, sibling = self.mv.get(key, _EMPTY_MV).write(self.node_id, value, context)
+        self.mv[key] = register
+        self._changed(MV, key)
+        return register, sibling
+
+    def mv_merge(self, key: str, incoming: MVRegister) -> None:
+        current = self.mv.get(key)
+        merged = incoming if current is None else current.merge(incoming)
+        if merged != current and merged.siblings:
+            self.mv[key] = merged
+            self._changed(MV, key)
+
+    # -- client-clocked KV ---------------------------------------------------------
+
+    def kv_put(self, key: str, value: Any, clock: Clock) -> PutResult:
+        current = self.kv.get(key, _EMPTY_KV)
+        updated, result = current.put(value, clock)
+        if updated != current:
+            self.kv[key] = updated
+            self._changed(KV, key)
+        return result
+
+    def kv_resolve(self, key: str, value: Any, clock: Clock) -> None:
+        """Raises `NotCovered` and changes nothing when the clock misses a sibling."""
+        self.kv[key] = self.kv.get(key, _EMPTY_KV).resolve(value, clock)
+        self._changed(KV, key)
+
+    def kv_merge(self, key: str, incoming: ClockedSiblings) -> None:
+        current = self.kv.get(key)
+        merged = incoming if current is None else current.merge(incoming)
+        if merged != current and merged.siblings:
+            self.kv[key] = merged
+            self._changed(KV, key)
+
+    # -- MVCC ------------------------------------------------------------------------
+
+    @property
+    def mvcc_horizon(self) -> int:
+        """Reads below this timestamp may have lost versions to garbage collection.
+
+        The automatic part trails the newest timestamp the node has seen by the
+        retention, rather than the wall clock, so clients that bring their own
+        small timestamps (as seed 003 does) keep their history.
+        """
+        automatic = self.hlc.last - self._retention if self._retention else 0
+        return max(self._gc_before, automatic, 0)
+
+    def mvcc_put(self, key: str, value: Any, timestamp: int | None) -> tuple[int, int]:
+        """Returns (version, timestamp); raises `TimestampConflict` and changes nothing."""
+        current = self.mvcc.get(key, _EMPTY_CHAIN)
+        ts = self._timestamp(timestamp)
+        chain, version = current.put(ts, value, self.node_id)
+        if chain is not current:
+            # collection only drops versions older than this one: its number stands
+            self.mvcc[key], _ = chain.collect(self.mvcc_horizon)
+            self._changed(MVCC, key)
+        return version, ts
+
+    def mvcc_read(self, key: str, read_timestamp: int | None) -> tuple[Version, int] | None:
+        chain = self.mvcc.get(key)
+        return None if chain is None else chain.read(read_timestamp)
+
+    def mvcc_gc(self, before: int) -> int:
+        """Advance the horizon to at least `before`; returns how many versions were dropped."""
+        self._gc_before = max(self._gc_before, before)
+        return self.collect_garbage()
+
+    def collect_garbage(self) -> int:
+        horizon = self.mvcc_horizon
+        removed = 0
+        for key, chain in list(self.mvcc.items()):
+            collected, count = chain.collect(horizon)
+            if count:
+                self.mvcc[key] = collected
+                removed += count
+                self._changed(MVCC, key)
+        return removed
+
+    def mvcc_merge(self, key: str, incoming: VersionChain) -> None:
+        newest = incoming.newest()
+        if newest is not None:
+            self.hlc = self.hlc.observe(newest.timestamp)
+        current = self.mvcc.get(key)
+        merged = incoming if current is None else current.merge(incoming)
+        merged, _ = merged.collect(self.mvcc_horizon)
+        if merged != current and merged.versions:
+            self.mvcc[key] = merged
+            self._changed(MVCC, key)
+
+    # -- LWW registers --------------------------------------------------------------
+
+    def lww_write(self, key: str, value: Any, timestamp: int | None) -> int:
+        ts = self._timestamp(timestamp)
+        self.lww_merge(key, LWWRegister(value, ts, self.node_id))
+        return ts
+
+    def lww_merge(self, key: str, incoming: LWWRegister) -> None:
+        self.hlc = self.hlc.observe(incoming.timestamp)
+        current = self.lww.get(key)
+        merged = incoming if current is None else current.merge(incoming)
+        if merged != current:
+            self.lww[key] = merged
+            self._changed(LWW, key)
+
+
+_EMPTY_MV = MVRegister()
+_EMPTY_KV = ClockedSiblings()
+_EMPTY_CHAIN = VersionChain()

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Install replica into a private virtual environment, then start it or test it.
+
+    python3 scripts/run.py cluster   # the local cluster of cluster.toml
+    python3 scripts/run.py test      # ruff, then the whole test suite
+
+Only python3 is assumed.  The environment lives in `.venv` beside this
+repository and is reinstalled only when pyproject.toml changed since the last
+install, so the second run starts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".installed-pyproject"
+
+
+def ensure_environment() -> None:
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    if not (BIN / "python").exists():
+        print("creating virtual environment in .venv", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print("installing replica and its test dependencies", file=sys.stderr)
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+    STAMP.write_text(digest)
+
+
+def run(argv: list[str]) -> int:
+    return subprocess.call(argv, cwd=ROOT)
+
+
+def main() -> int:
+    command = sys.argv[1] if len(sys.argv) > 1 else "help"
+    extra = sys.argv[2:]
+    if command == "test":
+        ensure_environment()
+        lint = run([str(BIN / "ruff"), "check", "."])
+        tests = run([str(BIN / "python"), "-m", "pytest", *extra])
+        return lint or tests
+    if command == "cluster":
+        ensure_environment()
+        config = extra or ["--config", "cluster.toml"]
+        return run([str(BIN / "replica"), "cluster", "up", *config])
+    if command == "node":
+        ensure_environment()
+        return run([str(BIN / "replica"), "serve", "--config", "cluster.toml", *extra])
+    print(__doc__, file=sys.stderr)
+    return 0 if command in ("help", "-h", "--help") else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
