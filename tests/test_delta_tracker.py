@@ -1,0 +1,97 @@
+"""Delta selection: what each peer is sent, resent and finally spared."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replica.delta_tracker import DeltaTracker
+
+A = ("mv", "a")
+B = ("mv", "b")
+
+
+def test_a_change_is_pending_for_every_peer_until_each_acknowledges() -> None:
+    tracker = DeltaTracker(["n2", "n3"])
+    tracker.changed(A)
+    items = tracker.take("n2", now=0.0, limit=10)
+    assert [ref for ref, _ in items] == [A]
+    tracker.sent("n2", 7, items, now=0.0)
+    assert tracker.acked("n2", 7) == 1
+    assert tracker.pending("n2") == 0
+    assert tracker.pending("n3") == 1
+
+
+def test_keys_in_flight_are_not_taken_twice_until_the_message_expires() -> None:
+    tracker = DeltaTracker(["n2"], resend_after=2.0)
+    tracker.changed(A)
+    tracker.sent("n2", 1, tracker.take("n2", now=0.0, limit=10), now=0.0)
+    assert tracker.take("n2", now=1.0, limit=10) == []
+    assert [ref for ref, _ in tracker.take("n2", now=2.5, limit=10)] == [A]
+
+
+def test_a_change_after_sending_survives_the_acknowledgement() -> None:
+    tracker = DeltaTracker(["n2"])
+    tracker.changed(A)
+    tracker.sent("n2", 1, tracker.take("n2", now=0.0, limit=10), now=0.0)
+    tracker.changed(A)
+    tracker.acked("n2", 1)
+    assert tracker.pending("n2") == 1
+    assert [ref for ref, _ in tracker.take("n2", now=0.1, limit=10)] == [A]
+
+
+def test_take_respects_the_limit_and_unknown_acks_are_ignored() -> None:
+    tracker = DeltaTracker(["n2"])
+    for i in range(5):
+        tracker.changed(("kv", str(i)))
+    assert len(tracker.take("n2", now=0.0, limit=3)) == 3
+    assert tracker.acked("n2", 99) == 0
+    assert tracker.acked("n9", 1) == 0
+
+
+def test_a_dropped_connection_makes_everything_in_flight_eligible_again() -> None:
+    tracker = DeltaTracker(["n2"], resend_after=60.0)
+    tracker.changed(A)
+    tracker.changed(B)
+    tracker.sent("n2", 1, tracker.take("n2", now=0.0, limit=10), now=0.0)
+    tracker.forget_in_flight("n2")
+    assert {ref for ref, _ in tracker.take("n2", now=0.1, limit=10)} == {A, B}
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("change"), st.integers(0, 20)),
+            st.tuples(st.just("send"), st.integers(1, 5)),
+            st.tuples(st.just("ack"), st.integers(0, 30)),
+        ),
+        max_size=80,
+    )
+)
+def test_memory_is_bounded_by_distinct_keys_and_acks_leave_nothing_behind(ops) -> None:
+    tracker = DeltaTracker(["n2"], resend_after=1e9)
+    msg_id = 0
+    keys: set[tuple[str, str]] = set()
+    for op, arg in ops:
+        if op == "change":
+            keys.add(("mv", str(arg)))
+            tracker.changed(("mv", str(arg)))
+        elif op == "send":
+            items = tracker.take("n2", now=0.0, limit=arg)
+            if items:
+                tracker.sent("n2", msg_id, items, now=0.0)
+                msg_id += 1
+        else:
+            tracker.acked("n2", arg)
+        assert tracker.pending("n2") <= len(keys)
+    # deliver everything still owed, in order: nothing stays pending
+    for _ in range(len(keys) + 1):
+        tracker.forget_in_flight("n2")
+        items = tracker.take("n2", now=0.0, limit=1000)
+        if not items:
+            break
+        tracker.sent("n2", msg_id, items, now=0.0)
+        tracker.acked("n2", msg_id)
+        msg_id += 1
+    assert tracker.pending("n2") == 0
