@@ -1,0 +1,97 @@
+"""Bucketed hashes of a keyspace, for anti-entropy: find divergent keys cheaply.
+
+Dynamo and Riak's active anti-entropy compare Merkle trees so that replicas in
+agreement exchange a few hashes instead of their data.  This is a two-level
+tree: a root over `BUCKETS` bucket hashes, each bucket the XOR of the 64-bit
+hashes of its (key, state) pairs.  XOR makes an update O(1): the key's old hash
+is XORed out and the new one in, with no ordering to maintain.
+
+Hashing a state means encoding it, which should not sit on the write path, so
+changes only mark a key dirty; hashes are brought up to date when a digest is
+asked for, once per key however often it was written in between.  Equal states
+encode to equal bytes because every state keeps a canonical order and the
+encoding sorts object keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+BUCKETS = 256
+
+Encode = Callable[[str], bytes | None]
+"""The canonical encoding of a key's current state, or None if the key is absent."""
+
+
+def _hash(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def bucket_of(key: str) -> int:
+    return _hash(key.encode()) % BUCKETS
+
+
+class KeyspaceDigest:
+    """Incrementally maintained bucket hashes of one keyspace."""
+
+    def __init__(self, encode: Encode) -> None:
+        self._encode = encode
+        self._key_hash: dict[str, int] = {}
+        self._buckets = [0] * BUCKETS
+        self._bucket_keys: list[set[str]] = [set() for _ in range(BUCKETS)]
+        self._dirty: set[str] = set()
+
+    def changed(self, key: str) -> None:
+        self._dirty.add(key)
+
+    def refresh(self) -> None:
+        """Rehash the keys changed since the last refresh."""
+        dirty, self._dirty = self._dirty, set()
+        for key in dirty:
+            self._rehash(key)
+
+    def _rehash(self, key: str) -> None:
+        bucket = bucket_of(key)
+        old = self._key_hash.pop(key, None)
+        if old is not None:
+            self._buckets[bucket] ^= old
+            self._bucket_keys[bucket].discard(key)
+        encoded = self._encode(key)
+        if encoded is None:
+            return
+        new = _hash(key.encode() + b"\0" + encoded)
+        self._key_hash[key] = new
+        self._buckets[bucket] ^= new
+        self._bucket_keys[bucket].add(key)
+
+    def root(self) -> int:
+        self.refresh()
+        return _hash(b"".join(h.to_bytes(8, "big") for h in self._buckets))
+
+    def buckets(self) -> list[int]:
+        self.refresh()
+        return list(self._buckets)
+
+    def keys_in(self, buckets: Iterable[int]) -> dict[str, int]:
+        """Each key of the given buckets with its state hash."""
+        self.refresh()
+        return {
+            key: self._key_hash[key]
+            for bucket in buckets
+            if 0 <= bucket < BUCKETS
+            for key in self._bucket_keys[bucket]
+        }
+
+
+def differing_buckets(mine: list[int], theirs: list[Any]) -> list[int]:
+    """Buckets whose hashes differ; a malformed or short list differs everywhere it is wrong."""
+    return [i for i in range(BUCKETS) if i >= len(theirs) or theirs[i] != mine[i]]
+
+
+def compare_keys(mine: dict[str, int], theirs: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(keys to push: they lack them or differ, keys to pull: we lack them or differ)."""
+    push = [key for key, h in mine.items() if theirs.get(key) != h]
+    pull = [key for key, h in theirs.items() if mine.get(key) != h]
+    return push, pull
