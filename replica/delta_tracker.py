@@ -51,6 +51,13 @@ class DeltaTracker:
         for state in self._peers.values():
             state.pending[ref] = self._seq
 
+    def mark(self, peer: str, ref: KeyRef) -> None:
+        """One peer needs a key again (anti-entropy found it missing or different there)."""
+        state = self._peers.get(peer)
+        if state is not None:
+            self._seq += 1
+            state.pending[ref] = self._seq
+
     def take(self, peer: str, now: float, limit: int) -> list[tuple[KeyRef, int]]:
         """Up to `limit` pending keys for `peer` that no live message carries, oldest first."""
         state = self._peers[peer]

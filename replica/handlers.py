@@ -30,6 +30,7 @@ from replica.errors import ErrorCode, RequestError
 
 if TYPE_CHECKING:
     from replica.node import Node
+    from replica.replicator import Replicator
 
 Body = dict[str, Any]
 State = TypeVar("State")
@@ -237,3 +238,38 @@ def _deltas(body: Body, field: str, decode: Callable[[Any], State]) -> list[tupl
 
 def _merge_ack(body: Body) -> Body | None:
     return None if body.get("msg_id") is None else {"type": f"{body['type']}_ok"}
+
+
+# -- replication and status -------------------------------------------------------------
+
+
+def ae_roots(node: Node, body: Body, src: str | None) -> Body:
+    return _replicator(node).answer_roots(body)
+
+
+def ae_keys(node: Node, body: Body, src: str | None) -> Body:
+    return _replicator(node).answer_keys(src, body)
+
+
+def _replicator(node: Node) -> Replicator:
+    if node.replicator is None:
+        raise RequestError(ErrorCode.NOT_SUPPORTED, "this node has no peers to repair with")
+    return node.replicator
+
+
+def status(node: Node, body: Body, src: str | None) -> Body:
+    keyspaces = node.keyspaces
+    largest = max((len(r.siblings) for r in keyspaces.mv.values()), default=0)
+    largest_kv = max((len(s.siblings) for s in keyspaces.kv.values()), default=0)
+    return {
+        "type": "status_ok",
+        "node_id": node.node_id,
+        "peers": [] if node.replicator is None else node.replicator.status(),
+        "keys": {
+            "mv": len(keyspaces.mv),
+            "kv": len(keyspaces.kv),
+            "mvcc": len(keyspaces.mvcc),
+            "lww": len(keyspaces.lww),
+        },
+        "max_siblings": {"mv": largest, "kv": largest_kv},
+    }

@@ -23,6 +23,7 @@ from replica import handlers
 from replica.crdt.malformed import Malformed
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces
+from replica.replicator import Replicator
 
 log = logging.getLogger("replica.node")
 
@@ -55,6 +56,9 @@ class Node:
         self.settings = settings or NodeSettings()
         self.next_msg_id = 0
         self.keyspaces = Keyspaces(node_id or "", mvcc_retention_ms=self.settings.mvcc_retention_ms)
+        self.replicator: Replicator | None = None
+        if node_id is not None:
+            self._start_replication()
 
     @property
     def initialised(self) -> bool:
@@ -65,6 +69,16 @@ class Node:
         self.node_id = node_id
         self.node_ids = list(node_ids)
         self.keyspaces.node_id = node_id
+        self._start_replication()
+
+    def _start_replication(self) -> None:
+        peers = [n for n in self.node_ids if n != self.node_id]
+        self.replicator = Replicator(self, peers) if peers else None
+
+    def envelope(self, dest: str, body: Body) -> bytes:
+        """Encode a message of our own to `dest`, numbering it."""
+        body["msg_id"] = self.take_msg_id()
+        return orjson.dumps({"src": self.node_id, "dest": dest, "body": body}) + b"\n"
 
     # -- lines -----------------------------------------------------------------
 
@@ -120,8 +134,10 @@ class Node:
             return self._error(msg_id, ErrorCode.MALFORMED_REQUEST, "field 'type' must be a string")
         handler = HANDLERS.get(msg_type)
         if handler is None:
-            if msg_type.endswith("_ok") and "in_reply_to" in body:
-                return None  # a peer's acknowledgement of a message we sent
+            if "in_reply_to" in body and (msg_type.endswith("_ok") or msg_type == "error"):
+                if self.replicator is not None:
+                    self.replicator.on_reply(src, body)
+                return None  # a peer's answer to a message we sent
             return self._error(
                 msg_id, ErrorCode.NOT_SUPPORTED, f"unknown message type {msg_type!r}"
             )
@@ -142,17 +158,17 @@ class Node:
             return None
         if msg_id is not None:
             reply["in_reply_to"] = msg_id
-        reply["msg_id"] = self._take_msg_id()
+        reply["msg_id"] = self.take_msg_id()
         return reply
 
     def _error(self, msg_id: int | None, code: ErrorCode, text: str) -> Body:
         reply: Body = {"type": "error", "code": int(code), "text": text}
         if msg_id is not None:
             reply["in_reply_to"] = msg_id
-        reply["msg_id"] = self._take_msg_id()
+        reply["msg_id"] = self.take_msg_id()
         return reply
 
-    def _take_msg_id(self) -> int:
+    def take_msg_id(self) -> int:
         msg_id = self.next_msg_id
         self.next_msg_id = msg_id + 1
         return msg_id
@@ -175,4 +191,7 @@ HANDLERS: dict[str, Handler] = {
     "lww_write": handlers.lww_write,
     "lww_read": handlers.lww_read,
     "lww_merge": handlers.lww_merge,
+    "ae_roots": handlers.ae_roots,
+    "ae_keys": handlers.ae_keys,
+    "status": handlers.status,
 }

@@ -1,0 +1,7 @@
+"""`python -m replica`: the same command line as the `replica` script."""
+
+import sys
+
+from replica.cli import main
+
+sys.exit(main())

@@ -1,0 +1,308 @@
+"""The command line: `replica serve`, `replica stdio`, `replica cluster up`, `replica status`.
+
+Each subcommand is one `_add_<name>` function that declares its arguments and
+the function that runs it.  A cluster file the node cannot use ends the
+command with exit code 2 and one line on stderr, never a traceback.  SIGINT
+and SIGTERM stop a running node cleanly, with exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import uvloop
+
+from replica import __version__
+from replica.config import ClusterConfig, ConfigError, NodeConfig, load_cluster
+from replica.logs import LEVELS, configure_logging
+
+if TYPE_CHECKING:
+    from replica.node import Node
+
+log = logging.getLogger("replica.cli")
+
+Commands = argparse._SubParsersAction  # what add_subparsers returns
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # a bad command line or cluster file, as argparse itself uses
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already reported
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or EXIT_OK
+        return EXIT_USAGE
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:  # Ctrl-C before the event loop took over the signal
+        return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="replica",
+        description="A replicated, always-writable key-value server.",
+    )
+    parser.add_argument("--version", action="version", version=f"replica {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for add in (_add_serve, _add_stdio, _add_cluster, _add_status):
+        add(commands)
+    return parser
+
+
+# -- replica serve -------------------------------------------------------------------------
+
+
+def _add_serve(commands: Commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="run one node of a cluster file over TCP", description=_SERVE_DESCRIPTION
+    )
+    _config_argument(serve)
+    serve.add_argument("--node", required=True, help="this node's id in the cluster file")
+    _log_level_argument(serve)
+    serve.set_defaults(run=_run_serve)
+
+
+_SERVE_DESCRIPTION = (
+    "Run node NODE of the cluster file: listen on its host:port, dial every other node."
+)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_cluster(args.config)
+        me = config.node(args.node)
+    except ConfigError as exc:
+        message = str(exc)
+        if not message.startswith(str(args.config)):
+            message = f"{args.config}: {message}"
+        return _config_error(message)
+    configure_logging(args.log_level, me.id)
+    return uvloop.run(_serve(config, me))
+
+
+async def _serve(config: ClusterConfig, me: NodeConfig) -> int:
+    from replica.node import Node
+    from replica.tcp import serve_tcp
+
+    node = Node(me.id, config.node_ids, config.node_settings())
+    try:
+        server = await serve_tcp(node, me.host, me.port)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", me.address, exc.strerror or exc)
+        return EXIT_FAILURE
+    log.info("%s listening on %s", me.id, me.address)
+    stop_replication = _start_replication(node, config, me)
+    try:
+        await _until_signalled()
+    finally:
+        await stop_replication()
+        await server.close()
+    log.info("%s stopped", me.id)
+    return EXIT_OK
+
+
+def _start_replication(
+    node: Node, config: ClusterConfig, me: NodeConfig
+) -> Callable[[], Awaitable[None]]:
+    """Dial every peer and start the gossip ticker; returns what stops them."""
+    peers = config.peers(me.id)
+    if not peers or getattr(node, "replicator", None) is None:
+        return _nothing_to_stop
+    from replica.peer_links import PeerLinks, gossip_forever
+
+    links = PeerLinks(node, peers)
+    links.start()
+    gossip = asyncio.create_task(gossip_forever(node, config.gossip_interval_ms))
+
+    async def stop() -> None:
+        gossip.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gossip
+        await links.close()
+
+    return stop
+
+
+async def _nothing_to_stop() -> None:
+    return None
+
+
+# -- replica stdio -------------------------------------------------------------------------
+
+
+def _add_stdio(commands: Commands) -> None:
+    stdio = commands.add_parser(
+        "stdio",
+        help="run one node over stdin/stdout (Maelstrom)",
+        description="Run one node over stdin/stdout, Maelstrom-compatible. "
+        "Messages on stdout, logs on stderr; the node takes its id from init.",
+    )
+    _log_level_argument(stdio)
+    stdio.add_argument(
+        "--max-line-bytes",
+        type=_positive_int,
+        default=1 << 20,
+        metavar="N",
+        help="longest request line accepted (default: %(default)s)",
+    )
+    stdio.add_argument(
+        "--mvcc-retention-ms",
+        type=_non_negative_int,
+        default=3_600_000,
+        metavar="N",
+        help="how far the MVCC GC horizon trails the newest timestamp; 0: off "
+        "(default: %(default)s)",
+    )
+    stdio.add_argument(
+        "--gossip-interval-ms",
+        type=_positive_int,
+        default=200,
+        metavar="N",
+        help="how often changes are gossiped to peers (default: %(default)s)",
+    )
+    stdio.set_defaults(run=_run_stdio)
+
+
+def _run_stdio(args: argparse.Namespace) -> int:
+    from replica.node import Node, NodeSettings
+
+    settings = NodeSettings(
+        max_line_bytes=args.max_line_bytes, mvcc_retention_ms=args.mvcc_retention_ms
+    )
+    node = Node(settings=settings)
+    configure_logging(args.log_level, lambda: node.node_id)
+    return uvloop.run(_stdio(node, args.gossip_interval_ms))
+
+
+async def _stdio(node: Node, gossip_interval_ms: int) -> int:
+    from replica.stdio import StdioTransport
+
+    transport = StdioTransport(node, gossip_interval_ms=gossip_interval_ms)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, transport.stop)
+    await transport.run()
+    return EXIT_OK
+
+
+# -- replica cluster up --------------------------------------------------------------------
+
+
+def _add_cluster(commands: Commands) -> None:
+    cluster = commands.add_parser("cluster", help="run a whole cluster locally")
+    actions = cluster.add_subparsers(dest="action", metavar="action", required=True)
+    up = actions.add_parser(
+        "up",
+        help="every node of the cluster file as child processes",
+        description="Start every node of the cluster file as a child process, with one "
+        "log stream prefixed by node id; Ctrl-C or SIGTERM stops them all.",
+    )
+    _config_argument(up)
+    _log_level_argument(up)
+    up.set_defaults(run=_run_cluster_up)
+
+
+def _run_cluster_up(args: argparse.Namespace) -> int:
+    try:
+        config = load_cluster(args.config)
+    except ConfigError as exc:
+        return _config_error(str(exc))
+    from replica.cluster_up import cluster_up
+
+    return uvloop.run(cluster_up(Path(args.config), config, args.log_level))
+
+
+# -- replica status ------------------------------------------------------------------------
+
+
+def _add_status(commands: Commands) -> None:
+    status = commands.add_parser(
+        "status",
+        help="one table of every node's keys, siblings and peers",
+        description="Ask every node of the cluster file for its status; "
+        "a node that does not answer is shown as down.",
+    )
+    _config_argument(status)
+    status.set_defaults(run=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    try:
+        config = load_cluster(args.config)
+    except ConfigError as exc:
+        return _config_error(str(exc))
+    from replica.status_table import cluster_status, format_table
+
+    rows = uvloop.run(cluster_status(config))
+    print(format_table(rows))
+    return EXIT_OK if all(isinstance(status, dict) for _, status in rows) else EXIT_FAILURE
+
+
+# -- shared pieces -------------------------------------------------------------------------
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default="cluster.toml",
+        metavar="PATH",
+        help="the cluster file (default: %(default)s)",
+    )
+
+
+def _log_level_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level", choices=LEVELS, default="info", help="(default: %(default)s)"
+    )
+
+
+def _config_error(message: str) -> int:
+    print(f"replica: config error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+async def _until_signalled() -> None:
+    """Wait for SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,190 @@
+"""`cluster.toml`: the nodes of a cluster and the settings they share.
+
+Every node of a cluster reads the same file and finds itself by id.  The file
+is checked whole before anything starts, and every problem is reported as a
+`ConfigError` carrying one line that names the file and what is wrong, so a
+mistyped field stops the node at once instead of being silently ignored.
+
+    [cluster]
+    gossip_interval_ms = 200      # optional, > 0
+    max_line_bytes = 1048576      # optional, > 0
+    mvcc_retention_ms = 3600000   # optional, >= 0 (0: no automatic GC horizon)
+
+    [[nodes]]                     # one or more
+    id = "n1"
+    host = "127.0.0.1"
+    port = 7001
+    data_dir = "data/n1"          # optional, relative to the file's directory
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from replica.node import NodeSettings
+
+DEFAULT_GOSSIP_INTERVAL_MS = 200
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+DEFAULT_MVCC_RETENTION_MS = 3_600_000
+
+TOP_LEVEL_FIELDS = ("cluster", "nodes")
+CLUSTER_FIELDS = ("gossip_interval_ms", "max_line_bytes", "mvcc_retention_ms")
+NODE_FIELDS = ("id", "host", "port", "data_dir")
+
+
+class ConfigError(Exception):
+    """A cluster file that cannot be used; `str()` is one line saying why."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    id: str
+    host: str
+    port: int
+    data_dir: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    gossip_interval_ms: int = DEFAULT_GOSSIP_INTERVAL_MS
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    mvcc_retention_ms: int = DEFAULT_MVCC_RETENTION_MS
+    nodes: tuple[NodeConfig, ...] = ()
+
+    @property
+    def node_ids(self) -> list[str]:
+        return [n.id for n in self.nodes]
+
+    def node(self, node_id: str) -> NodeConfig:
+        """The node called `node_id`; ConfigError when the file has none."""
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        listed = ", ".join(self.node_ids)
+        raise ConfigError(f"unknown node id {node_id!r} (the file lists {listed})")
+
+    def peers(self, node_id: str) -> dict[str, tuple[str, int]]:
+        """Every other node's address, by id."""
+        return {n.id: (n.host, n.port) for n in self.nodes if n.id != node_id}
+
+    def node_settings(self) -> NodeSettings:
+        from replica.node import NodeSettings
+
+        return NodeSettings(
+            max_line_bytes=self.max_line_bytes, mvcc_retention_ms=self.mvcc_retention_ms
+        )
+
+
+def load_cluster(path: str | Path) -> ClusterConfig:
+    """Read and check a cluster file; ConfigError (one line, naming the file) when unusable."""
+    path = Path(path)
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 at byte {exc.start}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return parse_cluster(document, base_dir=path.absolute().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> ClusterConfig:
+    """Check a decoded cluster document; relative `data_dir`s are joined to `base_dir`."""
+    _no_unknown_fields(document, TOP_LEVEL_FIELDS, "top level")
+    cluster = document.get("cluster", {})
+    if not isinstance(cluster, dict):
+        raise ConfigError("'cluster' must be a table ([cluster])")
+    _no_unknown_fields(cluster, CLUSTER_FIELDS, "[cluster]")
+    gossip_interval_ms = _positive(cluster, "gossip_interval_ms", DEFAULT_GOSSIP_INTERVAL_MS)
+    max_line_bytes = _positive(cluster, "max_line_bytes", DEFAULT_MAX_LINE_BYTES)
+    mvcc_retention_ms = _integer(cluster, "mvcc_retention_ms", DEFAULT_MVCC_RETENTION_MS)
+    if mvcc_retention_ms < 0:
+        raise ConfigError(f"[cluster] mvcc_retention_ms must be 0 or more, not {mvcc_retention_ms}")
+
+    raw_nodes = document.get("nodes")
+    if raw_nodes is None or raw_nodes == []:
+        raise ConfigError("no nodes: add at least one [[nodes]] table")
+    if not isinstance(raw_nodes, list):
+        raise ConfigError("'nodes' must be an array of tables ([[nodes]])")
+    nodes = tuple(_node(raw, index, base_dir) for index, raw in enumerate(raw_nodes, start=1))
+
+    ids: set[str] = set()
+    addresses: dict[tuple[str, int], str] = {}
+    for node in nodes:
+        if node.id in ids:
+            raise ConfigError(f"duplicate node id {node.id!r}")
+        ids.add(node.id)
+        other = addresses.setdefault((node.host, node.port), node.id)
+        if other != node.id:
+            raise ConfigError(f"nodes {other!r} and {node.id!r} both use {node.address}")
+    return ClusterConfig(
+        gossip_interval_ms=gossip_interval_ms,
+        max_line_bytes=max_line_bytes,
+        mvcc_retention_ms=mvcc_retention_ms,
+        nodes=nodes,
+    )
+
+
+def _node(raw: Any, index: int, base_dir: Path | None) -> NodeConfig:
+    where = f"node {index}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table ([[nodes]])")
+    if isinstance(raw.get("id"), str) and raw["id"]:
+        where = f"node {raw['id']!r}"
+    _no_unknown_fields(raw, NODE_FIELDS, where)
+    node_id = _string(raw, "id", where)
+    host = _string(raw, "host", where)
+    if "port" not in raw:
+        raise ConfigError(f"{where}: missing field 'port'")
+    port = raw["port"]
+    if type(port) is not int or not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: port must be an integer from 1 to 65535, not {port!r}")
+    data_dir = raw.get("data_dir")
+    if data_dir is not None:
+        if not isinstance(data_dir, str) or not data_dir:
+            raise ConfigError(f"{where}: data_dir must be a non-empty string, not {data_dir!r}")
+        if base_dir is not None:
+            data_dir = str(base_dir / data_dir)
+    return NodeConfig(id=node_id, host=host, port=port, data_dir=data_dir)
+
+
+def _no_unknown_fields(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for name in table:
+        if name not in allowed:
+            raise ConfigError(f"{where}: unknown field {name!r} (allowed: {', '.join(allowed)})")
+
+
+def _string(table: dict[str, Any], name: str, where: str) -> str:
+    if name not in table:
+        raise ConfigError(f"{where}: missing field {name!r}")
+    value = table[name]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {name} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _integer(cluster: dict[str, Any], name: str, default: int) -> int:
+    value = cluster.get(name, default)
+    if type(value) is not int:
+        raise ConfigError(f"[cluster] {name} must be an integer, not {value!r}")
+    return value
+
+
+def _positive(table: dict[str, Any], name: str, default: int) -> int:
+    value = _integer(table, name, default)
+    if value <= 0:
+        raise ConfigError(f"[cluster] {name} must be greater than 0, not {value}")
+    return value

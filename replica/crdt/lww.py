@@ -1,0 +1,67 @@
+"""Last-writer-wins register: one value, the one with the greatest timestamp.
+
+Source: seed 004 (actor-ts's LWWRegister, with state
+`{value, timestamp, replicaId}`) and Jylis's TREG (timestamped register);
+Shapiro et al., "A comprehensive study of Convergent and Commutative
+Replicated Data Types" (2011), the LWW-Register.
+
+Concurrent writes do not surface: the write with the greater
+`(timestamp, replica)` wins and the other is silently gone.  That pair is a
+total order only if a replica never issues one timestamp twice, which a node's
+hybrid logical clock guarantees but a client that brings its own timestamp
+does not.  So an exact tie on both is broken by the canonical encoding of the
+value: every replica picks the same winner and merge stays a semilattice (a
+max over a total order).
+
+Invariant: equality compares the value's canonical encoding, so two registers
+are `==` exactly when they are the same write, and a merge that changes the
+winner never looks like no change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from replica.crdt.canonical import canonical
+from replica.crdt.malformed import (
+    Malformed,
+    require_count,
+    require_field,
+    require_object,
+    require_str,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LWWRegister:
+    """A value with the timestamp and replica of the write that set it."""
+
+    value: Any = field(compare=False)
+    timestamp: int
+    replica: str
+    _canonical: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_canonical", canonical(self.value))
+
+    def merge(self, other: LWWRegister) -> LWWRegister:
+        """The write with the greater (timestamp, replica, canonical value)."""
+        return self if self._rank() >= other._rank() else other
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"value": self.value, "timestamp": self.timestamp, "replica": self.replica}
+
+    @staticmethod
+    def from_wire(raw: Any) -> LWWRegister:
+        obj = require_object(raw, "an LWW register")
+        try:
+            value = require_field(obj, "value")
+            timestamp = require_count(require_field(obj, "timestamp"), "field 'timestamp'")
+            replica = require_str(obj, "replica")
+        except Malformed as exc:
+            raise Malformed(f"LWW register: {exc}") from None
+        return LWWRegister(value, timestamp, replica)
+
+    def _rank(self) -> tuple[int, str, bytes]:
+        return self.timestamp, self.replica, self._canonical

@@ -1,0 +1,250 @@
+"""Multi-value register with server-side causality: dotted version vectors.
+
+Source: Preguiça, Baquero, Almeida, Fonte and Gonçalves, "Dotted Version
+Vectors: Logical Clocks for Optimistic Replication" (2010), and Riak's DVVSet,
+which adopted them to end sibling explosion.  The register keeps every value
+whose write no other kept write had seen, and lets a client name what it has
+seen by handing back the context of an earlier reply.
+
+Each sibling carries a *dot* `(node, counter)`, the one write event that made
+it, and a *past*, the version vector of what that write had seen.  Keeping the
+dot apart from the past is the whole point.  A classic version vector per value
+folds the event into its history: a node stamping a stale client's write with
+its own next counter makes it look as if it had seen every earlier write of
+that node, so the server must either lose concurrent updates or keep every
+such write as a sibling, and siblings pile up (Riak's sibling explosion).  With
+the dot apart, a write supersedes exactly the events its context covers.
+
+Invariants of an `MVRegister`:
+
+- its siblings are sorted by dot (node, then counter), so equal states compare
+  equal with `==` and replies list values in the same order on every replica;
+- no two siblings share a dot;
+- no sibling is obsolete: no other sibling's past covers its dot;
+- no sibling's past covers its own dot (a write never precedes itself).
+
+Merge is a join (commutative, associative, idempotent) over the states that
+honest replicas and clients can reach, where every context a write carries is
+one some register's `context()` returned.  A hand-made context can claim a
+history that no replica has, and then merge order can matter; that is inherent
+to dotted version vectors, not something this module can repair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from replica.crdt import version_vector
+from replica.crdt.canonical import canonical
+from replica.crdt.malformed import (
+    Malformed,
+    require_field,
+    require_list,
+    require_object,
+)
+from replica.crdt.version_vector import Dot, VersionVector, covers, with_dot
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Sibling:
+    """One stored value and the write event that made it.
+
+    Equality compares values by their canonical JSON, because `1` and `true`
+    (or `1` and `1.0`) are equal in Python but are different writes on the
+    wire; a merge that swaps one for the other must not look like no change.
+    """
+
+    value: Any
+    dot: Dot
+    past: VersionVector
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Sibling):
+            return NotImplemented
+        return (
+            self.dot == other.dot
+            and self.past == other.past
+            and (self.value is other.value or canonical(self.value) == canonical(other.value))
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.dot)
+
+    def vclock(self) -> VersionVector:
+        """The write's whole history, itself included: what the seed called its vclock."""
+        return with_dot(self.past, self.dot)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"value": self.value, "dot": self.dot.to_wire(), "past": dict(self.past)}
+
+    def to_read(self) -> dict[str, Any]:
+        return {"value": self.value, "vclock": self.vclock(), "dot": self.dot.to_wire()}
+
+    @staticmethod
+    def from_wire(raw: Any) -> Sibling:
+        """Validate a peer's `{value, dot, past}`; `Malformed` leaves the receiver untouched."""
+        obj = require_object(raw, "an MV sibling")
+        try:
+            value = require_field(obj, "value")
+            dot = Dot.from_wire(require_field(obj, "dot"))
+            past = version_vector.from_wire(require_field(obj, "past"), "field 'past'")
+        except Malformed as exc:
+            raise Malformed(f"MV sibling: {exc}") from None
+        if covers(past, dot):
+            raise Malformed(
+                f"MV sibling: its past {past} already contains its own dot {dot.to_wire()}"
+            )
+        return Sibling(value, dot, past)
+
+    @staticmethod
+    def from_entry(raw: Any, sender: str | None) -> Sibling:
+        """Read the seed's dot-less `{value, vclock}` as a classic version-vector value.
+
+        A plain version vector merges the write into its history; the write is
+        the newest event of the node that made it, so its dot is that node's
+        entry and its past is the rest.  That node is the sender, or the only
+        node the vector names; with neither, the write cannot be placed.
+        """
+        obj = require_object(raw, "an MV entry")
+        try:
+            value = require_field(obj, "value")
+            vclock = version_vector.from_wire(require_field(obj, "vclock"), "field 'vclock'")
+        except Malformed as exc:
+            raise Malformed(f"MV entry: {exc}") from None
+        if not vclock:
+            raise Malformed("MV entry: its vclock is empty, so no write made it")
+        if sender is not None and sender in vclock:
+            node = sender
+        elif len(vclock) == 1:
+            (node,) = vclock
+        else:
+            raise Malformed(
+                f"MV entry: cannot tell which node wrote it: its vclock {vclock} "
+                f"has several entries and none is the sender {sender!r}"
+            )
+        counter = vclock[node]
+        past = dict(vclock)
+        if counter == 1:
+            del past[node]
+        else:
+            past[node] = counter - 1
+        return Sibling(value, Dot(node, counter), past)
+
+
+@dataclass(frozen=True, slots=True)
+class MVRegister:
+    """A key's concurrent values.  The empty register is the absent key."""
+
+    siblings: tuple[Sibling, ...] = ()
+
+    @staticmethod
+    def of(siblings: Iterable[Sibling]) -> MVRegister:
+        """Normalise any collection of siblings into a register that keeps the invariants."""
+        by_dot: dict[Dot, Sibling] = {}
+        for s in siblings:
+            _admit(by_dot, s)
+        return MVRegister(_prune(by_dot))
+
+    def values(self) -> list[Any]:
+        return [s.value for s in self.siblings]
+
+    def context(self) -> VersionVector:
+        """Everything a reader of this register has seen, for it to hand back on its next write."""
+        out = version_vector.join_all(s.past for s in self.siblings)
+        for s in self.siblings:
+            node, counter = s.dot
+            if counter > out.get(node, 0):
+                out[node] = counter
+        return out
+
+    def write(
+        self, node: str, value: Any, context: VersionVector | None
+    ) -> tuple[MVRegister, Sibling]:
+        """A client's write at `node`; returns the new register and the sibling it added.
+
+        Without a context the writer is taken to have seen every local value
+        (Jylis's SET replaces what is visible here).  The counter comes from
+        the local context, raised to the given one's entry for `node`, so the
+        new dot is never inside its own past even if the client's context
+        claims more of this node's events than this replica holds.
+        """
+        local = self.context()
+        past = local if context is None else dict(context)
+        counter = max(local.get(node, 0), past.get(node, 0)) + 1
+        new = Sibling(value, Dot(node, counter), past)
+        # No kept sibling can cover the new dot (its counter is above every
+        # local entry for `node`), so only the superseded ones need dropping.
+        kept = [s for s in self.siblings if not covers(past, s.dot)]
+        kept.append(new)
+        kept.sort(key=_by_dot)
+        return MVRegister(tuple(kept)), new
+
+    def merge(self, other: MVRegister) -> MVRegister:
+        """Union by dot, then drop what some sibling's past has seen."""
+        if other is self or not other.siblings:
+            return self
+        if not self.siblings:
+            return other
+        if self.siblings == other.siblings:
+            return self
+        by_dot = {s.dot: s for s in self.siblings}
+        for s in other.siblings:
+            _admit(by_dot, s)
+        return MVRegister(_prune(by_dot))
+
+    def to_wire(self) -> list[dict[str, Any]]:
+        return [s.to_wire() for s in self.siblings]
+
+    @staticmethod
+    def from_wire(raw: Any) -> MVRegister:
+        """A peer's sibling set, validated and normalised (a peer's order is not trusted)."""
+        entries = require_list(raw, "an MV sibling set")
+        siblings = []
+        for i, entry in enumerate(entries):
+            try:
+                siblings.append(Sibling.from_wire(entry))
+            except Malformed as exc:
+                raise Malformed(f"sibling {i}: {exc}") from None
+        return MVRegister.of(siblings)
+
+
+def _by_dot(s: Sibling) -> Dot:
+    return s.dot
+
+
+def _admit(by_dot: dict[Dot, Sibling], s: Sibling) -> None:
+    """Add `s`, keeping one deterministic sibling per dot.
+
+    Honest replicas never issue one dot twice, but a peer that lost its state
+    and reused counters can; picking by value and past, not by arrival, keeps
+    merge commutative even then.
+    """
+    held = by_dot.get(s.dot)
+    if held is None or (held != s and _rank(s) > _rank(held)):
+        by_dot[s.dot] = s
+
+
+def _rank(s: Sibling) -> tuple[bytes, list[tuple[str, int]]]:
+    return canonical(s.value), sorted(s.past.items())
+
+
+def _prune(by_dot: dict[Dot, Sibling]) -> tuple[Sibling, ...]:
+    """The non-obsolete siblings, sorted by dot.
+
+    Obsolescence is judged against every candidate, obsolete ones included: in
+    reachable states whatever covers an obsolete sibling's dot has also seen
+    that sibling's past, so the answer is the same and no second pass is needed.
+    """
+    candidates = list(by_dot.values())
+    if len(candidates) > 1:
+        candidates = [
+            x
+            for x in candidates
+            if not any(y is not x and covers(y.past, x.dot) for y in candidates)
+        ]
+        candidates.sort(key=_by_dot)
+    return tuple(candidates)

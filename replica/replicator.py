@@ -1,0 +1,286 @@
+"""Replication: delta gossip to every peer, and anti-entropy to repair what it missed.
+
+The replicator listens to the keyspaces' change notifications.  Each gossip
+tick it asks the `DeltaTracker` which keys each connected peer still needs and
+sends their current states as `<keyspace>_merge` batches bounded in bytes;
+peers acknowledge with `<keyspace>_merge_ok`.  Anti-entropy runs every few
+ticks against one peer in turn, as a stateless exchange:
+
+1. `ae_roots {roots}` → the peer answers `ae_roots_ok {buckets}` for each
+   keyspace whose root hash differs (agreeing replicas stop here: one digest);
+2. `ae_keys {keyspace, buckets, keys}` lists our keys of the differing buckets
+   with their hashes → the peer marks what we lack as pending deltas for us and
+   answers `ae_keys_ok {keyspace, pull}` with what it lacks, which we mark
+   pending for it.  The ordinary gossip then ships the states, batched.
+
+So repair never needs its own data path, and a peer that was partitioned,
+restarted or wiped converges without any write being repeated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from replica.crdt.canonical import canonical
+from replica.crdt.malformed import Malformed, require_list, require_object, require_str
+from replica.delta_tracker import DeltaTracker, KeyRef
+from replica.digest import KeyspaceDigest, compare_keys, differing_buckets
+from replica.keyspaces import KV, LWW, MV, MVCC
+
+if TYPE_CHECKING:
+    from replica.node import Node
+
+log = logging.getLogger("replica.replicator")
+
+KEYSPACES = (MV, KV, MVCC, LWW)
+MERGE_TYPE = {MV: "mv_merge", KV: "kv_merge", MVCC: "mvcc_merge", LWW: "lww_merge"}
+STATE_FIELD = {MV: "siblings", KV: "siblings", MVCC: "state", LWW: "state"}
+MERGE_ACKS = {f"{t}_ok" for t in MERGE_TYPE.values()}
+KEYS_PER_AE_MESSAGE = 8192  # about 300 KiB of key hashes: well under max_line_bytes
+
+Outbox = Callable[[str, bytes], bool]
+"""Hand one encoded line to peer `dest`; False when it cannot take it now."""
+
+
+class Replicator:
+    """One node's outgoing replication state: pending deltas, digests, peer liveness."""
+
+    def __init__(
+        self,
+        node: Node,
+        peers: Iterable[str],
+        *,
+        max_message_bytes: int = 256 * 1024,
+        keys_per_tick: int = 20_000,
+        resend_after: float = 3.0,
+        anti_entropy_every: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node = node
+        self.peers = [p for p in peers if p != node.node_id]
+        self.tracker = DeltaTracker(self.peers, resend_after=resend_after)
+        self.digests = {ks: KeyspaceDigest(self._encoder(ks)) for ks in KEYSPACES}
+        self.max_message_bytes = max_message_bytes
+        self.keys_per_tick = keys_per_tick
+        self.anti_entropy_every = anti_entropy_every
+        self.clock = clock
+        self.outbox: Outbox = lambda dest, line: False
+        self.connected: set[str] = set()
+        self.last_ack: dict[str, float] = {}
+        self.bytes_sent = 0
+        self._ticks = 0
+        self._next_ae_peer = 0
+        node.keyspaces.listeners.append(self._changed)
+
+    # -- change notifications ---------------------------------------------------------
+
+    def _changed(self, keyspace: str, key: str) -> None:
+        self.tracker.changed((keyspace, key))
+        self.digests[keyspace].changed(key)
+
+    def _encoder(self, keyspace: str) -> Callable[[str], bytes | None]:
+        def encode(key: str) -> bytes | None:
+            state = self.state_of(keyspace, key)
+            return None if state is None else canonical(state)
+
+        return encode
+
+    def state_of(self, keyspace: str, key: str) -> Any:
+        """The wire form of a key's state, as the `<keyspace>_merge` messages carry it."""
+        stored = getattr(self.node.keyspaces, keyspace).get(key)
+        return None if stored is None else stored.to_wire()
+
+    # -- links -------------------------------------------------------------------------
+
+    def link_up(self, peer: str) -> None:
+        self.connected.add(peer)
+
+    def link_down(self, peer: str) -> None:
+        self.connected.discard(peer)
+        if peer in self.peers:
+            self.tracker.forget_in_flight(peer)
+
+    # -- the gossip tick ---------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Send every connected peer its pending deltas; now and then start anti-entropy."""
+        now = self.clock()
+        for peer in self.peers:
+            if peer in self.connected:
+                self._push(peer, now)
+        self._ticks += 1
+        if self.peers and self._ticks % self.anti_entropy_every == 0:
+            self.start_anti_entropy()
+
+    def _push(self, peer: str, now: float) -> None:
+        items = self.tracker.take(peer, now, self.keys_per_tick)
+        by_keyspace: dict[str, list[tuple[KeyRef, int]]] = {}
+        for item in items:
+            by_keyspace.setdefault(item[0][0], []).append(item)
+        for keyspace, group in by_keyspace.items():
+            if not self._push_keyspace(peer, keyspace, group, now):
+                return
+
+    def _push_keyspace(
+        self, peer: str, keyspace: str, items: list[tuple[KeyRef, int]], now: float
+    ) -> bool:
+        """Pack deltas into messages under the byte bound; False once the link is full."""
+        field = STATE_FIELD[keyspace]
+        batch: list[tuple[KeyRef, int]] = []
+        chunks: list[bytes] = []
+        size = 0
+        for item in items:
+            (_, key), _seq = item
+            state = self.state_of(keyspace, key)
+            if state is None:
+                continue
+            chunk = orjson.dumps({"key": key, field: state})
+            if chunks and size + len(chunk) > self.max_message_bytes:
+                if not self._send_deltas(peer, keyspace, batch, chunks, now):
+                    return False
+                batch, chunks, size = [], [], 0
+            batch.append(item)
+            chunks.append(chunk)
+            size += len(chunk) + 1
+        return not chunks or self._send_deltas(peer, keyspace, batch, chunks, now)
+
+    def _send_deltas(
+        self,
+        peer: str,
+        keyspace: str,
+        batch: list[tuple[KeyRef, int]],
+        chunks: list[bytes],
+        now: float,
+    ) -> bool:
+        msg_id = self.node.take_msg_id()
+        head = orjson.dumps({"src": self.node.node_id, "dest": peer})[:-1]
+        body_head = orjson.dumps({"type": MERGE_TYPE[keyspace], "msg_id": msg_id})[:-1]
+        line = b"".join((head, b',"body":', body_head, b',"deltas":[', b",".join(chunks), b"]}}\n"))
+        if not self.outbox(peer, line):
+            return False
+        self.tracker.sent(peer, msg_id, batch, now)
+        self.bytes_sent += len(line)
+        return True
+
+    def send(self, peer: str, body: dict[str, Any]) -> bool:
+        line = self.node.envelope(peer, body)
+        self.bytes_sent += len(line)
+        return self.outbox(peer, line)
+
+    # -- replies from peers --------------------------------------------------------------
+
+    def on_reply(self, src: str | None, body: dict[str, Any]) -> None:
+        """Acknowledgements and anti-entropy answers arriving on our outgoing messages."""
+        if src is None or src not in self.peers:
+            return
+        msg_type = body.get("type")
+        if msg_type in MERGE_ACKS:
+            in_reply_to = body.get("in_reply_to")
+            if type(in_reply_to) is int:
+                self.tracker.acked(src, in_reply_to)
+                self.last_ack[src] = self.clock()
+        elif msg_type == "ae_roots_ok":
+            self._send_keys(src, body)
+        elif msg_type == "ae_keys_ok":
+            self._mark_pending(src, body)
+        elif msg_type == "error":
+            log.warning("peer %s refused a message: %s", src, body.get("text"))
+
+    # -- anti-entropy ----------------------------------------------------------------------
+
+    def start_anti_entropy(self) -> None:
+        connected = [p for p in self.peers if p in self.connected]
+        if not connected:
+            return
+        peer = connected[self._next_ae_peer % len(connected)]
+        self._next_ae_peer += 1
+        roots = {ks: digest.root() for ks, digest in self.digests.items()}
+        self.send(peer, {"type": "ae_roots", "roots": roots})
+
+    def answer_roots(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A peer's roots: our bucket hashes for each keyspace where they differ."""
+        roots = require_object(body.get("roots"), "field 'roots'")
+        buckets = {
+            ks: digest.buckets()
+            for ks, digest in self.digests.items()
+            if roots.get(ks) != digest.root()
+        }
+        return {"type": "ae_roots_ok", "buckets": buckets}
+
+    def _send_keys(self, peer: str, body: dict[str, Any]) -> None:
+        theirs = body.get("buckets")
+        if not isinstance(theirs, dict):
+            return
+        for keyspace, their_buckets in theirs.items():
+            digest = self.digests.get(keyspace)
+            if digest is None or not isinstance(their_buckets, list):
+                continue
+            differing = differing_buckets(digest.buckets(), their_buckets)
+            for group, keys in _bucket_groups(digest, differing, KEYS_PER_AE_MESSAGE):
+                body = {"type": "ae_keys", "keyspace": keyspace, "buckets": group, "keys": keys}
+                self.send(peer, body)
+
+    def answer_keys(self, src: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """A peer's keys of some buckets: queue ours that differ for it, ask for the rest."""
+        keyspace = require_str(body, "keyspace")
+        digest = self.digests.get(keyspace)
+        if digest is None:
+            raise Malformed(f"unknown keyspace {keyspace!r}")
+        raw_buckets = require_list(body.get("buckets"), "field 'buckets'")
+        buckets = [b for b in raw_buckets if type(b) is int]
+        theirs = require_object(body.get("keys"), "field 'keys'")
+        push, pull = compare_keys(digest.keys_in(buckets), theirs)
+        if src in self.peers:
+            for key in push:
+                self._queue(src, keyspace, key)
+        return {"type": "ae_keys_ok", "keyspace": keyspace, "pull": pull}
+
+    def _mark_pending(self, peer: str, body: dict[str, Any]) -> None:
+        keyspace = body.get("keyspace")
+        pull = body.get("pull")
+        if keyspace not in self.digests or not isinstance(pull, list):
+            return
+        for key in pull:
+            if isinstance(key, str):
+                self._queue(peer, keyspace, key)
+
+    def _queue(self, peer: str, keyspace: str, key: str) -> None:
+        self.tracker.mark(peer, (keyspace, key))
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [
+            {
+                "id": peer,
+                "connected": peer in self.connected,
+                "last_ack_age_ms": (
+                    None if peer not in self.last_ack else round((now - self.last_ack[peer]) * 1000)
+                ),
+                "pending": self.tracker.pending(peer),
+            }
+            for peer in self.peers
+        ]
+
+
+def _bucket_groups(
+    digest: KeyspaceDigest, buckets: list[int], max_keys: int
+) -> Iterable[tuple[list[int], dict[str, int]]]:
+    """Whole buckets grouped so that one message lists about `max_keys` keys at most."""
+    group: list[int] = []
+    keys: dict[str, int] = {}
+    for bucket in buckets:
+        in_bucket = digest.keys_in([bucket])
+        if group and len(keys) + len(in_bucket) > max_keys:
+            yield group, keys
+            group, keys = [], {}
+        group.append(bucket)
+        keys.update(in_bucket)
+    if group:
+        yield group, keys

@@ -1,0 +1,76 @@
+"""`replica status`: ask every node of a cluster file for its status, print one table.
+
+A node that does not answer within the timeout is shown as down rather than
+hanging the command: status is what an operator runs when something is wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from replica.config import ClusterConfig
+
+TIMEOUT_SECONDS = 2.0
+
+
+async def fetch_status(host: str, port: int, timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]:
+    """One node's `status_ok` body; raises OSError or TimeoutError when it cannot be had."""
+
+    async def ask() -> dict[str, Any]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(b'{"type": "status", "msg_id": 1}\n')
+            reply = orjson.loads(await reader.readline())
+        finally:
+            writer.close()
+        if not isinstance(reply, dict) or reply.get("type") != "status_ok":
+            raise OSError(f"unexpected answer {reply!r}")
+        return reply
+
+    return await asyncio.wait_for(ask(), timeout)
+
+
+async def cluster_status(config: ClusterConfig) -> list[tuple[str, dict[str, Any] | str]]:
+    async def one(node_id: str, host: str, port: int) -> tuple[str, dict[str, Any] | str]:
+        try:
+            return node_id, await fetch_status(host, port)
+        except (OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+            return node_id, f"down ({type(exc).__name__}: {exc})" if str(exc) else "down"
+
+    return list(await asyncio.gather(*(one(n.id, n.host, n.port) for n in config.nodes)))
+
+
+def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
+    header = ("node", "mv", "kv", "mvcc", "lww", "max sib", "peers (connected, last ack, pending)")
+    lines = [header]
+    for node_id, status in rows:
+        if isinstance(status, str):
+            lines.append((node_id, "-", "-", "-", "-", "-", status))
+            continue
+        keys = status.get("keys", {})
+        siblings = status.get("max_siblings", {})
+        lines.append(
+            (
+                node_id,
+                str(keys.get("mv", 0)),
+                str(keys.get("kv", 0)),
+                str(keys.get("mvcc", 0)),
+                str(keys.get("lww", 0)),
+                str(max(siblings.values(), default=0)),
+                "  ".join(_peer(p) for p in status.get("peers", [])) or "none",
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in lines
+    )
+
+
+def _peer(peer: dict[str, Any]) -> str:
+    state = "up" if peer.get("connected") else "DOWN"
+    age = peer.get("last_ack_age_ms")
+    ack = "never" if age is None else f"{age}ms"
+    return f"{peer.get('id')}:{state},{ack},{peer.get('pending', 0)}"

@@ -1,0 +1,137 @@
+"""The TCP transport: clients and peers connect, send lines, read reply lines.
+
+Framing happens at the `asyncio.Protocol` level, with no stream objects in the
+way: each `data_received` chunk goes through the connection's `LineFramer`,
+every complete line goes to `Node.handle_line`, and all replies one chunk
+produced leave in a single `transport.write`.
+
+A client that sends and never reads cannot grow the node's memory: once a
+connection's unsent replies pass the write buffer's high-water mark the node
+stops reading from it (`pause_writing` pauses reading), so the client's own
+sends block in its kernel buffers until it reads.  A line over
+`max_line_bytes` gets error 12 and closes its connection; no other input
+closes one, and no connection error reaches beyond its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import cast
+
+from replica.errors import ErrorCode
+from replica.framing import LineFramer
+from replica.node import Node
+
+log = logging.getLogger("replica.tcp")
+
+WRITE_HIGH_WATER = 256 * 1024  # unsent reply bytes at which a connection stops being read
+WRITE_LOW_WATER = 64 * 1024
+
+
+class Connection(asyncio.Protocol):
+    """One accepted connection: framed lines in, the node's replies out."""
+
+    def __init__(self, node: Node, connections: set[Connection]) -> None:
+        self.node = node
+        self.connections = connections
+        self.framer = LineFramer(node.settings.max_line_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.connections.add(self)
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple) and len(peername) >= 2:
+            self.peer = f"{peername[0]}:{peername[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        log.debug("connection from %s", self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        replies = [reply for line in self.framer.feed(data) if (reply := self._handle(line))]
+        overflowed = self.framer.overflowed
+        if overflowed:
+            replies.append(self.node.line_too_long())
+        if replies:
+            transport.write(b"".join(replies))
+        if overflowed:
+            log.info("closing %s: line over max_line_bytes", self.peer)
+            transport.close()  # after the replies above are flushed
+
+    def _handle(self, line: bytes) -> bytes | None:
+        try:
+            return self.node.handle_line(line)
+        except Exception:  # the node answers every request itself; this is a bug
+            log.exception("failed to handle a line from %s", self.peer)
+            return self.node.error_line(ErrorCode.CRASH, "internal error")
+
+    def eof_received(self) -> bool:
+        # The client is done sending; replies already written still go out
+        # before the transport closes.
+        return False
+
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing() and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        if exc is not None:
+            log.debug("connection from %s lost: %s", self.peer, exc)
+
+
+class TcpServer:
+    """A listening socket and the connections it accepted."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.connections: set[Connection] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: Connection(self.node, self.connections), host, port, reuse_address=True
+        )
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the server listens (useful when it was started on port 0)."""
+        if self.server is None:
+            return []
+        return [s.getsockname()[:2] for s in self.server.sockets]
+
+    async def close(self) -> None:
+        """Stop accepting, drop every open connection, and wait for the listener to close."""
+        if self.server is None:
+            return
+        self.server.close()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        await self.server.wait_closed()
+
+
+async def serve_tcp(node: Node, host: str, port: int) -> TcpServer:
+    """Listen on `host:port` and answer every connection with `node`."""
+    server = TcpServer(node)
+    await server.start(host, port)
+    return server
