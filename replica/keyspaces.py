@@ -21,8 +21,13 @@ from replica.crdt.mv_register import MVRegister, Sibling
 from replica.crdt.mvcc import Version, VersionChain
 from replica.crdt.version_vector import VersionVector
 
-ChangeListener = Callable[[str, str], None]
-"""Called with (keyspace, key) after a key's state changed."""
+ChangeListener = Callable[[str, str, bool], None]
+"""Called with (keyspace, key, news) after a key's state changed.
+
+`news` is False when the new state is exactly what a peer just sent: that peer
+has it already and will push it to the others itself, so replication has
+nothing to forward (without this, every delta would echo around the cluster).
+"""
 
 MV, KV, MVCC, LWW = "mv", "kv", "mvcc", "lww"
 
@@ -54,9 +59,9 @@ class Keyspaces:
         self._gc_before = 0
         self.listeners: list[ChangeListener] = []
 
-    def _changed(self, keyspace: str, key: str) -> None:
+    def _changed(self, keyspace: str, key: str, news: bool = True) -> None:
         for listener in self.listeners:
-            listener(keyspace, key)
+            listener(keyspace, key, news)
 
     def _timestamp(self, given: int | None) -> int:
         """A client's timestamp is observed; without one the clock issues a fresh one."""
@@ -79,9 +84,8 @@ class Keyspaces:
     def mv_merge(self, key: str, incoming: MVRegister) -> None:
         current = self.mv.get(key)
         merged = incoming if current is None else current.merge(incoming)
-        if merged != current and merged.siblings:
-            self.mv[key] = merged
-            self._changed(MV, key)
+        if merged.siblings:
+            self._absorb(MV, self.mv, key, incoming, merged)
 
     # -- client-clocked KV ---------------------------------------------------------
 
@@ -101,9 +105,8 @@ class Keyspaces:
     def kv_merge(self, key: str, incoming: ClockedSiblings) -> None:
         current = self.kv.get(key)
         merged = incoming if current is None else current.merge(incoming)
-        if merged != current and merged.siblings:
-            self.kv[key] = merged
-            self._changed(KV, key)
+        if merged.siblings:
+            self._absorb(KV, self.kv, key, incoming, merged)
 
     # -- MVCC ------------------------------------------------------------------------
 
@@ -156,24 +159,44 @@ class Keyspaces:
         current = self.mvcc.get(key)
         merged = incoming if current is None else current.merge(incoming)
         merged, _ = merged.collect(self.mvcc_horizon)
-        if merged != current and merged.versions:
-            self.mvcc[key] = merged
-            self._changed(MVCC, key)
+        if merged.versions:
+            self._absorb(MVCC, self.mvcc, key, incoming, merged)
 
     # -- LWW registers --------------------------------------------------------------
 
     def lww_write(self, key: str, value: Any, timestamp: int | None) -> int:
         ts = self._timestamp(timestamp)
-        self.lww_merge(key, LWWRegister(value, ts, self.node_id))
+        written = LWWRegister(value, ts, self.node_id)
+        current = self.lww.get(key)
+        merged = written if current is None else current.merge(written)
+        if merged != current:
+            self.lww[key] = merged
+            self._changed(LWW, key)
         return ts
 
     def lww_merge(self, key: str, incoming: LWWRegister) -> None:
         self.hlc = self.hlc.observe(incoming.timestamp)
         current = self.lww.get(key)
         merged = incoming if current is None else current.merge(incoming)
-        if merged != current:
-            self.lww[key] = merged
-            self._changed(LWW, key)
+        self._absorb(LWW, self.lww, key, incoming, merged)
+
+    # -- merges from peers ----------------------------------------------------------
+
+    def _absorb(
+        self, keyspace: str, store: dict[str, Any], key: str, incoming: Any, merged: Any
+    ) -> None:
+        """Keep a merge's result, and queue it for peers when the sender lacks some of it.
+
+        A result equal to what the sender sent is no news to anyone the sender
+        cannot tell itself; a result the sender lacks (ours won, or the two
+        combined) must travel back, even when our own state did not change.
+        """
+        news = merged != incoming
+        if merged != store.get(key):
+            store[key] = merged
+        elif not news:
+            return
+        self._changed(keyspace, key, news)
 
 
 _EMPTY_MV = MVRegister()

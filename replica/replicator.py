@@ -79,9 +79,10 @@ class Replicator:
 
     # -- change notifications ---------------------------------------------------------
 
-    def _changed(self, keyspace: str, key: str) -> None:
-        self.tracker.changed((keyspace, key))
+    def _changed(self, keyspace: str, key: str, news: bool) -> None:
         self.digests[keyspace].changed(key)
+        if news:
+            self.tracker.changed((keyspace, key))
 
     def _encoder(self, keyspace: str) -> Callable[[str], bytes | None]:
         def encode(key: str) -> bytes | None:
