@@ -119,7 +119,7 @@ def _start_replication(
 ) -> Callable[[], Awaitable[None]]:
     """Dial every peer and start the gossip ticker; returns what stops them."""
     peers = config.peers(me.id)
-    if not peers or getattr(node, "replicator", None) is None:
+    if not peers or node.replicator is None:
         return _nothing_to_stop
     from replica.peer_links import PeerLinks, gossip_forever
 

@@ -171,7 +171,7 @@ class StdioTransport:
         """Once `init` names peers, gossip to them over stdout (Maelstrom routes it)."""
         if self._gossip is not None or self.gossip_interval_ms is None:
             return
-        replicator = getattr(self.node, "replicator", None)
+        replicator = self.node.replicator
         if replicator is None:
             return
         from replica.peer_links import gossip_forever

@@ -228,7 +228,11 @@ class JsonClient:
         return await self.reply_to(body["msg_id"], timeout)
 
     async def envelope_request(
-        self, body: dict[str, Any], src: str = "c1", dest: str = "n1", timeout: float = REPLY_TIMEOUT
+        self,
+        body: dict[str, Any],
+        src: str = "c1",
+        dest: str = "n1",
+        timeout: float = REPLY_TIMEOUT,
     ) -> dict[str, Any]:
         """Send `body` in the envelope form; return the whole reply message."""
         body = {**body}

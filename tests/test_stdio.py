@@ -10,7 +10,9 @@ import pytest
 
 from tests.harness import replica_command
 
-INIT_N1 = b'{"src":"c0","dest":"n1","body":{"type":"init","msg_id":1,"node_id":"n1","node_ids":["n1"]}}'
+INIT_N1 = (
+    b'{"src":"c0","dest":"n1","body":{"type":"init","msg_id":1,"node_id":"n1","node_ids":["n1"]}}'
+)
 INIT_N1_N2 = (
     b'{"src":"c0","dest":"n1","body":'
     b'{"type":"init","msg_id":1,"node_id":"n1","node_ids":["n1","n2"]}}'
