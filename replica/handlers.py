@@ -272,4 +272,5 @@ def status(node: Node, body: Body, src: str | None) -> Body:
             "lww": len(keyspaces.lww),
         },
         "max_siblings": {"mv": largest, "kv": largest_kv},
+        "gossip_bytes_sent": 0 if node.replicator is None else node.replicator.bytes_sent,
     }

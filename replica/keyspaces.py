@@ -22,11 +22,12 @@ from replica.crdt.mvcc import Version, VersionChain
 from replica.crdt.version_vector import VersionVector
 
 ChangeListener = Callable[[str, str, bool], None]
-"""Called with (keyspace, key, news) after a key's state changed.
+"""Called with (keyspace, key, local) after a key's state changed.
 
-`news` is False when the new state is exactly what a peer just sent: that peer
-has it already and will push it to the others itself, so replication has
-nothing to forward (without this, every delta would echo around the cluster).
+`local` is True for a client's write here and False for a merge from a peer.
+Replication pushes only local changes: every write reaches every peer from
+the node that took it, so forwarding merged states would only echo them
+around the cluster; anti-entropy repairs what an origin failed to deliver.
 """
 
 MV, KV, MVCC, LWW = "mv", "kv", "mvcc", "lww"
@@ -59,9 +60,9 @@ class Keyspaces:
         self._gc_before = 0
         self.listeners: list[ChangeListener] = []
 
-    def _changed(self, keyspace: str, key: str, news: bool = True) -> None:
+    def _changed(self, keyspace: str, key: str, local: bool = True) -> None:
         for listener in self.listeners:
-            listener(keyspace, key, news)
+            listener(keyspace, key, local)
 
     def _timestamp(self, given: int | None) -> int:
         """A client's timestamp is observed; without one the clock issues a fresh one."""
@@ -85,7 +86,7 @@ class Keyspaces:
         current = self.mv.get(key)
         merged = incoming if current is None else current.merge(incoming)
         if merged.siblings:
-            self._absorb(MV, self.mv, key, incoming, merged)
+            self._absorb(MV, self.mv, key, merged)
 
     # -- client-clocked KV ---------------------------------------------------------
 
@@ -106,7 +107,7 @@ class Keyspaces:
         current = self.kv.get(key)
         merged = incoming if current is None else current.merge(incoming)
         if merged.siblings:
-            self._absorb(KV, self.kv, key, incoming, merged)
+            self._absorb(KV, self.kv, key, merged)
 
     # -- MVCC ------------------------------------------------------------------------
 
@@ -160,7 +161,7 @@ class Keyspaces:
         merged = incoming if current is None else current.merge(incoming)
         merged, _ = merged.collect(self.mvcc_horizon)
         if merged.versions:
-            self._absorb(MVCC, self.mvcc, key, incoming, merged)
+            self._absorb(MVCC, self.mvcc, key, merged)
 
     # -- LWW registers --------------------------------------------------------------
 
@@ -178,25 +179,14 @@ class Keyspaces:
         self.hlc = self.hlc.observe(incoming.timestamp)
         current = self.lww.get(key)
         merged = incoming if current is None else current.merge(incoming)
-        self._absorb(LWW, self.lww, key, incoming, merged)
+        self._absorb(LWW, self.lww, key, merged)
 
     # -- merges from peers ----------------------------------------------------------
 
-    def _absorb(
-        self, keyspace: str, store: dict[str, Any], key: str, incoming: Any, merged: Any
-    ) -> None:
-        """Keep a merge's result, and queue it for peers when the sender lacks some of it.
-
-        A result equal to what the sender sent is no news to anyone the sender
-        cannot tell itself; a result the sender lacks (ours won, or the two
-        combined) must travel back, even when our own state did not change.
-        """
-        news = merged != incoming
+    def _absorb(self, keyspace: str, store: dict[str, Any], key: str, merged: Any) -> None:
         if merged != store.get(key):
             store[key] = merged
-        elif not news:
-            return
-        self._changed(keyspace, key, news)
+            self._changed(keyspace, key, local=False)
 
 
 _EMPTY_MV = MVRegister()

@@ -23,6 +23,7 @@ from replica.node import Node
 
 log = logging.getLogger("replica.peers")
 
+STABLE_LINK_SECONDS = 1.0
 HIGH_WATER = 1 << 20  # bytes queued to one peer before gossip to it waits for the next tick
 
 
@@ -77,7 +78,7 @@ class PeerLinks:
         addresses: Mapping[str, tuple[str, int]],
         *,
         backoff_min: float = 0.05,
-        backoff_max: float = 2.0,
+        backoff_max: float = 0.5,
     ) -> None:
         self.node = node
         self.addresses = dict(addresses)
@@ -118,14 +119,16 @@ class PeerLinks:
             except OSError as exc:
                 log.debug("peer %s at %s:%d unreachable: %s", peer, host, port, exc)
             else:
-                delay = self.backoff_min
                 self._links[peer] = link
                 self._replicator_link(peer, up=True)
                 log.info("connected to peer %s at %s:%d", peer, host, port)
+                connected_at = loop.time()
                 await link.closed
                 self._links.pop(peer, None)
                 self._replicator_link(peer, up=False)
                 log.info("lost peer %s", peer)
+                if loop.time() - connected_at >= STABLE_LINK_SECONDS:
+                    delay = self.backoff_min  # only a link that held up starts the backoff over
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(self.backoff_max, delay * 2)
 

@@ -79,9 +79,9 @@ class Replicator:
 
     # -- change notifications ---------------------------------------------------------
 
-    def _changed(self, keyspace: str, key: str, news: bool) -> None:
+    def _changed(self, keyspace: str, key: str, local: bool) -> None:
         self.digests[keyspace].changed(key)
-        if news:
+        if local:
             self.tracker.changed((keyspace, key))
 
     def _encoder(self, keyspace: str) -> Callable[[str], bytes | None]:
