@@ -54,7 +54,7 @@ class DeltaTracker:
     def mark(self, peer: str, ref: KeyRef) -> None:
         """One peer needs a key again (anti-entropy found it missing or different there)."""
         state = self._peers.get(peer)
-        if state is not None:
+        if state is not None and ref not in state.pending:  # pending already: it will go
             self._seq += 1
             state.pending[ref] = self._seq
 

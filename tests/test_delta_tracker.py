@@ -95,3 +95,14 @@ def test_memory_is_bounded_by_distinct_keys_and_acks_leave_nothing_behind(ops) -
         tracker.acked("n2", msg_id)
         msg_id += 1
     assert tracker.pending("n2") == 0
+
+
+def test_marking_a_key_already_in_flight_does_not_force_a_resend() -> None:
+    tracker = DeltaTracker(["n2"])
+    tracker.changed(A)
+    tracker.sent("n2", 1, tracker.take("n2", now=0.0, limit=10), now=0.0)
+    tracker.mark("n2", A)
+    assert tracker.acked("n2", 1) == 1
+    assert tracker.pending("n2") == 0
+    tracker.mark("n2", B)
+    assert [ref for ref, _ in tracker.take("n2", now=0.0, limit=10)] == [B]
