@@ -143,13 +143,16 @@ class PeerLinks:
 
 
 async def gossip_forever(node: Node, interval_ms: int) -> None:
-    """Tick the replicator every interval; a failing tick is logged, never fatal."""
+    """Every interval, push pending deltas slice by slice; a failure is logged, never fatal."""
     interval = interval_ms / 1000
     while True:
         await asyncio.sleep(interval)
-        if node.replicator is None:
+        replicator = node.replicator
+        if replicator is None:
             continue
         try:
-            node.replicator.tick()
+            replicator.tick()
+            while replicator.push():
+                await asyncio.sleep(0)  # let client requests in between slices
         except Exception:
             log.exception("gossip tick failed")

@@ -56,7 +56,7 @@ class Replicator:
         peers: Iterable[str],
         *,
         max_message_bytes: int = 256 * 1024,
-        keys_per_tick: int = 20_000,
+        keys_per_slice: int = 1024,
         resend_after: float = 3.0,
         anti_entropy_every: int = 10,
         clock: Callable[[], float] = time.monotonic,
@@ -66,7 +66,7 @@ class Replicator:
         self.tracker = DeltaTracker(self.peers, resend_after=resend_after)
         self.digests = {ks: KeyspaceDigest(self._encoder(ks)) for ks in KEYSPACES}
         self.max_message_bytes = max_message_bytes
-        self.keys_per_tick = keys_per_tick
+        self.keys_per_slice = keys_per_slice
         self.anti_entropy_every = anti_entropy_every
         self.clock = clock
         self.outbox: Outbox = lambda dest, line: False
@@ -109,23 +109,33 @@ class Replicator:
     # -- the gossip tick ---------------------------------------------------------------
 
     def tick(self) -> None:
-        """Send every connected peer its pending deltas; now and then start anti-entropy."""
-        now = self.clock()
-        for peer in self.peers:
-            if peer in self.connected:
-                self._push(peer, now)
+        """Once per gossip interval: now and then start a round of anti-entropy."""
         self._ticks += 1
         if self.peers and self._ticks % self.anti_entropy_every == 0:
             self.start_anti_entropy()
 
-    def _push(self, peer: str, now: float) -> None:
-        items = self.tracker.take(peer, now, self.keys_per_tick)
+    def push(self) -> bool:
+        """Send each connected peer one slice of its pending deltas; True if more are ready.
+
+        Slices keep one call short, so a large backlog (a healed partition) is
+        shipped across several event-loop turns instead of stalling clients.
+        """
+        now = self.clock()
+        more = False
+        for peer in self.peers:
+            if peer in self.connected and self._push(peer, now):
+                more = True
+        return more
+
+    def _push(self, peer: str, now: float) -> bool:
+        items = self.tracker.take(peer, now, self.keys_per_slice)
         by_keyspace: dict[str, list[tuple[KeyRef, int]]] = {}
         for item in items:
             by_keyspace.setdefault(item[0][0], []).append(item)
         for keyspace, group in by_keyspace.items():
             if not self._push_keyspace(peer, keyspace, group, now):
-                return
+                return False
+        return len(items) == self.keys_per_slice
 
     def _push_keyspace(
         self, peer: str, keyspace: str, items: list[tuple[KeyRef, int]], now: float
