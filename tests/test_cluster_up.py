@@ -1,0 +1,114 @@
+"""`replica cluster up` and `replica status` as a user runs them: real processes, real TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import LOOPBACK, JsonClient, free_ports, replica_command, write_cluster
+
+DEADLINE = 15.0
+
+
+def wait_until_listening(ports: list[int], process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    pending = list(ports)
+    while pending:
+        assert process.poll() is None, "cluster up exited early"
+        try:
+            with socket.create_connection((LOOPBACK, pending[0]), timeout=0.5):
+                pending.pop(0)
+        except OSError:
+            assert time.monotonic() < deadline, f"ports {pending} never listened"
+            time.sleep(0.05)
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def cluster(scratch_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], list[int], Path]]:
+    ports = free_ports(3)
+    config = write_cluster(scratch_dir, ["n1", "n2", "n3"], ports=ports, gossip_interval_ms=50)
+    log = open(scratch_dir / "cluster.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        replica_command("cluster", "up", "--config", str(config)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=scratch_dir,
+        start_new_session=True,
+    )
+    try:
+        wait_until_listening(ports, process)
+        yield process, ports, config
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        print((scratch_dir / "cluster.log").read_text(errors="replace"))
+
+
+async def test_cluster_up_runs_every_node_replicates_and_stops_them_all(cluster) -> None:
+    process, ports, config = cluster
+    async with await JsonClient.connect(LOOPBACK, ports[0]) as n1:
+        written = await n1.request({"type": "mv_write", "key": "k", "value": "v"})
+        assert written["type"] == "mv_write_ok"
+    async with await JsonClient.connect(LOOPBACK, ports[2]) as n3:
+        deadline = time.monotonic() + DEADLINE
+        while (await n3.request({"type": "mv_read", "key": "k"}))["values"] == []:
+            assert time.monotonic() < deadline, "the write never reached n3"
+            await asyncio.sleep(0.05)
+
+    status = subprocess.run(
+        replica_command("status", "--config", str(config)), capture_output=True, timeout=30
+    )
+    table = status.stdout.decode()
+    assert status.returncode == 0, table + status.stderr.decode()
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    assert sorted(rows) == ["n1", "n2", "n3"]
+    assert all(row[1] == "1" for row in rows.values())  # one mv key everywhere
+
+    children = children_of(process.pid)
+    assert len(children) == 3
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=DEADLINE) == 0
+    deadline = time.monotonic() + DEADLINE
+    while any(alive(pid) for pid in children):
+        assert time.monotonic() < deadline, "a node outlived cluster up"
+        time.sleep(0.05)
+
+
+def test_status_reports_a_down_node_and_fails(scratch_dir: Path) -> None:
+    config = write_cluster(scratch_dir, ["n1", "n2"], ports=free_ports(2))
+    status = subprocess.run(
+        replica_command("status", "--config", str(config)), capture_output=True, timeout=30
+    )
+    assert status.returncode == 1
+    assert "down" in status.stdout.decode()
