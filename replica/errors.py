@@ -19,11 +19,6 @@ class ErrorCode(IntEnum):
     PRECONDITION_FAILED = 22
     TXN_CONFLICT = 30
 
-    @property
-    def definite(self) -> bool:
-        """Whether the request certainly had no effect (a crash may have changed state)."""
-        return self is not ErrorCode.CRASH
-
 
 class RequestError(Exception):
     """A request the contract refuses; the node replies with `code` and `text`."""
