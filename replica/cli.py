@@ -14,7 +14,8 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from replica.logs import LEVELS, configure_logging
 
 if TYPE_CHECKING:
     from replica.node import Node
+    from replica.storage import Store
 
 log = logging.getLogger("replica.cli")
 
@@ -71,6 +73,11 @@ def _add_serve(commands: Commands) -> None:
     )
     _config_argument(serve)
     serve.add_argument("--node", required=True, help="this node's id in the cluster file")
+    serve.add_argument(
+        "--memory",
+        action="store_true",
+        help="keep everything in memory, ignoring the node's data_dir",
+    )
     _log_level_argument(serve)
     serve.set_defaults(run=_run_serve)
 
@@ -90,28 +97,72 @@ def _run_serve(args: argparse.Namespace) -> int:
             message = f"{args.config}: {message}"
         return _config_error(message)
     configure_logging(args.log_level, me.id)
-    return uvloop.run(_serve(config, me))
+    data_dir = None if args.memory else me.data_dir
+    from replica.storage import StorageError, open_store
+
+    try:
+        store, actor = open_store(data_dir, me.id)
+    except StorageError as exc:
+        return _storage_error(exc)
+    return uvloop.run(_serve(config, me, store if data_dir is not None else None, actor))
 
 
-async def _serve(config: ClusterConfig, me: NodeConfig) -> int:
+async def _serve(config: ClusterConfig, me: NodeConfig, store: Store | None, actor: str) -> int:
+    """Recover from `store` (None: a node in memory), then listen, dial peers, and serve."""
+    with _stop_on_signals() as stop:  # from the start: a signal never finds the default action
+        return await _serve_until(stop, config, me, store, actor)
+
+
+async def _serve_until(
+    stop: asyncio.Event, config: ClusterConfig, me: NodeConfig, store: Store | None, actor: str
+) -> int:
+    from replica.durability import Durability
     from replica.node import Node
+    from replica.storage import StorageError
     from replica.tcp import serve_tcp
 
-    node = Node(me.id, config.node_ids, config.node_settings())
+    node = Node(me.id, config.node_ids, config.node_settings(), actor=actor)
+    if store is not None:
+        try:
+            _recover(node, store)
+        except StorageError as exc:
+            store.close()
+            return _storage_error(exc)
+        node.durability = Durability(
+            node.keyspaces,
+            store,
+            mode=config.durability,
+            flush_interval_ms=config.flush_interval_ms,
+        )
     try:
         server = await serve_tcp(node, me.host, me.port)
     except OSError as exc:
         log.error("cannot listen on %s: %s", me.address, exc.strerror or exc)
+        if node.durability is not None:
+            await node.durability.close()
         return EXIT_FAILURE
     log.info("%s listening on %s", me.id, me.address)
     stop_replication = _start_replication(node, config, me)
     try:
-        await _until_signalled()
+        await stop.wait()
     finally:
         await stop_replication()
         await server.close()
+        if node.durability is not None:
+            await node.durability.close()
     log.info("%s stopped", me.id)
     return EXIT_OK
+
+
+def _recover(node: Node, store: Store) -> None:
+    """Load every stored key before the node serves anything."""
+    started = time.perf_counter()
+    count = 0
+    for keyspace, key, state in store.load_all():
+        node.keyspaces.load(keyspace, key, state)
+        count += 1
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    log.info("loaded %d keys in %.0f ms (actor %s)", count, elapsed_ms, node.keyspaces.actor)
 
 
 def _start_replication(
@@ -269,6 +320,11 @@ def _log_level_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _storage_error(exc: Exception) -> int:
+    print(f"replica: storage error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _config_error(message: str) -> int:
     print(f"replica: config error: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -295,14 +351,15 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
-async def _until_signalled() -> None:
-    """Wait for SIGINT or SIGTERM."""
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event SIGINT and SIGTERM set, for as long as the block runs."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

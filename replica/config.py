@@ -9,6 +9,8 @@ mistyped field stops the node at once instead of being silently ignored.
     gossip_interval_ms = 200      # optional, > 0
     max_line_bytes = 1048576      # optional, > 0
     mvcc_retention_ms = 3600000   # optional, >= 0 (0: no automatic GC horizon)
+    durability = "sync"           # optional: "sync" (reply once on disk) or "async"
+    flush_interval_ms = 10        # optional, > 0: how often "async" commits
 
     [[nodes]]                     # one or more
     id = "n1"
@@ -30,9 +32,18 @@ if TYPE_CHECKING:
 DEFAULT_GOSSIP_INTERVAL_MS = 200
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 DEFAULT_MVCC_RETENTION_MS = 3_600_000
+DEFAULT_DURABILITY = "sync"
+DURABILITY_MODES = ("sync", "async")
+DEFAULT_FLUSH_INTERVAL_MS = 10
 
 TOP_LEVEL_FIELDS = ("cluster", "nodes")
-CLUSTER_FIELDS = ("gossip_interval_ms", "max_line_bytes", "mvcc_retention_ms")
+CLUSTER_FIELDS = (
+    "gossip_interval_ms",
+    "max_line_bytes",
+    "mvcc_retention_ms",
+    "durability",
+    "flush_interval_ms",
+)
 NODE_FIELDS = ("id", "host", "port", "data_dir")
 
 
@@ -57,6 +68,8 @@ class ClusterConfig:
     gossip_interval_ms: int = DEFAULT_GOSSIP_INTERVAL_MS
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     mvcc_retention_ms: int = DEFAULT_MVCC_RETENTION_MS
+    durability: str = DEFAULT_DURABILITY
+    flush_interval_ms: int = DEFAULT_FLUSH_INTERVAL_MS
     nodes: tuple[NodeConfig, ...] = ()
 
     @property
@@ -113,6 +126,10 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
     mvcc_retention_ms = _integer(cluster, "mvcc_retention_ms", DEFAULT_MVCC_RETENTION_MS)
     if mvcc_retention_ms < 0:
         raise ConfigError(f"[cluster] mvcc_retention_ms must be 0 or more, not {mvcc_retention_ms}")
+    durability = cluster.get("durability", DEFAULT_DURABILITY)
+    if durability not in DURABILITY_MODES:
+        raise ConfigError(f'[cluster] durability must be "sync" or "async", not {durability!r}')
+    flush_interval_ms = _positive(cluster, "flush_interval_ms", DEFAULT_FLUSH_INTERVAL_MS)
 
     raw_nodes = document.get("nodes")
     if raw_nodes is None or raw_nodes == []:
@@ -134,6 +151,8 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
         gossip_interval_ms=gossip_interval_ms,
         max_line_bytes=max_line_bytes,
         mvcc_retention_ms=mvcc_retention_ms,
+        durability=durability,
+        flush_interval_ms=flush_interval_ms,
         nodes=nodes,
     )
 

@@ -273,4 +273,19 @@ def status(node: Node, body: Body, src: str | None) -> Body:
         },
         "max_siblings": {"mv": largest, "kv": largest_kv},
         "gossip_bytes_sent": 0 if node.replicator is None else node.replicator.bytes_sent,
+        "actor": keyspaces.actor,
+        "durability": _durability_status(node),
+    }
+
+
+def _durability_status(node: Node) -> Body:
+    durability = node.durability
+    if durability is None:
+        return {"mode": "memory"}
+    return {
+        "mode": durability.mode,
+        "commits": durability.commits,
+        "keys_committed": durability.keys_committed,
+        "failures": durability.failures,
+        "last_error": durability.last_error,
     }

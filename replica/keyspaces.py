@@ -47,9 +47,11 @@ class Keyspaces:
         node_id: str,
         *,
         mvcc_retention_ms: int,
+        actor: str | None = None,
         now_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.node_id = node_id
+        self.actor = actor or node_id
         self.mv: dict[str, MVRegister] = {}
         self.kv: dict[str, ClockedSiblings] = {}
         self.mvcc: dict[str, VersionChain] = {}
@@ -77,7 +79,7 @@ class Keyspaces:
     def mv_write(
         self, key: str, value: Any, context: VersionVector | None
     ) -> tuple[MVRegister, Sibling]:
-        register, sibling = self.mv.get(key, _EMPTY_MV).write(self.node_id, value, context)
+        register, sibling = self.mv.get(key, _EMPTY_MV).write(self.actor, value, context)
         self.mv[key] = register
         self._changed(MV, key)
         return register, sibling
@@ -180,6 +182,21 @@ class Keyspaces:
         current = self.lww.get(key)
         merged = incoming if current is None else current.merge(incoming)
         self._absorb(LWW, self.lww, key, merged)
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def load(self, keyspace: str, key: str, state: Any) -> None:
+        """Put a state read back from durable storage.
+
+        Listeners hear of it as of a merge (`local` False): replication indexes
+        the key for anti-entropy without pushing it to peers again.
+        """
+        if isinstance(state, LWWRegister):
+            self.hlc = self.hlc.observe(state.timestamp)
+        elif isinstance(state, VersionChain) and (newest := state.newest()) is not None:
+            self.hlc = self.hlc.observe(newest.timestamp)
+        getattr(self, keyspace)[key] = state
+        self._changed(keyspace, key, local=False)
 
     # -- merges from peers ----------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,6 +24,9 @@ from replica.crdt.malformed import Malformed
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces
 from replica.replicator import Replicator
+
+if TYPE_CHECKING:
+    from replica.durability import Durability
 
 log = logging.getLogger("replica.node")
 
@@ -50,13 +53,19 @@ class Node:
         node_id: str | None = None,
         node_ids: Sequence[str] = (),
         settings: NodeSettings | None = None,
+        *,
+        actor: str | None = None,
     ) -> None:
+        """`actor` names this node's MV dots; it defaults to the node id (a node in memory)."""
         self.node_id = node_id
         self.node_ids: list[str] = list(node_ids)
         self.settings = settings or NodeSettings()
         self.next_msg_id = 0
-        self.keyspaces = Keyspaces(node_id or "", mvcc_retention_ms=self.settings.mvcc_retention_ms)
+        self.keyspaces = Keyspaces(
+            node_id or "", mvcc_retention_ms=self.settings.mvcc_retention_ms, actor=actor
+        )
         self.replicator: Replicator | None = None
+        self.durability: Durability | None = None
         if node_id is not None:
             self._start_replication()
 
@@ -69,6 +78,8 @@ class Node:
         self.node_id = node_id
         self.node_ids = list(node_ids)
         self.keyspaces.node_id = node_id
+        if not self.keyspaces.actor:
+            self.keyspaces.actor = node_id
         self._start_replication()
 
     def _start_replication(self) -> None:

@@ -5,6 +5,12 @@ way: each `data_received` chunk goes through the connection's `LineFramer`,
 every complete line goes to `Node.handle_line`, and all replies one chunk
 produced leave in a single `transport.write`.
 
+When the node commits synchronously, a chunk's replies wait for the commit
+that makes its writes durable (`Durability.barrier`), and a later chunk's
+replies wait behind an earlier one's, so a connection sees its replies in
+order.  If that commit fails, every reply of the chunk becomes error 13: a
+write that is not on disk is never acknowledged, to a client or to a peer.
+
 A client that sends and never reads cannot grow the node's memory: once a
 connection's unsent replies pass the write buffer's high-water mark the node
 stops reading from it (`pause_writing` pauses reading), so the client's own
@@ -16,10 +22,13 @@ closes one, and no connection error reaches beyond its own connection.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
-from typing import cast
+from typing import Any, cast
+
+import orjson
 
 from replica.errors import ErrorCode
 from replica.framing import LineFramer
@@ -41,6 +50,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.reading_paused = False
+        self.held: collections.deque[_Held] = collections.deque()
+        self.input_done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -58,15 +69,52 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self.input_done:
             return
         replies = [reply for line in self.framer.feed(data) if (reply := self._handle(line))]
         overflowed = self.framer.overflowed
         if overflowed:
             replies.append(self.node.line_too_long())
+            self.input_done = True
+        barrier = self._barrier() if replies else None
+        if barrier is None and not self.held:
+            self._send(replies, overflowed)
+            return
+        self.held.append((barrier, replies, overflowed))
+        if barrier is not None:
+            barrier.add_done_callback(self._release)
+
+    def _barrier(self) -> asyncio.Future[None] | None:
+        durability = self.node.durability
+        if durability is None or not durability.holds_replies:
+            return None
+        return durability.barrier()
+
+    def _release(self, _: object = None) -> None:
+        """Send the held replies whose commits are done, oldest first."""
+        while self.held:
+            barrier, replies, close = self.held[0]
+            if barrier is not None and not barrier.done():
+                return
+            self.held.popleft()
+            failure = _failure_of(barrier)
+            if failure is not None:
+                log.error(
+                    "answering %d requests from %s with error 13: %s",
+                    len(replies),
+                    self.peer,
+                    failure,
+                )
+                replies = [_not_durable(reply, failure) for reply in replies]
+            self._send(replies, close)
+
+    def _send(self, replies: list[bytes], close: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
         if replies:
             transport.write(b"".join(replies))
-        if overflowed:
+        if close:
             log.info("closing %s: line over max_line_bytes", self.peer)
             transport.close()  # after the replies above are flushed
 
@@ -94,8 +142,39 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        self.held.clear()
         if exc is not None:
             log.debug("connection from %s lost: %s", self.peer, exc)
+
+
+_Held = tuple["asyncio.Future[None] | None", list[bytes], bool]
+"""A chunk's replies waiting for its commit, and whether the connection closes after them."""
+
+
+def _failure_of(barrier: asyncio.Future[None] | None) -> str | None:
+    if barrier is None:
+        return None
+    if barrier.cancelled():
+        return "commit cancelled"
+    exc = barrier.exception()
+    return None if exc is None else str(exc)
+
+
+def _not_durable(reply: bytes, failure: str) -> bytes:
+    """Error 13 in place of a reply whose request's writes may not be on disk."""
+    message: Any = orjson.loads(reply)
+    envelope = "type" not in message and isinstance(message.get("body"), dict)
+    body = message["body"] if envelope else message
+    if body.get("type") == "error":
+        return reply  # the request changed nothing
+    error = {"type": "error", "code": int(ErrorCode.CRASH), "text": f"write not durable: {failure}"}
+    for field in ("in_reply_to", "msg_id"):
+        if field in body:
+            error[field] = body[field]
+    if envelope:
+        message["body"] = error
+        return orjson.dumps(message) + b"\n"
+    return orjson.dumps(error) + b"\n"
 
 
 class TcpServer:

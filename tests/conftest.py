@@ -6,12 +6,19 @@ Each node's log is printed at teardown, which pytest shows only for a failed tes
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import LOOPBACK, NodeProcess, free_ports, write_cluster
+from tests.harness import (
+    LOOPBACK,
+    NodeProcess,
+    ProxiedCluster,
+    free_ports,
+    proxied_cluster,
+    write_cluster,
+)
 
 SMALL_MAX_LINE_BYTES = 4096
 
@@ -50,3 +57,10 @@ def start_node(scratch_dir: Path) -> Iterator[Callable[..., NodeProcess]]:
 def node(start_node: Callable[..., NodeProcess]) -> NodeProcess:
     """A running node n1 whose max_line_bytes is small enough to exceed cheaply."""
     return start_node(max_line_bytes=SMALL_MAX_LINE_BYTES)
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[ProxiedCluster]:
+    """Nodes n1, n2, n3 gossiping every 50 ms, each directed link through its own proxy."""
+    async with proxied_cluster(("n1", "n2", "n3"), gossip_interval_ms=50) as running:
+        yield running

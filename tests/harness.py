@@ -12,22 +12,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pprint
+import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+
+from tests.proxy import LinkProxy, Partitioner
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 REPLY_TIMEOUT = 10.0
 READ_LIMIT = 64 << 20  # the client reads replies of any size the tests produce
+
+T = TypeVar("T")
 
 
 def free_ports(count: int) -> list[int]:
@@ -287,3 +295,252 @@ class JsonClient:
         self.writer.close()
         with contextlib.suppress(OSError, ConnectionError):
             await self.writer.wait_closed()
+
+
+# -- clusters whose nodes reach each other only through link proxies ------------------------
+
+CONVERGE_TIMEOUT = 15.0
+POLL_INTERVAL = 0.05
+DEFAULT_EPHEMERAL_LOW = 32768
+
+
+def free_listen_ports(count: int) -> list[int]:
+    """`count` free loopback ports below the kernel's ephemeral range.
+
+    A proxy that is cut closes its listening socket and must bind the same
+    port again when it heals; a port from the ephemeral range could meanwhile
+    become the local end of some outgoing connection and make that bind fail.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = DEFAULT_EPHEMERAL_LOW
+    rng = random.Random()
+    ports: list[int] = []
+    attempts = 0
+    while len(ports) < count:
+        attempts += 1
+        if attempts > 10_000:
+            raise RuntimeError(f"no {count} free ports below {low}")
+        port = rng.randrange(10_000, low)
+        if port in ports:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def write_cluster_view(path: Path, nodes: Iterable[tuple[str, int]], **cluster: int) -> Path:
+    """A cluster file at `path` listing `(node_id, port)` in order, on loopback."""
+    lines = ["[cluster]", *(f"{name} = {value}" for name, value in cluster.items()), ""]
+    for node_id, port in nodes:
+        lines += [
+            "[[nodes]]",
+            f'id = "{node_id}"',
+            f'host = "{LOOPBACK}"',
+            f"port = {port}",
+            f'data_dir = "data/{node_id}"',
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def without_ids(reply: dict[str, Any]) -> dict[str, Any]:
+    """A reply body without `msg_id` and `in_reply_to`: what replicas can agree on."""
+    return {k: v for k, v in reply.items() if k not in ("msg_id", "in_reply_to")}
+
+
+async def eventually(
+    observe: Callable[[], Awaitable[T]],
+    holds: Callable[[T], bool],
+    what: str,
+    timeout: float = CONVERGE_TIMEOUT,
+) -> T:
+    """Poll `observe` until `holds` accepts what it saw; fail showing the last observation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = await observe()
+        if holds(seen):
+            return seen
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{what}: not within {timeout}s; last observed:\n{pprint.pformat(seen)}"
+            )
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+class ProxiedCluster:
+    """Running nodes whose every directed link X→Y passes through its own `LinkProxy`.
+
+    Node X reads its own cluster file, `X.toml`, which lists X at its real
+    port and every other node Y at the port of the proxy P(X→Y).  Clients
+    talk to the real ports, so cutting links never cuts a client off.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        node_ids: list[str],
+        ports: dict[str, int],
+        proxies: dict[tuple[str, str], LinkProxy],
+        cluster: dict[str, int],
+    ) -> None:
+        self.directory = directory
+        self.node_ids = node_ids
+        self.ports = ports
+        self.partitioner = Partitioner(proxies)
+        self.nodes: dict[str, NodeProcess] = {}
+        self._clients: dict[str, JsonClient] = {}
+        for node_id in node_ids:
+            view = [
+                (other, ports[other] if other == node_id else proxies[node_id, other].listen_port)
+                for other in node_ids
+            ]
+            config = write_cluster_view(directory / f"{node_id}.toml", view, **cluster)
+            self.nodes[node_id] = NodeProcess(config, node_id, LOOPBACK, ports[node_id])
+
+    @property
+    def proxies(self) -> dict[tuple[str, str], LinkProxy]:
+        return self.partitioner.proxies
+
+    async def start(self) -> None:
+        for proxy in self.proxies.values():
+            await proxy.start()
+        for node in self.nodes.values():
+            node.start()
+        for node in self.nodes.values():
+            await node_ready(node)
+
+    async def partition(self, groups: Iterable[Iterable[str]]) -> None:
+        await self.partitioner.partition([set(g) for g in groups])
+
+    async def heal_all(self) -> None:
+        await self.partitioner.heal_all()
+
+    async def client(self, node_id: str) -> JsonClient:
+        """A connection to the node's real port, kept for later requests."""
+        client = self._clients.get(node_id)
+        if client is None:
+            client = await self.nodes[node_id].connect()
+            self._clients[node_id] = client
+        return client
+
+    async def request(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        client = await self.client(node_id)
+        return await client.request(body)
+
+    async def request_each(
+        self, body: dict[str, Any], node_ids: Iterable[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The same request at every node (or those named): reply bodies without ids."""
+        ids = self.node_ids if node_ids is None else list(node_ids)
+        return {n: without_ids(await self.request(n, body)) for n in ids}
+
+    async def statuses(self) -> dict[str, dict[str, Any]]:
+        return await self.request_each({"type": "status"})
+
+    async def kill(self, node_id: str) -> None:
+        """SIGKILL the node: no shutdown of any kind."""
+        await self._drop_client(node_id)
+        await asyncio.to_thread(self.nodes[node_id].kill)
+
+    async def restart(self, node_id: str, *, wipe: bool = True) -> None:
+        """Start a stopped or killed node again, with its data dir removed when `wipe`."""
+        node = self.nodes[node_id]
+        if node.process is not None and node.process.poll() is None:
+            raise RuntimeError(f"{node_id} is still running")
+        if wipe:
+            shutil.rmtree(self.directory / "data" / node_id, ignore_errors=True)
+        node.start()
+        await node_ready(node)
+
+    async def wait_quiet(self, what: str = "every link up, nothing pending") -> None:
+        """Every node connected to every peer, with no change pending for any of them."""
+
+        def quiet(statuses: dict[str, dict[str, Any]]) -> bool:
+            return all(
+                peer["connected"] and peer["pending"] == 0
+                for status in statuses.values()
+                for peer in status["peers"]
+            )
+
+        await eventually(self.statuses, quiet, what)
+
+    async def _drop_client(self, node_id: str) -> None:
+        client = self._clients.pop(node_id, None)
+        if client is not None:
+            await client.close()
+
+    async def close(self) -> None:
+        for node_id in list(self._clients):
+            await self._drop_client(node_id)
+        for node in self.nodes.values():
+            await asyncio.to_thread(node.stop)
+        await self.partitioner.close()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {n.node_id} (port {n.port}) log ---\n{n.stderr_text()}"
+            for n in self.nodes.values()
+        )
+
+
+async def node_ready(node: NodeProcess, timeout: float = START_TIMEOUT) -> None:
+    """Wait, without blocking the event loop, until the node accepts connections."""
+    assert node.process is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        if node.process.poll() is not None:
+            raise RuntimeError(
+                f"{node.node_id} exited with {node.process.returncode}:\n{node.stderr_text()}"
+            )
+        try:
+            _, writer = await asyncio.open_connection(node.host, node.port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{node.node_id} not accepting on {node.host}:{node.port} "
+                    f"after {timeout}s:\n{node.stderr_text()}"
+                ) from None
+            await asyncio.sleep(0.02)
+        else:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+
+@contextlib.asynccontextmanager
+async def proxied_cluster(
+    node_ids: Iterable[str] = ("n1", "n2", "n3"),
+    *,
+    gossip_interval_ms: int = 50,
+    **cluster: int,
+) -> AsyncIterator[ProxiedCluster]:
+    """A fresh cluster with a proxy on every directed link, in its own temporary directory.
+
+    Every node, proxy and file is gone on exit, whatever happened; the nodes'
+    logs are printed, which pytest shows for a failed test.
+    """
+    ids = list(node_ids)
+    links = [(a, b) for a in ids for b in ids if a != b]
+    ports = free_listen_ports(len(ids) + len(links))
+    node_ports = dict(zip(ids, ports[: len(ids)], strict=True))
+    proxies = {
+        link: LinkProxy(port, node_ports[link[1]])
+        for link, port in zip(links, ports[len(ids) :], strict=True)
+    }
+    settings = {"gossip_interval_ms": gossip_interval_ms, **cluster}
+    with tempfile.TemporaryDirectory(prefix="replica-cluster-") as name:
+        running = ProxiedCluster(Path(name), ids, node_ports, proxies, settings)
+        try:
+            await running.start()
+            yield running
+        finally:
+            await running.close()
+            print(running.logs())

@@ -1,0 +1,500 @@
+"""Group commit, replies held until durable, recovery after kill -9, and fresh dots after a wipe."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replica import durability as durability_module
+from replica.config import ConfigError, parse_cluster
+from replica.crdt.mv_register import MVRegister
+from replica.durability import Durability, NotDurable
+from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
+from replica.node import Node
+from replica.storage import LmdbStore, MemoryStore, Record, open_store
+from replica.tcp import serve_tcp
+from tests.harness import LOOPBACK, JsonClient, NodeProcess, free_ports
+
+
+class SlowStore(MemoryStore):
+    """A store whose commits take a while, and can be made to fail, like a full disk."""
+
+    def __init__(self, delay: float = 0.01) -> None:
+        super().__init__()
+        self.delay = delay
+        self.fail_with: Exception | None = None
+        self.batch_sizes: list[int] = []
+        self.threads: set[str] = set()
+
+    def store_batch(self, items: list[Record]) -> None:
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.batch_sizes.append(len(items))
+        super().store_batch(items)
+
+
+def keyspaces() -> Keyspaces:
+    return Keyspaces("n1", mvcc_retention_ms=0)
+
+
+async def test_nothing_changed_means_no_barrier() -> None:
+    durability = Durability(keyspaces(), MemoryStore())
+    assert durability.barrier() is None
+    await durability.close()
+
+
+async def test_a_barrier_resolves_once_the_change_is_stored() -> None:
+    ks, store = keyspaces(), SlowStore()
+    durability = Durability(ks, store)
+    ks.lww_write("k", "v", 1)
+    barrier = durability.barrier()
+    assert barrier is not None
+    assert store.records == {}
+    await barrier
+    assert (LWW, "k") in store.records
+    assert durability.barrier() is None
+    assert store.threads and threading.current_thread().name not in store.threads
+    await durability.close()
+
+
+async def test_changes_of_one_turn_are_one_commit() -> None:
+    ks, store = keyspaces(), SlowStore()
+    durability = Durability(ks, store)
+    for i in range(1000):
+        ks.mv_write(f"k{i}", i, None)
+    barrier = durability.barrier()
+    assert barrier is not None
+    await barrier
+    assert store.batch_sizes == [1000]
+    await durability.close()
+
+
+async def test_changes_during_a_commit_gather_for_the_next_one() -> None:
+    ks, store = keyspaces(), SlowStore(delay=0.01)
+    durability = Durability(ks, store)
+    barriers = []
+    for i in range(300):  # one write per loop turn, while commits take 10 ms each
+        ks.kv_put(f"k{i}", i, (1,))
+        barriers.append(durability.barrier())
+        await asyncio.sleep(0)
+    await asyncio.gather(*barriers)
+    assert sum(store.batch_sizes) == 300
+    assert len(store.batch_sizes) < 30, store.batch_sizes
+    await durability.close()
+
+
+async def test_a_key_changed_many_times_between_commits_is_stored_once() -> None:
+    ks, store = keyspaces(), SlowStore()
+    durability = Durability(ks, store)
+    for i in range(50):
+        ks.lww_write("k", i, i + 1)
+    await durability.barrier()  # type: ignore[misc]
+    assert store.batch_sizes == [1]
+    await durability.close()
+
+
+async def test_a_failed_commit_fails_its_barrier_and_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(durability_module, "RETRY_AFTER_FAILURE_S", 0.01)
+    ks, store = keyspaces(), SlowStore()
+    store.fail_with = OSError(28, "No space left on device")
+    durability = Durability(ks, store)
+    ks.mvcc_put("k", "v", 7)
+    barrier = durability.barrier()
+    assert barrier is not None
+    with pytest.raises(NotDurable, match="No space left"):
+        await barrier
+    assert durability.failures >= 1
+    store.fail_with = None
+    later = durability.barrier()  # the failed key is still waiting to be stored
+    assert later is not None
+    await later
+    assert (MVCC, "k") in store.records
+    await durability.close()
+
+
+async def test_async_mode_commits_after_the_flush_interval() -> None:
+    ks, store = keyspaces(), SlowStore(delay=0)
+    durability = Durability(ks, store, mode="async", flush_interval_ms=20)
+    assert not durability.holds_replies
+    ks.lww_write("k", "v", 1)
+    await asyncio.sleep(0.005)
+    assert store.records == {}
+    await asyncio.sleep(0.05)
+    assert (LWW, "k") in store.records
+    await durability.close()
+
+
+async def test_close_commits_what_is_still_dirty(tmp_path: Path) -> None:
+    ks = keyspaces()
+    durability = Durability(ks, LmdbStore(tmp_path), mode="async", flush_interval_ms=60_000)
+    ks.kv_put("k", "v", (1,))
+    await durability.close()
+    store = LmdbStore(tmp_path)
+    assert [(space, key) for space, key, _ in store.load_all()] == [(KV, "k")]
+    store.close()
+
+
+def test_durability_settings_are_checked() -> None:
+    node = {"id": "n1", "host": "127.0.0.1", "port": 7001}
+    config = parse_cluster(
+        {"cluster": {"durability": "async", "flush_interval_ms": 5}, "nodes": [node]}
+    )
+    assert (config.durability, config.flush_interval_ms) == ("async", 5)
+    assert parse_cluster({"nodes": [node]}).durability == "sync"
+    with pytest.raises(ConfigError, match="durability must be"):
+        parse_cluster({"cluster": {"durability": "fsync"}, "nodes": [node]})
+    with pytest.raises(ConfigError, match="flush_interval_ms"):
+        parse_cluster({"cluster": {"flush_interval_ms": 0}, "nodes": [node]})
+
+
+# -- replies over TCP, in process ------------------------------------------------------------
+
+
+async def serving(store: MemoryStore) -> tuple[Node, Any, JsonClient]:
+    node = Node("n1", ["n1"])
+    node.durability = Durability(node.keyspaces, store)
+    server = await serve_tcp(node, LOOPBACK, 0)
+    host, port = server.addresses[0]
+    return node, server, await JsonClient.connect(host, port)
+
+
+async def test_replies_wait_for_their_commit_and_keep_their_order() -> None:
+    store = SlowStore(delay=0.02)
+    node, server, client = await serving(store)
+    try:
+        ids = []
+        for i in range(20):  # separate chunks: each one's replies wait on its own commit
+            body = {"type": "mv_write", "key": f"k{i % 3}", "value": i, "msg_id": 100 + i}
+            await client.send(body)
+            ids.append(100 + i)
+            if i % 4 == 0:
+                await asyncio.sleep(0.005)
+        replies = [await client.read_json() for _ in ids]
+        assert [r["in_reply_to"] for r in replies] == ids
+        assert all(r["type"] == "mv_write_ok" for r in replies)
+        assert len(store.batch_sizes) < 20
+        assert {key for _, key in store.records} == {"k0", "k1", "k2"}
+    finally:
+        await client.close()
+        await server.close()
+        assert node.durability is not None
+        await node.durability.close()
+
+
+async def test_a_write_that_cannot_be_stored_gets_error_13(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(durability_module, "RETRY_AFTER_FAILURE_S", 0.01)
+    store = SlowStore()
+    store.fail_with = OSError(28, "No space left on device")
+    node, server, client = await serving(store)
+    try:
+        reply = await client.request({"type": "mv_write", "key": "k", "value": 1})
+        assert reply["type"] == "error"
+        assert reply["code"] == 13
+        assert reply["text"].startswith("write not durable: ")
+        merge = {"src": "n2", "dest": "n1", "body": {"type": "lww_merge", "msg_id": 9, "key": "x",
+                 "state": {"value": 1, "timestamp": 1, "replica": "n2"}}}  # fmt: skip
+        await client.send(merge)
+        ack = await client.reply_to(9, envelope=True)
+        assert ack["body"]["type"] == "error", ack  # a peer's merge is not acknowledged either
+        bad = await client.request({"type": "mv_write", "key": "k"})
+        assert bad["code"] == 12  # a request that changed nothing keeps its own error
+    finally:
+        await client.close()
+        await server.close()
+        store.fail_with = None
+        assert node.durability is not None
+        await node.durability.close()
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+
+def durable_node(directory: Path, port: int) -> NodeProcess:
+    config = directory / "cluster.toml"
+    config.write_text(
+        '[cluster]\ndurability = "sync"\n'
+        f'[[nodes]]\nid = "n1"\nhost = "{LOOPBACK}"\nport = {port}\ndata_dir = "data/n1"\n'
+    )
+    return NodeProcess(config, "n1", LOOPBACK, port)
+
+
+def write_body(kind: str, i: int) -> dict[str, Any]:
+    key = f"{kind}-{i}"
+    if kind == MV:
+        return {"type": "mv_write", "key": key, "value": i}
+    if kind == KV:
+        return {"type": "kv_put", "key": key, "value": i, "clock": [1]}
+    if kind == LWW:
+        return {"type": "lww_write", "key": key, "value": i}
+    return {"type": "mvcc_put", "key": key, "value": i}
+
+
+async def pipelined_writes(
+    node: NodeProcess, start: int, count: int, acked: list[tuple[str, int]] | None = None
+) -> list[tuple[str, int]]:
+    """Write `count` keys of each kind over 4 connections, 16 in flight.
+
+    Returns the acknowledged writes, each appended to `acked` as its reply arrives.
+    """
+    acked = [] if acked is None else acked
+
+    async def one_connection(lane: int) -> None:
+        async with await node.connect() as client:
+            pending: dict[int, tuple[str, int]] = {}
+            for i in range(start + lane, start + count, 4):
+                for kind in (MV, KV, LWW, MVCC):
+                    msg_id = client.take_msg_id()
+                    await client.send({**write_body(kind, i), "msg_id": msg_id})
+                    pending[msg_id] = (kind, i)
+                while len(pending) >= 16:
+                    reply = await client.read_json()
+                    ref = pending.pop(reply["in_reply_to"])
+                    if reply["type"].endswith("_ok"):
+                        acked.append(ref)
+            while pending:
+                reply = await client.read_json()
+                ref = pending.pop(reply["in_reply_to"])
+                if reply["type"].endswith("_ok"):
+                    acked.append(ref)
+
+    results = await asyncio.gather(
+        *(one_connection(lane) for lane in range(4)), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return acked
+
+
+def read_body(kind: str, i: int) -> dict[str, Any]:
+    read_type = {MV: "mv_read", KV: "kv_get", LWW: "lww_read", MVCC: "mvcc_get"}[kind]
+    return {"type": read_type, "key": f"{kind}-{i}"}
+
+
+def holds(kind: str, i: int, reply: dict[str, Any]) -> bool:
+    if kind == MV:
+        return [v["value"] for v in reply["values"]] == [i]
+    if kind == KV:
+        return bool(reply["values"] == [{"value": i, "clock": [1]}])
+    return bool(reply.get("value") == i)
+
+
+async def assert_present(node: NodeProcess, acked: list[tuple[str, int]]) -> None:
+    """Read every acknowledged write back, 256 requests in flight."""
+    async with await node.connect() as client:
+        for first in range(0, len(acked), 256):
+            batch = acked[first : first + 256]
+            for n, (kind, i) in enumerate(batch):
+                await client.send({**read_body(kind, i), "msg_id": first + n})
+            for n, (kind, i) in enumerate(batch):
+                reply = await client.reply_to(first + n)
+                assert holds(kind, i, reply), (kind, i, reply)
+
+
+async def test_every_acknowledged_write_survives_kill_9(scratch_dir: Path) -> None:
+    (port,) = free_ports(1)
+    node = durable_node(scratch_dir, port)
+    acked: list[tuple[str, int]] = []
+    try:
+        for round_ in range(3):
+            node.start().wait_ready()
+            await assert_present(node, acked)  # everything of the rounds before
+            acked += await pipelined_writes(node, round_ * 1000, 200)
+            node.kill()
+        assert len(acked) == 3 * 200 * 4
+        node.start().wait_ready()
+        await assert_present(node, acked)
+        assert "loaded 2400 keys in" in node.stderr_text()
+    finally:
+        node.stop()
+        print(node.stderr_text())
+
+
+async def test_kill_9_in_the_middle_of_a_write_load_loses_no_acknowledged_write(
+    scratch_dir: Path,
+) -> None:
+    (port,) = free_ports(1)
+    node = durable_node(scratch_dir, port)
+    acked: list[tuple[str, int]] = []
+    try:
+        for round_ in range(3):
+            node.start().wait_ready()
+            await assert_present(node, acked)
+            load = asyncio.ensure_future(pipelined_writes(node, round_ * 100_000, 100_000, acked))
+            await asyncio.sleep(0.3 + random.random() * 0.3)
+            node.kill()
+            with pytest.raises((ConnectionError, OSError, asyncio.IncompleteReadError)):
+                await load
+        assert len(acked) > 100
+        node.start().wait_ready()
+        await assert_present(node, acked)
+    finally:
+        node.stop()
+        print(node.stderr_text())
+
+
+# -- incarnations -------------------------------------------------------------------------------
+
+
+async def test_a_wiped_node_never_reuses_a_dot(tmp_path: Path) -> None:
+    data = tmp_path / "n1"
+    store, first_actor = open_store(data, "n1")
+    before = Keyspaces("n1", mvcc_retention_ms=0, actor=first_actor)
+    before.mv_write("k", "old", None)
+    store.close()
+    peer = Keyspaces("n2", mvcc_retention_ms=0)
+    peer.mv_merge("k", before.mv["k"])  # the old value reached n2
+
+    for file in data.iterdir():  # the disk is wiped
+        file.unlink()
+    store, second_actor = open_store(data, "n1")
+    store.close()
+    assert second_actor != first_actor
+    after = Keyspaces("n1", mvcc_retention_ms=0, actor=second_actor)
+    _, sibling = after.mv_write("k", "new", None)  # no context: it has seen nothing
+    assert sibling.dot != before.mv["k"].siblings[0].dot
+
+    healed = after.mv["k"].merge(peer.mv["k"])
+    assert sorted(healed.values()) == ["new", "old"]
+    assert sorted(peer.mv["k"].merge(after.mv["k"]).values()) == ["new", "old"]
+
+
+def test_without_fresh_actors_a_wipe_would_lose_a_write() -> None:
+    """Why the actor changes: the same id after a wipe reissues dot [n1, 1] to another value."""
+    old = MVRegister().write("n1", "old", None)[0]
+    new = MVRegister().write("n1", "new", None)[0]
+    assert old.siblings[0].dot == new.siblings[0].dot
+    assert len(old.merge(new).values()) == 1
+
+
+# -- two real nodes ------------------------------------------------------------------------------
+
+
+def two_durable_nodes(directory: Path) -> dict[str, NodeProcess]:
+    ports = free_ports(2)
+    lines = ["[cluster]", "gossip_interval_ms = 50", ""]
+    for node_id, port in zip(("n1", "n2"), ports, strict=True):
+        lines += ["[[nodes]]", f'id = "{node_id}"', f'host = "{LOOPBACK}"', f"port = {port}"]
+        lines += [f'data_dir = "data/{node_id}"', ""]
+    config = directory / "cluster.toml"
+    config.write_text("\n".join(lines))
+    return {
+        node_id: NodeProcess(config, node_id, LOOPBACK, port)
+        for node_id, port in zip(("n1", "n2"), ports, strict=True)
+    }
+
+
+async def read_until(
+    node: NodeProcess, body: dict[str, Any], done: Any, timeout: float = 10.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    async with await node.connect() as client:
+        while True:
+            reply = await client.request(body)
+            if done(reply) or time.monotonic() > deadline:
+                return reply
+            await asyncio.sleep(0.05)
+
+
+def mv_values(reply: dict[str, Any]) -> list[Any]:
+    return sorted(v["value"] for v in reply["values"])
+
+
+async def test_a_value_received_by_gossip_survives_kill_9_of_its_receiver(
+    scratch_dir: Path,
+) -> None:
+    nodes = two_durable_nodes(scratch_dir)
+    try:
+        for node in nodes.values():
+            node.start()
+        for node in nodes.values():
+            node.wait_ready()
+        async with await nodes["n1"].connect() as client:
+            for i in range(50):
+                await client.request({"type": "lww_write", "key": f"g{i}", "value": i})
+        last = {"type": "lww_read", "key": "g49"}
+        reply = await read_until(nodes["n2"], last, lambda r: r.get("value") == 49)
+        assert reply.get("value") == 49, reply
+        nodes["n2"].kill()
+        nodes["n1"].stop()  # n2 comes back alone: what it has is what it stored
+        nodes["n2"].start().wait_ready()
+        async with await nodes["n2"].connect() as client:
+            for i in range(50):  # n1 sent them in order, so everything up to g49 arrived
+                reply = await client.request({"type": "lww_read", "key": f"g{i}"})
+                assert reply.get("value") == i, reply
+    finally:
+        for node in nodes.values():
+            node.stop()
+            print(f"--- {node.node_id} ---\n{node.stderr_text()}")
+
+
+async def test_a_wiped_node_writing_while_cut_off_keeps_both_values(scratch_dir: Path) -> None:
+    nodes = two_durable_nodes(scratch_dir)
+    n1, n2 = nodes["n1"], nodes["n2"]
+    read = {"type": "mv_read", "key": "k"}
+    try:
+        n1.start()
+        n2.start()
+        n1.wait_ready()
+        n2.wait_ready()
+        async with await n1.connect() as client:
+            first = await client.request({"type": "mv_write", "key": "k", "value": "old"})
+        reply = await read_until(n2, read, lambda r: mv_values(r) == ["old"])
+        assert mv_values(reply) == ["old"], reply
+
+        n2.stop()  # cut off
+        n1.kill()
+        for file in (scratch_dir / "data" / "n1").iterdir():  # n1's disk is wiped
+            file.unlink()
+        n1.start().wait_ready()
+        async with await n1.connect() as client:
+            second = await client.request({"type": "mv_write", "key": "k", "value": "new"})
+        assert second["values"][0]["dot"] != first["values"][0]["dot"]
+
+        n2.start().wait_ready()  # the heal
+        for node in (n1, n2):
+            reply = await read_until(node, read, lambda r: mv_values(r) == ["new", "old"])
+            assert mv_values(reply) == ["new", "old"], (node.node_id, reply)
+    finally:
+        for node in nodes.values():
+            node.stop()
+            print(f"--- {node.node_id} ---\n{node.stderr_text()}")
+
+
+async def test_status_reports_the_actor_and_the_commits() -> None:
+    node = Node("n1", ["n1"], actor="n1~0a0b0c")
+    assert node.handle_body({"type": "status"}, None)["durability"] == {"mode": "memory"}
+    node.durability = Durability(node.keyspaces, MemoryStore())
+    node.handle_body({"type": "mv_write", "key": "k", "value": 1}, None)
+    await node.durability.barrier()  # type: ignore[misc]
+    status = node.handle_body({"type": "status"}, None)
+    assert status is not None
+    assert status["actor"] == "n1~0a0b0c"
+    assert status["durability"] == {
+        "mode": "sync", "commits": 1, "keys_committed": 1, "failures": 0, "last_error": None
+    }  # fmt: skip
+    await node.durability.close()
+
+
+async def test_a_full_lmdb_map_fails_the_barrier(tmp_path: Path) -> None:
+    ks = keyspaces()
+    durability = Durability(ks, LmdbStore(tmp_path, map_size=256 * 1024))
+    for i in range(2000):
+        ks.lww_write(f"k{i}", "x" * 200, i + 1)
+    barrier = durability.barrier()
+    assert barrier is not None
+    with pytest.raises(NotDurable, match="MapFullError"):
+        await barrier
+    await durability.close()
