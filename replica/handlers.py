@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
+
+from replica import delta_compression
 from replica.crdt import version_vector
 from replica.crdt.clocked_siblings import ClockedSiblings, NotCovered, clock_from_wire
 from replica.crdt.lww import LWWRegister
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
 
 Body = dict[str, Any]
 State = TypeVar("State")
+
+MAX_INFLATED_BYTES = 64 << 20  # a compressed batch never inflates past this
 
 
 def init(node: Node, body: Body, src: str | None) -> Body:
@@ -227,8 +232,15 @@ def lww_merge(node: Node, body: Body, src: str | None) -> Body | None:
 
 
 def _deltas(body: Body, field: str, decode: Callable[[Any], State]) -> list[tuple[str, State]]:
-    """Decode `{key, <field>}` or `{deltas: [{key, <field>}...]}`, all before applying any."""
-    if "deltas" in body:
+    """Decode `{key, <field>}` or a batch of them, plain or compressed, before applying any."""
+    if "deltas_z" in body:
+        try:
+            raw = orjson.loads(delta_compression.unpack(body["deltas_z"], MAX_INFLATED_BYTES))
+        except orjson.JSONDecodeError as exc:
+            raise Malformed(f"field 'deltas_z' does not hold JSON: {exc}") from None
+        items = require_list(raw, "field 'deltas_z'")
+        entries = [require_object(item, "each delta") for item in items]
+    elif "deltas" in body:
         items = require_list(body["deltas"], "field 'deltas'")
         entries = [require_object(item, "each delta") for item in items]
     else:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from replica import delta_compression
 from replica.crdt.canonical import canonical
 from replica.crdt.malformed import Malformed, require_list, require_object, require_str
 from replica.delta_tracker import DeltaTracker, KeyRef
@@ -171,7 +172,12 @@ class Replicator:
         msg_id = self.node.take_msg_id()
         head = orjson.dumps({"src": self.node.node_id, "dest": peer})[:-1]
         body_head = orjson.dumps({"type": MERGE_TYPE[keyspace], "msg_id": msg_id})[:-1]
-        line = b"".join((head, b',"body":', body_head, b',"deltas":[', b",".join(chunks), b"]}}\n"))
+        deltas = b"".join((b"[", b",".join(chunks), b"]"))
+        if len(deltas) >= delta_compression.COMPRESS_FROM_BYTES:
+            field = b',"deltas_z":"' + delta_compression.pack(deltas).encode() + b'"'
+        else:
+            field = b',"deltas":' + deltas
+        line = b"".join((head, b',"body":', body_head, field, b"}}\n"))
         if not self.outbox(peer, line):
             return False
         self.tracker.sent(peer, msg_id, batch, now)
@@ -205,7 +211,12 @@ class Replicator:
     # -- anti-entropy ----------------------------------------------------------------------
 
     def start_anti_entropy(self) -> None:
-        connected = [p for p in self.peers if p in self.connected]
+        """Compare digests with the next connected peer that owes us no deltas.
+
+        While deltas to a peer are still pending the digests differ anyway, and
+        repairing then would only send again what gossip is already sending.
+        """
+        connected = [p for p in self.peers if p in self.connected and self.tracker.pending(p) == 0]
         if not connected:
             return
         peer = connected[self._next_ae_peer % len(connected)]

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from replica import delta_compression
 from replica import node as node_module
 from replica.node import Node, NodeSettings
 
@@ -411,3 +412,51 @@ def test_keyspaces_are_separate(client: Client) -> None:
     assert client("mv_read", key="x")["values"] == []
     assert client("kv_get", key="x")["values"] == []
     assert error_code(client("mvcc_get", key="x")) == 20
+
+
+# -- compressed delta batches ---------------------------------------------------------------
+
+
+def test_mv_merge_accepts_a_compressed_batch(client: Client) -> None:
+    deltas = [
+        {"key": f"k{i}", "siblings": [{"value": i, "dot": ["n2", 1], "past": {}}]}
+        for i in range(50)
+    ]
+    packed = delta_compression.pack(orjson.dumps(deltas))
+    assert client("mv_merge", deltas_z=packed)["type"] == "mv_merge_ok"
+    assert client("mv_read", key="k49")["values"][0]["value"] == 49
+
+
+@pytest.mark.parametrize(
+    "deltas_z",
+    [
+        "not base64!",
+        5,
+        delta_compression.pack(b'{"not": "an array"}'),
+        delta_compression.pack(b"not json"),
+        delta_compression.pack(b"[" + b" " * (65 << 20) + b"]"),  # inflates past the bound
+    ],
+)
+def test_bad_compressed_batches_get_error_12_and_change_nothing(
+    client: Client, deltas_z: object
+) -> None:
+    assert error_code(client("kv_merge", deltas_z=deltas_z)) == 12
+    assert client.node.keyspaces.kv == {}
+
+
+def test_gossip_compresses_large_batches_and_a_peer_applies_them() -> None:
+    sender, receiver = make_node("n1"), make_node("n2")
+    lines: list[bytes] = []
+    assert sender.replicator is not None
+    sender.replicator.outbox = lambda dest, line: dest == "n2" and not lines.append(line)
+    sender.replicator.link_up("n2")
+    for i in range(200):
+        sender.keyspaces.mv_write(f"key{i}", "value", None)
+    while sender.replicator.push():
+        pass
+    assert lines and all(b'"deltas_z"' in line for line in lines)
+    assert sum(map(len, lines)) < 200 * 60  # far below the plain JSON of 200 states
+    for line in lines:
+        ack = receiver.handle_line(line.rstrip(b"\n"))
+        assert ack is not None and b"mv_merge_ok" in ack
+    assert receiver.keyspaces.mv == sender.keyspaces.mv
