@@ -29,9 +29,22 @@ class _InFlight:
 
 @dataclass(slots=True)
 class _PeerDeltas:
-    pending: dict[KeyRef, int] = field(default_factory=dict)  # key -> seq of its latest change
-    in_flight: dict[KeyRef, int] = field(default_factory=dict)  # key -> msg_id carrying it
+    # keys waiting to be sent -> seq of their latest change; a key in flight
+    # leaves this map, so taking work never rescans what is already on its way
+    pending: dict[KeyRef, int] = field(default_factory=dict)
+    in_flight: dict[KeyRef, tuple[int, int]] = field(default_factory=dict)  # -> (msg_id, seq)
     messages: dict[int, _InFlight] = field(default_factory=dict)
+
+    def owed(self) -> int:
+        """Keys not yet acknowledged: waiting, or in flight and unchanged since."""
+        return len(self.pending) + sum(1 for ref in self.in_flight if ref not in self.pending)
+
+    def requeue(self, msg_id: int) -> None:
+        """A message will never be acknowledged: what it carried waits again."""
+        for ref, seq in self.messages.pop(msg_id).items.items():
+            if self.in_flight.get(ref, (None,))[0] == msg_id:
+                del self.in_flight[ref]
+                self.pending.setdefault(ref, seq)
 
 
 class DeltaTracker:
@@ -54,7 +67,7 @@ class DeltaTracker:
     def mark(self, peer: str, ref: KeyRef) -> None:
         """One peer needs a key again (anti-entropy found it missing or different there)."""
         state = self._peers.get(peer)
-        if state is not None and ref not in state.pending:  # pending already: it will go
+        if state is not None and ref not in state.pending and ref not in state.in_flight:
             self._seq += 1
             state.pending[ref] = self._seq
 
@@ -65,7 +78,7 @@ class DeltaTracker:
         chosen: list[tuple[KeyRef, int]] = []
         for ref, seq in state.pending.items():
             if ref in state.in_flight:
-                continue
+                continue  # changed while in flight: goes again once that message is answered
             chosen.append((ref, seq))
             if len(chosen) >= limit:
                 break
@@ -74,8 +87,10 @@ class DeltaTracker:
     def sent(self, peer: str, msg_id: int, items: list[tuple[KeyRef, int]], now: float) -> None:
         state = self._peers[peer]
         state.messages[msg_id] = _InFlight(now, dict(items))
-        for ref, _ in items:
-            state.in_flight[ref] = msg_id
+        for ref, seq in items:
+            state.in_flight[ref] = (msg_id, seq)
+            if state.pending.get(ref) == seq:
+                del state.pending[ref]
 
     def acked(self, peer: str, msg_id: int) -> int:
         """Clear what message `msg_id` delivered; returns how many keys are now done."""
@@ -84,27 +99,23 @@ class DeltaTracker:
         if state is None or message is None:
             return 0
         done = 0
-        for ref, seq in message.items.items():
-            if state.in_flight.get(ref) == msg_id:
+        for ref in message.items:
+            if state.in_flight.get(ref, (None,))[0] == msg_id:
                 del state.in_flight[ref]
-            if state.pending.get(ref) == seq:
-                del state.pending[ref]
-                done += 1
+                if ref not in state.pending:
+                    done += 1
         return done
 
     def pending(self, peer: str) -> int:
-        return len(self._peers[peer].pending)
+        return self._peers[peer].owed()
 
     def forget_in_flight(self, peer: str) -> None:
         """A connection dropped: whatever it carried will never be acknowledged."""
         state = self._peers[peer]
-        state.messages.clear()
-        state.in_flight.clear()
+        for msg_id in list(state.messages):
+            state.requeue(msg_id)
 
     def _expire(self, state: _PeerDeltas, now: float) -> None:
         deadline = now - self.resend_after
-        expired = [msg_id for msg_id, m in state.messages.items() if m.sent_at <= deadline]
-        for msg_id in expired:
-            for ref in state.messages.pop(msg_id).items:
-                if state.in_flight.get(ref) == msg_id:
-                    del state.in_flight[ref]
+        for msg_id in [m for m, sent in state.messages.items() if sent.sent_at <= deadline]:
+            state.requeue(msg_id)
