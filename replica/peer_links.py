@@ -20,6 +20,7 @@ from typing import cast
 
 from replica.framing import LineFramer
 from replica.node import Node
+from replica.replicator import Replicator
 
 log = logging.getLogger("replica.peers")
 
@@ -86,6 +87,7 @@ class PeerLinks:
         self.backoff_max = backoff_max
         self._links: dict[str, _PeerProtocol] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._drains: set[asyncio.Task[None]] = set()
         if node.replicator is not None:
             node.replicator.outbox = self.send
 
@@ -98,9 +100,10 @@ class PeerLinks:
             self._tasks.append(asyncio.create_task(self._keep_connected(peer)))
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._drains]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for link in self._links.values():
@@ -122,6 +125,10 @@ class PeerLinks:
                 self._links[peer] = link
                 self._replicator_link(peer, up=True)
                 log.info("connected to peer %s at %s:%d", peer, host, port)
+                if self.node.replicator is not None:  # a healed link need not wait for a tick
+                    pushing = asyncio.create_task(drain(self.node.replicator))
+                    self._drains.add(pushing)
+                    pushing.add_done_callback(self._drains.discard)
                 connected_at = loop.time()
                 await link.closed
                 self._links.pop(peer, None)
@@ -152,7 +159,15 @@ async def gossip_forever(node: Node, interval_ms: int) -> None:
             continue
         try:
             replicator.tick()
-            while replicator.push():
-                await asyncio.sleep(0)  # let client requests in between slices
         except Exception:
             log.exception("gossip tick failed")
+        await drain(replicator)
+
+
+async def drain(replicator: Replicator) -> None:
+    """Push every slice that is ready now, letting client requests in between slices."""
+    try:
+        while replicator.push():
+            await asyncio.sleep(0)
+    except Exception:
+        log.exception("pushing deltas failed")
