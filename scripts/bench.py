@@ -4,6 +4,11 @@
     .venv/bin/python scripts/bench.py converge [--keys 10000] [--nodes 3]
         [--gossip-interval-ms 200] [--keyspace mv] [--value-bytes 16] [--json]
         [--memory] [--connections 16] [--window 64] [--timeout 120] [--profile DIR]
+    .venv/bin/python scripts/bench.py throughput [--connections 16] [--in-flight 16]
+        [--seconds 5] [--mix mv_write[:W],mv_read[:W],...] [--durable|--memory|--both]
+        [--keys 100000] [--value-bytes 16] [--json]
+    .venv/bin/python scripts/bench.py restart [--keys 1000000] [--value-bytes 16]
+        [--connections 8] [--window 64] [--sample 1000] [--json]
 
 `converge` cuts n1 off from the other nodes, writes the same keys once on each
 side (so every key ends with two siblings), heals the partition, and measures
@@ -11,13 +16,27 @@ how long the nodes take to agree again and how many gossip bytes that costs
 per key, against the targets: 10,000 divergent keys converge within 2 s of the
 heal, and gossip costs at most twice each key's serialized state.
 
+`throughput` starts one node and keeps C connections x P pre-encoded requests
+of an op mix (mv_write, mv_read, kv_put, lww_write, mvcc_put, mvcc_get, with
+optional weights) in flight for D seconds, then reports ops/s, p50/p99/p999
+latency and error replies (any error fails the run).  `--both` measures a
+durable node, then a fresh in-memory one, against the target: durable mv_write
+at least 0.8x in memory.  The client runs in the benchmark's own process and
+takes CPU from the same machine as the node; the report shows both shares.
+
+`restart` writes N mv keys to a durable node, kills it with SIGKILL, starts it
+again and times the way from the process start to a correct mv_read, against
+the target: under 10 s for 1,000,000 keys; then a random sample of keys must
+read back exactly what was written, and the node must hold all N.
+
 Every subcommand runs in a `Session`: a temporary directory, N `replica serve`
 processes whose peer links all pass through TCP proxies (scripts/bench_proxy.py,
-a process of its own) so that links can be cut and healed without touching the
-nodes, and clients that keep many requests in flight.  The nodes are judged
-only by what they answer (`status`, reads) and by what crosses the proxies, so
-the benchmark measures the server as deployed.  Everything is stopped and
-removed on exit, on error, on Ctrl-C and when the global deadline passes.
+a process of its own; none for a single node) so that links can be cut and
+healed without touching the nodes, and clients that keep many requests in
+flight.  The nodes are judged only by what they answer (`status`, reads) and by
+what crosses the proxies, so the benchmark measures the server as deployed.
+Everything is stopped and removed on exit, on error, on Ctrl-C and when the
+global deadline passes.
 
 A new subcommand is one `_add_<name>` function declaring its options (the
 common ones come from `_common_options`) and one `run_<name>(args, session)`
@@ -30,8 +49,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
+import itertools
 import os
 import platform
 import random
@@ -44,7 +65,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -311,6 +332,7 @@ class NodeHandle:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    spawned_at: float = 0.0  # time.monotonic() just before its process was started
     control: Connection | None = None  # status polls only, never shared with pipelines
     pool: list[Connection] = field(default_factory=list)
 
@@ -341,6 +363,7 @@ class Session:
         self.children = children
         self.gossip_ms = gossip_ms
         self.memory = memory
+        self.log_level = "warning"
         ids = [f"n{i}" for i in range(1, node_count + 1)]
         self.links = [link_name(a, b) for a in ids for b in ids if a != b]
         ports = free_ports(len(ids) + len(self.links))
@@ -360,15 +383,46 @@ class Session:
     # -- start and stop
 
     async def start(self) -> None:
-        """Proxies (all cut), then nodes; heal every link once all nodes listen."""
-        self._start_proxy()
+        """Proxies (all cut), then nodes; heal every link once all nodes listen.
+
+        A single node has no links, hence no proxy process either.
+        """
+        if self.links:
+            self._start_proxy()
         for node in self.nodes.values():
             self._start_node(node)
         await asyncio.gather(*(self._wait_listening(node) for node in self.nodes.values()))
         for node in self.nodes.values():
             node.control = await Connection.open(node.port, node.id)
-        await self.heal(self.links)
-        await self.wait_links(lambda a, b: True)
+        if self.links:
+            await self.heal(self.links)
+            await self.wait_links(lambda a, b: True)
+
+    async def stop_node(self, node_id: str, sig: int = signal.SIGTERM) -> None:
+        """Close the node's clients and stop its process with `sig` (SIGKILL: a crash)."""
+        node = self.nodes[node_id]
+        for conn in [*node.pool, *([node.control] if node.control else [])]:
+            await conn.close()
+        node.pool.clear()
+        node.control = None
+        if node.process is not None and node.process.poll() is None:
+            _signal_group(node.process, sig)
+            try:
+                await asyncio.to_thread(node.process.wait, STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"{node_id} still running {STOP_TIMEOUT}s after {sig!r}") from None
+
+    def start_node(self, node_id: str) -> NodeHandle:
+        """Start a stopped node again, as `memory` and `log_level` now say; does not wait."""
+        node = self.nodes[node_id]
+        self._start_node(node)
+        return node
+
+    async def wait_ready(self, node_id: str) -> None:
+        """Until the node listens; then open its status connection."""
+        node = self.nodes[node_id]
+        await self._wait_listening(node)
+        node.control = await Connection.open(node.port, node.id)
 
     def _start_proxy(self) -> None:
         argv = [sys.executable, str(PROXY_SCRIPT)]
@@ -385,9 +439,10 @@ class Session:
         config = node.directory / "cluster.toml"
         config.write_text(self._cluster_file(node.id))
         argv = [sys.executable, "-m", "replica", "serve", "--config", str(config)]
-        argv += ["--node", node.id, "--log-level", "warning"]
+        argv += ["--node", node.id, "--log-level", self.log_level]
         if self.memory:
             argv.append("--memory")
+        node.spawned_at = time.monotonic()
         node.process = self.children.spawn(argv, cwd=node.directory, log=node.log)
 
     def _cluster_file(self, me: str) -> str:
@@ -608,10 +663,11 @@ class Target:
     measured: float
     limit: float
     unit: str
+    at_least: bool = False  # the limit is a floor (a ratio to reach), not a ceiling
 
     @property
     def passed(self) -> bool:
-        return self.measured <= self.limit
+        return self.measured >= self.limit if self.at_least else self.measured <= self.limit
 
 
 @dataclass
@@ -624,6 +680,7 @@ class Report:
     lines: list[str]
     targets: list[Target]
     machine: dict[str, Any] = field(default_factory=dict)  # taken before the run started
+    failure: str = ""  # set when the run measured, but what it saw makes it a failed run
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -632,12 +689,14 @@ class Report:
                 "machine": self.machine,
                 "params": self.params,
                 "figures": self.figures,
+                "failure": self.failure or None,
                 "targets": [
                     {
                         "name": t.name,
                         "measured": t.measured,
                         "limit": t.limit,
                         "unit": t.unit,
+                        "at_least": t.at_least,
                         "pass": t.passed,
                     }
                     for t in self.targets
@@ -657,7 +716,10 @@ class Report:
         ]
         for t in self.targets:
             result = "PASS" if t.passed else "MISS"
-            out.append(f"{t.name:<46}{t.measured:>10.2f}{t.limit:>10.2f}  {result}  ({t.unit})")
+            unit = f"{t.unit}, at least" if t.at_least else t.unit
+            out.append(f"{t.name:<46}{t.measured:>10.2f}{t.limit:>10.2f}  {result}  ({unit})")
+        if self.failure:
+            out.append(f"FAILED: {self.failure}")
         return "\n".join(out)
 
 
@@ -1089,6 +1151,532 @@ def _type_rows(by_type: dict[str, dict[str, list[int]]], keys: int) -> list[str]
     return out
 
 
+# -- pipelined load --------------------------------------------------------------------------------
+
+LOAD_DRAIN_TIMEOUT = 30.0  # for the replies still in flight when a timed run ends
+POOL_MIN_LINES = 1 << 16
+OPS = ("mv_write", "mv_read", "kv_put", "lww_write", "mvcc_put", "mvcc_get")
+ERROR_MARK = b'"error"'  # in every error reply; anything else that contains it is parsed
+
+
+class LoadConnection(asyncio.Protocol):
+    """One client connection keeping `window` requests in flight: one new line per reply.
+
+    Lines come ready-encoded from `source`, and replies are matched to their
+    send times in order (a node answers each connection in order), so the client
+    does no JSON work except for a chunk that may hold an error reply.
+    """
+
+    def __init__(self, source: Iterator[bytes], window: int, name: str) -> None:
+        self.source = source
+        self.window = window
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.sent_at: collections.deque[float] = collections.deque()
+        self.latencies: list[float] = []  # seconds, of the replies received while counting
+        self.counted = 0
+        self.counting = False
+        self.sending = True
+        self.errors = 0
+        self.first_error: Body | None = None
+        self._buffer = b""
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def start(self) -> None:
+        self._send(self.window)
+
+    def stop(self) -> None:
+        """Send nothing more; `done` resolves once every request sent has its reply."""
+        self.sending = False
+        self._maybe_done()
+
+    def _send(self, count: int) -> None:
+        if self.sending:
+            lines = list(itertools.islice(self.source, count))
+            if len(lines) < count:
+                self.sending = False  # the source ran dry: a load phase, not a timed run
+            if lines:
+                assert self.transport is not None
+                self.sent_at.extend(itertools.repeat(time.perf_counter(), len(lines)))
+                self.transport.write(b"".join(lines))
+        self._maybe_done()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        *complete, self._buffer = (self._buffer + data).split(b"\n")
+        count = len(complete)
+        if not count:
+            return
+        if ERROR_MARK in data or ERROR_MARK in complete[0]:
+            self._check_errors(complete)
+        sent_at = self.sent_at
+        if len(sent_at) < count:
+            self._fail(BenchError(f"{self.name} sent more replies than it got requests"))
+            return
+        if self.counting:
+            self.counted += count
+            self.latencies.extend([now - sent_at.popleft() for _ in range(count)])
+        else:
+            for _ in range(count):
+                sent_at.popleft()
+        self._send(count)
+
+    def _check_errors(self, lines: list[bytes]) -> None:
+        for line in lines:
+            if ERROR_MARK in line:
+                try:
+                    reply = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    reply = {"type": "error", "text": f"not JSON: {line[:200]!r}"}
+                if isinstance(reply, dict) and reply.get("type") == "error":
+                    self.errors += 1
+                    if self.first_error is None:
+                        self.first_error = reply
+
+    def _maybe_done(self) -> None:
+        if not self.sending and not self.sent_at and not self.done.done():
+            self.done.set_result(None)
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(
+                BenchError(
+                    f"{self.name} closed a client connection with {len(self.sent_at)} "
+                    f"requests unanswered ({exc or 'EOF'})"
+                )
+            )
+
+
+@dataclass
+class LoadResult:
+    seconds: float
+    replies: int  # counted: received while the clock ran
+    latencies: list[float]  # sorted, seconds
+    errors: int
+    first_error: Body | None
+    client_cpu: float  # this process's CPU seconds over the run, per second of it
+    node_cpu: float | None  # the node's, the same way (Linux /proc only)
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.replies / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        return 1000 * self.latencies[min(len(self.latencies) - 1, int(q * len(self.latencies)))]
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds a process has used so far, from /proc (None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def drive(
+    node: NodeHandle, sources: Sequence[Iterator[bytes]], window: int, seconds: float | None
+) -> LoadResult:
+    """One LoadConnection per source against `node`, all at once.
+
+    With `seconds` the clock runs that long and the replies still in flight
+    then are drained uncounted; without, every source is sent to its end and
+    every reply counts.
+    """
+    loop = asyncio.get_running_loop()
+    conns: list[LoadConnection] = []
+    try:
+        for i, source in enumerate(sources):
+            name = f"{node.id} (load connection {i})"
+            _, conn = await loop.create_connection(
+                lambda s=source, n=name: LoadConnection(s, window, n), LOOPBACK, node.port
+            )
+            conns.append(conn)
+        pid = node.process.pid if node.process is not None else None
+        node_cpu_before = process_cpu_seconds(pid) if pid else None
+        cpu_before = time.process_time()
+        started = time.perf_counter()
+        for conn in conns:
+            conn.counting = True
+            conn.start()
+        if seconds is None:
+            await asyncio.gather(*(conn.done for conn in conns))
+        else:
+            await asyncio.wait([conn.done for conn in conns], timeout=seconds)
+            for conn in conns:
+                conn.counting = False
+                if conn.done.done():
+                    conn.done.result()  # a connection that failed ends the run
+        elapsed = time.perf_counter() - started
+        client_cpu = (time.process_time() - cpu_before) / elapsed
+        node_cpu_after = process_cpu_seconds(pid) if pid else None
+        for conn in conns:
+            conn.stop()
+        async with asyncio.timeout(LOAD_DRAIN_TIMEOUT):
+            await asyncio.gather(*(conn.done for conn in conns))
+    finally:
+        for conn in conns:
+            if conn.transport is not None:
+                conn.transport.close()
+    node_cpu = None
+    if node_cpu_before is not None and node_cpu_after is not None:
+        node_cpu = (node_cpu_after - node_cpu_before) / elapsed
+    latencies = sorted(itertools.chain.from_iterable(conn.latencies for conn in conns))
+    first_errors = [conn.first_error for conn in conns if conn.first_error is not None]
+    return LoadResult(
+        seconds=elapsed,
+        replies=sum(conn.counted for conn in conns),
+        latencies=latencies,
+        errors=sum(conn.errors for conn in conns),
+        first_error=first_errors[0] if first_errors else None,
+        client_cpu=client_cpu,
+        node_cpu=node_cpu,
+    )
+
+
+def encode(body: Body, msg_id: int) -> bytes:
+    return orjson.dumps({**body, "msg_id": msg_id}) + b"\n"
+
+
+def parse_mix(text: str) -> list[tuple[str, int]]:
+    """`mv_write,mv_read` or `mv_write:3,mv_read:1`: each op with its weight (default 1)."""
+    mix: list[tuple[str, int]] = []
+    for part in text.split(","):
+        op, _, weight_text = part.strip().partition(":")
+        if op not in OPS:
+            raise argparse.ArgumentTypeError(f"unknown op {op!r}: one of {', '.join(OPS)}")
+        try:
+            weight = int(weight_text) if weight_text else 1
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer weight: {part!r}") from None
+        if weight < 1:
+            raise argparse.ArgumentTypeError(f"a weight must be at least 1: {part!r}")
+        mix.append((op, weight))
+    if not mix:
+        raise argparse.ArgumentTypeError("an empty mix")
+    return mix
+
+
+def request_body(op: str, key_index: int, serial: int, size: int) -> Body:
+    """One request of `op` on key `key_index`; `serial` makes kv_put clocks advance."""
+    key = key_name(key_index)
+    value = value_for("bench", serial, size)
+    if op == "mv_write":
+        return {"type": op, "key": key, "value": value}
+    if op == "kv_put":
+        return {"type": op, "key": key, "value": value, "clock": [serial + 1]}
+    if op in ("lww_write", "mvcc_put"):  # the node's hybrid clock supplies the timestamp
+        return {"type": op, "key": key, "value": value}
+    return {"type": op, "key": key}  # mv_read, mvcc_get: the newest
+
+
+def request_pool(mix: Sequence[tuple[str, int]], keys: int, lines: int, size: int) -> list[bytes]:
+    """`lines` encoded requests drawn from `mix` on random keys, msg_id = position + 1.
+
+    A connection cycles through the pool from its own offset; the pool is far
+    longer than a window, so no line is ever in flight twice on one connection.
+    """
+    rng = random.Random(5)
+    ops = rng.choices([op for op, _ in mix], weights=[w for _, w in mix], k=lines)
+    return [
+        encode(request_body(op, rng.randrange(keys), i, size), i + 1) for i, op in enumerate(ops)
+    ]
+
+
+def cycle_from(pool: Sequence[bytes], offset: int) -> Iterator[bytes]:
+    return itertools.cycle([*pool[offset:], *pool[:offset]])
+
+
+def fill_lines(op: str, indices: range, size: int) -> Iterator[bytes]:
+    """One write of `op` per key of `indices`, encoded as they are sent."""
+    for i in indices:
+        yield encode({"type": op, "key": key_name(i), "value": value_for("n1", i, size)}, i + 1)
+
+
+def split_range(count: int, parts: int) -> list[range]:
+    share = -(-count // parts)
+    return [range(i, min(i + share, count)) for i in range(0, count, share)]
+
+
+async def fill(
+    node: NodeHandle, op: str, keys: int, size: int, connections: int, window: int
+) -> LoadResult:
+    """Write every key once with `op` (value: `value_for("n1", i)`), pipelined; no errors."""
+    sources = [fill_lines(op, part, size) for part in split_range(keys, connections)]
+    result = await drive(node, sources, window, None)
+    if result.errors:
+        raise BenchError(f"{result.errors} of {keys} {op} writes failed: {result.first_error}")
+    if result.replies != keys:
+        raise BenchError(f"{result.replies} replies to {keys} {op} writes")
+    return result
+
+
+# -- throughput --------------------------------------------------------------------------------
+
+DURABLE_RATIO_LIMIT = 0.8  # issue 4: durable mv_write at least 0.8x in memory
+PRELOAD_FOR = {"mv_read": "mv_write", "mvcc_get": "mvcc_put"}  # reads need keys to read
+CLIENT_NOTE = (
+    "the client runs in this process and shares the machine's CPUs with the node "
+    "(client and node CPU below, in cores)"
+)
+
+
+async def run_throughput(args: argparse.Namespace, s: Session) -> Report:
+    """Each storage mode in turn on a fresh node: preload what reads need, then the timed run."""
+    mix: list[tuple[str, int]] = args.mix
+    modes = ["durable", "memory"] if args.both else ["memory" if args.memory else "durable"]
+    node_id = s.ids[0]
+    s.phase = "building the request pool"
+    pool_lines = max(POOL_MIN_LINES, 4 * args.connections * args.in_flight)
+    pool = request_pool(mix, args.keys, pool_lines, args.value_bytes)
+    step = len(pool) // args.connections
+    results: dict[str, LoadResult] = {}
+    preload: dict[str, float] = {}
+    for mode in modes:
+        if (mode == "memory") != s.memory:  # a fresh node for every mode
+            s.phase = f"restarting {node_id} for the {mode} run"
+            await s.stop_node(node_id)
+            s.memory = mode == "memory"
+            s.start_node(node_id)
+            await s.wait_ready(node_id)
+        node = s.nodes[node_id]
+        started = time.monotonic()
+        for op in sorted({PRELOAD_FOR[op] for op, _ in mix if op in PRELOAD_FOR}):
+            s.phase = f"preloading {args.keys} keys with {op} ({mode})"
+            await fill(node, op, args.keys, args.value_bytes, args.connections, args.in_flight)
+        preload[mode] = time.monotonic() - started
+        s.phase = f"measuring {mode}"
+        sources = [cycle_from(pool, i * step) for i in range(args.connections)]
+        results[mode] = await drive(node, sources, args.in_flight, args.seconds)
+        s.check_alive()
+    return throughput_report(args, mix, results, preload)
+
+
+def throughput_report(
+    args: argparse.Namespace,
+    mix: list[tuple[str, int]],
+    results: dict[str, LoadResult],
+    preload: dict[str, float],
+) -> Report:
+    mix_text = ",".join(f"{op}:{w}" for op, w in mix)
+    figures: dict[str, Any] = {}
+    lines = [
+        f"throughput: mix {mix_text}, {args.connections} connections x {args.in_flight} in "
+        f"flight, {args.seconds:g} s per run, {args.keys} keys, {args.value_bytes}-byte values, "
+        "one node (durable: data_dir in the temp dir, durability sync)",
+        f"note: {CLIENT_NOTE}",
+        "",
+        f"  {'storage':<10}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p999 ms':>9}"
+        f"{'errors':>8}{'client':>8}{'node':>7}{'preload s':>11}",
+    ]
+    for mode, r in results.items():
+        figures[mode] = {
+            "ops_per_s": r.ops_per_s,
+            "replies": r.replies,
+            "seconds": r.seconds,
+            "p50_ms": r.percentile_ms(0.5),
+            "p99_ms": r.percentile_ms(0.99),
+            "p999_ms": r.percentile_ms(0.999),
+            "errors": r.errors,
+            "first_error": r.first_error,
+            "client_cpu_cores": r.client_cpu,
+            "node_cpu_cores": r.node_cpu,
+            "preload_s": preload[mode],
+        }
+        node_cpu = "-" if r.node_cpu is None else f"{r.node_cpu:.2f}"
+        lines.append(
+            f"  {mode:<10}{r.ops_per_s:>10,.0f}{r.percentile_ms(0.5):>9.2f}"
+            f"{r.percentile_ms(0.99):>9.2f}{r.percentile_ms(0.999):>9.2f}{r.errors:>8}"
+            f"{r.client_cpu:>8.2f}{node_cpu:>7}{preload[mode]:>11.2f}"
+        )
+    targets = []
+    if "durable" in results and "memory" in results:
+        ratio = results["durable"].ops_per_s / max(results["memory"].ops_per_s, 1e-9)
+        figures["durable_to_memory_ratio"] = ratio
+        lines.append(row("durable / in memory", f"{ratio:.3f}"))
+        if [op for op, _ in mix] == ["mv_write"]:
+            targets.append(
+                Target("mv_write durable / in memory", ratio, DURABLE_RATIO_LIMIT, "ratio", True)
+            )
+    params = {
+        "mix": mix_text,
+        "connections": args.connections,
+        "in_flight": args.in_flight,
+        "seconds": args.seconds,
+        "keys": args.keys,
+        "value_bytes": args.value_bytes,
+        "storage": list(results),
+        "client_note": CLIENT_NOTE,
+    }
+    report = Report("throughput", params, figures, lines, targets)
+    failed = {mode: r for mode, r in results.items() if r.errors}
+    if failed:
+        report.failure = "; ".join(
+            f"{mode}: {r.errors} error replies, the first {r.first_error}"
+            for mode, r in failed.items()
+        )
+    return report
+
+
+# -- restart -----------------------------------------------------------------------------------
+
+RESTART_SECONDS_LIMIT = 10.0
+RESTART_TIMEOUT = 300.0
+LOADED_LINE = re.compile(r"loaded (\d+) keys in (\d+) ms")
+NOT_READY_CODE = 11
+
+
+async def run_restart(args: argparse.Namespace, s: Session) -> Report:
+    """Fill a durable node, SIGKILL it, and time its restart to a correct first read."""
+    node_id = s.ids[0]
+    node = s.nodes[node_id]
+    s.phase = f"writing {args.keys} mv keys"
+    load = await fill(node, "mv_write", args.keys, args.value_bytes, args.connections, args.window)
+
+    s.phase = f"killing {node_id} with SIGKILL"
+    await s.stop_node(node_id, signal.SIGKILL)
+    rng = random.Random(7)
+    sample = rng.sample(range(args.keys), min(args.sample, args.keys))
+    s.log_level = "info"  # for the "loaded N keys in X ms" line
+    s.phase = f"restarting {node_id} over {args.keys} keys"
+    s.start_node(node_id)
+    ready, first_connect = await first_correct_read(s, node, sample[0], args.value_bytes)
+    await s.wait_ready(node_id)
+
+    s.phase = "checking the sample and the key count"
+    wrong = await sample_mismatches(s, node_id, sample, args.value_bytes)
+    status = await s.status()
+    stored = status[node_id]["keys"]["mv"]
+    loaded = LOADED_LINE.findall(node.log.read_text(errors="replace"))
+    report = restart_report(args, load, ready, first_connect, loaded[-1] if loaded else None)
+    report.figures.update({"sample": len(sample), "sample_wrong": len(wrong), "mv_keys": stored})
+    report.lines.append(row("sampled keys read back", f"{len(sample) - len(wrong)}/{len(sample)}"))
+    report.lines.append(row("mv keys after the restart (status)", f"{stored:,}"))
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} of {len(sample)} sampled keys read back wrong: {wrong[0]}")
+    if stored != args.keys:
+        problems.append(f"the node holds {stored} mv keys after the restart, not {args.keys}")
+    if not loaded:
+        problems.append(f"no 'loaded N keys in X ms' line in {node.log}")
+    report.failure = "; ".join(problems)
+    return report
+
+
+async def first_correct_read(
+    s: Session, node: NodeHandle, index: int, size: int
+) -> tuple[float, float]:
+    """Seconds from the process start to a correct mv_read, and to the first accepted connection.
+
+    Polls with a new connection every few milliseconds until the node listens;
+    a reply of error 11 (still loading) is asked again.
+    """
+    deadline = node.spawned_at + RESTART_TIMEOUT
+    first_connect: float | None = None
+    request = encode({"type": "mv_read", "key": key_name(index)}, 1)
+    expected = value_for(node.id, index, size)
+    while time.monotonic() < deadline:
+        s.check_alive()
+        try:
+            reader, writer = await asyncio.open_connection(LOOPBACK, node.port, limit=READ_LIMIT)
+        except OSError:
+            await asyncio.sleep(0.005)
+            continue
+        if first_connect is None:
+            first_connect = time.monotonic() - node.spawned_at
+        try:
+            while time.monotonic() < deadline:
+                writer.write(request)
+                line = await reader.readline()
+                if not line:
+                    break
+                reply = orjson.loads(line)
+                if reply.get("type") == "error" and reply.get("code") == NOT_READY_CODE:
+                    await asyncio.sleep(0.005)
+                    continue
+                values = reply.get("values")
+                if reply.get("type") != "mv_read_ok" or not values:
+                    raise BenchError(f"{key_name(index)} after the restart: {reply!r:.300}")
+                if [v.get("value") for v in values] != [expected]:
+                    raise BenchError(f"{key_name(index)} read back wrong: {reply!r:.300}")
+                return time.monotonic() - node.spawned_at, first_connect
+        finally:
+            writer.close()
+    raise BenchError(f"{node.id} gave no correct read {RESTART_TIMEOUT:g} s after its start")
+
+
+async def sample_mismatches(
+    s: Session, node_id: str, sample: Sequence[int], size: int
+) -> list[str]:
+    """The sampled keys whose mv_read is not exactly the one value written."""
+    bodies = [{"type": "mv_read", "key": key_name(i)} for i in sample]
+    replies = await spread(await s.connections(node_id, READ_CONNECTIONS), bodies, READ_WINDOW)
+    wrong = []
+    for i, reply in zip(sample, replies, strict=True):
+        values = reply.get("values") if reply.get("type") == "mv_read_ok" else None
+        if not values or [v.get("value") for v in values] != [value_for(node_id, i, size)]:
+            wrong.append(f"{key_name(i)}: {reply!r:.200}")
+    return wrong
+
+
+def restart_report(
+    args: argparse.Namespace,
+    load: LoadResult,
+    ready: float,
+    first_connect: float,
+    loaded: tuple[str, str] | None,
+) -> Report:
+    figures: dict[str, Any] = {
+        "write_seconds": load.seconds,
+        "writes_per_s": load.ops_per_s,
+        "restart_to_first_connection_s": first_connect,
+        "restart_to_correct_read_s": ready,
+        "logged_keys": int(loaded[0]) if loaded else None,
+        "logged_load_ms": int(loaded[1]) if loaded else None,
+    }
+    logged = f"{int(loaded[0]):,} keys in {int(loaded[1]):,} ms" if loaded else "-"
+    lines = [
+        f"restart: {args.keys} mv keys with {args.value_bytes}-byte values on one durable "
+        f"node (durability sync), SIGKILL, restart",
+        "",
+        row(
+            "writes",
+            f"{load.seconds:.2f} s",
+            f"{load.ops_per_s:,.0f} writes/s, {args.connections} conns x {args.window} in flight",
+        ),
+        row("process start to first accepted connection", f"{first_connect:.3f} s"),
+        row("process start to a correct mv_read", f"{ready:.3f} s"),
+        row("the node's log: loaded", logged),
+    ]
+    params = {
+        "keys": args.keys,
+        "value_bytes": args.value_bytes,
+        "connections": args.connections,
+        "window": args.window,
+        "sample": args.sample,
+    }
+    targets = [
+        Target(
+            "seconds from process start to a correct read",
+            ready,
+            RESTART_SECONDS_LIMIT,
+            "s",
+        )
+    ]
+    return Report("restart", params, figures, lines, targets)
+
+
 # -- the command line ----------------------------------------------------------------------------
 
 Runner = Callable[[argparse.Namespace, Session], Awaitable[Report]]
@@ -1160,7 +1748,106 @@ def _add_converge(commands: argparse._SubParsersAction, common: argparse.Argumen
     converge.set_defaults(run=run_converge)
 
 
-SUBCOMMANDS = (_add_converge,)  # throughput, memory and resp come here, one function each
+def _single_node_options(parser: argparse.ArgumentParser, timeout: float) -> None:
+    """What a one-node subcommand shares: value size, deadline, JSON; no cluster options."""
+    parser.add_argument(
+        "--value-bytes",
+        type=_at_least(1),
+        default=16,
+        metavar="N",
+        help="length of each written value (default: 16)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        metavar="S",
+        help=f"the whole run's deadline in seconds (default: {timeout:g})",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(nodes=1, gossip_interval_ms=200, memory=False)
+
+
+def _add_throughput(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    throughput = commands.add_parser(
+        "throughput",
+        help="one node under C connections x P requests in flight: ops/s and latency",
+        description="Start one node and keep CONNECTIONS x IN_FLIGHT pre-encoded requests "
+        "of the op mix in flight for SECONDS; report ops/s, p50/p99/p999 latency and "
+        "error replies (any error fails the run). --both measures a durable node, then a "
+        "fresh in-memory one, and holds mv_write to durable >= 0.8x in memory. The client "
+        "runs in the benchmark's own process, on the same CPUs as the node.",
+    )
+    throughput.add_argument(
+        "--connections", type=_at_least(1), default=16, metavar="C", help="(default: 16)"
+    )
+    throughput.add_argument(
+        "--in-flight",
+        type=_at_least(1),
+        default=16,
+        metavar="P",
+        help="requests in flight per connection (default: 16)",
+    )
+    throughput.add_argument(
+        "--seconds", type=float, default=5.0, metavar="D", help="per measured run (default: 5)"
+    )
+    throughput.add_argument(
+        "--mix",
+        type=parse_mix,
+        default=parse_mix("mv_write"),
+        metavar="OP[:W],...",
+        help=f"ops with optional weights, of {', '.join(OPS)} (default: mv_write)",
+    )
+    throughput.add_argument(
+        "--keys", type=_at_least(1), default=100_000, help="distinct keys (default: 100000)"
+    )
+    storage = throughput.add_mutually_exclusive_group()
+    storage.add_argument(
+        "--durable", action="store_true", help="the node keeps its data_dir (the default)"
+    )
+    storage.add_argument("--memory", action="store_true", help="the node runs with --memory")
+    storage.add_argument(
+        "--both", action="store_true", help="durable, then in memory on a fresh node"
+    )
+    _single_node_options(throughput, 300.0)
+    throughput.set_defaults(run=run_throughput)
+
+
+def _add_restart(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    restart = commands.add_parser(
+        "restart",
+        help="fill a durable node, SIGKILL it, time the restart to a correct read",
+        description="Write KEYS mv keys to one durable node, kill it with SIGKILL, start it "
+        "again and measure the time from the process start to a correct mv_read (target: "
+        "under 10 s for 1,000,000 keys); then every sampled key must read back its value.",
+    )
+    restart.add_argument("--keys", type=_at_least(1), default=1_000_000, help="(default: 1000000)")
+    restart.add_argument(
+        "--connections",
+        type=_at_least(1),
+        default=8,
+        metavar="N",
+        help="client connections writing the keys (default: 8)",
+    )
+    restart.add_argument(
+        "--window",
+        type=_at_least(1),
+        default=64,
+        metavar="N",
+        help="writes in flight per connection (default: 64)",
+    )
+    restart.add_argument(
+        "--sample",
+        type=_at_least(1),
+        default=1000,
+        metavar="N",
+        help="random keys read back after the restart (default: 1000)",
+    )
+    _single_node_options(restart, 900.0)
+    restart.set_defaults(run=run_restart)
+
+
+SUBCOMMANDS = (_add_converge, _add_throughput, _add_restart)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1225,6 +1912,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     report.machine = host
     print(report.to_json().decode() if args.json else report.to_text())
+    if report.failure:
+        return EXIT_FAILED
     return EXIT_PASS if all(t.passed for t in report.targets) else EXIT_MISS
 
 
