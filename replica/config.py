@@ -17,6 +17,7 @@ mistyped field stops the node at once instead of being silently ignored.
     host = "127.0.0.1"
     port = 7001
     data_dir = "data/n1"          # optional, relative to the file's directory
+    resp_port = 6379              # optional: also serve Redis clients (RESP2) on this port
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ CLUSTER_FIELDS = (
     "durability",
     "flush_interval_ms",
 )
-NODE_FIELDS = ("id", "host", "port", "data_dir")
+NODE_FIELDS = ("id", "host", "port", "data_dir", "resp_port")
 
 
 class ConfigError(Exception):
@@ -57,10 +58,15 @@ class NodeConfig:
     host: str
     port: int
     data_dir: str | None = None
+    resp_port: int | None = None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def resp_address(self) -> str | None:
+        return None if self.resp_port is None else f"{self.host}:{self.resp_port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +150,14 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
         if node.id in ids:
             raise ConfigError(f"duplicate node id {node.id!r}")
         ids.add(node.id)
-        other = addresses.setdefault((node.host, node.port), node.id)
-        if other != node.id:
-            raise ConfigError(f"nodes {other!r} and {node.id!r} both use {node.address}")
+        if node.resp_port == node.port:
+            raise ConfigError(f"node {node.id!r}: resp_port must differ from port ({node.port})")
+        for port in (node.port, node.resp_port):
+            if port is None:
+                continue
+            other = addresses.setdefault((node.host, port), node.id)
+            if other != node.id:
+                raise ConfigError(f"nodes {other!r} and {node.id!r} both use {node.host}:{port}")
     return ClusterConfig(
         gossip_interval_ms=gossip_interval_ms,
         max_line_bytes=max_line_bytes,
@@ -168,16 +179,23 @@ def _node(raw: Any, index: int, base_dir: Path | None) -> NodeConfig:
     host = _string(raw, "host", where)
     if "port" not in raw:
         raise ConfigError(f"{where}: missing field 'port'")
-    port = raw["port"]
-    if type(port) is not int or not 1 <= port <= 65535:
-        raise ConfigError(f"{where}: port must be an integer from 1 to 65535, not {port!r}")
+    port = _port(raw["port"], "port", where)
+    resp_port = raw.get("resp_port")
+    if resp_port is not None:
+        resp_port = _port(resp_port, "resp_port", where)
     data_dir = raw.get("data_dir")
     if data_dir is not None:
         if not isinstance(data_dir, str) or not data_dir:
             raise ConfigError(f"{where}: data_dir must be a non-empty string, not {data_dir!r}")
         if base_dir is not None:
             data_dir = str(base_dir / data_dir)
-    return NodeConfig(id=node_id, host=host, port=port, data_dir=data_dir)
+    return NodeConfig(id=node_id, host=host, port=port, data_dir=data_dir, resp_port=resp_port)
+
+
+def _port(value: Any, name: str, where: str) -> int:
+    if type(value) is not int or not 1 <= value <= 65535:
+        raise ConfigError(f"{where}: {name} must be an integer from 1 to 65535, not {value!r}")
+    return value
 
 
 def _no_unknown_fields(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:

@@ -44,6 +44,13 @@ DECODERS: dict[str, Any] = {
     MVCC: VersionChain.from_wire,
     LWW: LWWRegister.from_wire,
 }
+STORED_DECODERS: dict[str, Any] = {
+    MV: MVRegister.from_stored,
+    KV: ClockedSiblings.from_stored,
+    MVCC: VersionChain.from_stored,
+    LWW: LWWRegister.from_stored,
+}
+"""Decoders that trust a record's invariants: every state was normalised before it was stored."""
 FORMAT_VERSION = 1
 FORMAT_MARKER = b"replica-store/1"
 DEFAULT_MAP_SIZE = 64 << 30  # address space only: the file grows as data does
@@ -91,8 +98,14 @@ def encode_state(keyspace: str, key: str, state: Any) -> bytes:
     return header + orjson.dumps([key, state.to_wire()])
 
 
-def decode_state(keyspace: str, data: bytes) -> tuple[str, Any]:
-    """(key, state) of a stored value; StorageError when it is not a valid record."""
+def decode_state(keyspace: str, data: bytes, *, trusted: bool = False) -> tuple[str, Any]:
+    """(key, state) of a stored value; StorageError when it is not a valid record.
+
+    `trusted` skips validating and normalising the state (see `STORED_DECODERS`),
+    which is what recovery uses: only states this node had already normalised
+    are ever stored.  The tag and version are checked either way, and a record
+    whose structure or types are wrong is still a StorageError.
+    """
     if len(data) < 2 or data[0] != TYPE_TAGS[keyspace]:
         raise StorageError(f"a {keyspace} record has the wrong type tag")
     if data[1] != FORMAT_VERSION:
@@ -103,9 +116,10 @@ def decode_state(keyspace: str, data: bytes) -> tuple[str, Any]:
         raise StorageError(f"a {keyspace} record is not valid JSON [key, state]") from None
     if not isinstance(key, str):
         raise StorageError(f"a {keyspace} record's key is not a string")
+    decoders = STORED_DECODERS if trusted else DECODERS
     try:
-        return key, DECODERS[keyspace](wire)
-    except Malformed as exc:
+        return key, decoders[keyspace](wire)
+    except (Malformed, KeyError, TypeError, ValueError) as exc:
         raise StorageError(f"{keyspace} key {key!r} has an undecodable state: {exc}") from None
 
 
@@ -126,7 +140,7 @@ class MemoryStore:
 
     def load_all(self) -> Iterator[tuple[str, str, Any]]:
         for (keyspace, _), data in list(self.records.items()):
-            key, state = decode_state(keyspace, data)
+            key, state = decode_state(keyspace, data, trusted=True)
             yield keyspace, key, state
 
     def store_batch(self, items: list[Record]) -> None:
@@ -201,10 +215,10 @@ class LmdbStore:
                 txn.put(b"format", FORMAT_MARKER, db=self._meta)
 
     def load_all(self) -> Iterator[tuple[str, str, Any]]:
-        with self.env.begin(buffers=True) as txn:
+        with self.env.begin() as txn:
             for keyspace, db in self._dbs.items():
-                for _, data in txn.cursor(db=db):
-                    key, state = decode_state(keyspace, bytes(data))
+                for data in txn.cursor(db=db).iternext(keys=False):
+                    key, state = decode_state(keyspace, data, trusted=True)
                     yield keyspace, key, state
 
     def store_batch(self, items: list[Record]) -> None:

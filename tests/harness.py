@@ -52,9 +52,13 @@ def write_cluster(
     node_ids: Iterable[str] = ("n1",),
     *,
     ports: Iterable[int] | None = None,
+    resp_ports: dict[str, int] | None = None,
     **cluster: int,
 ) -> Path:
-    """A cluster.toml in `directory` for `node_ids` on loopback; returns its path."""
+    """A cluster.toml in `directory` for `node_ids` on loopback; returns its path.
+
+    `resp_ports` gives the nodes it names a Redis-protocol port.
+    """
     ids = list(node_ids)
     port_list = list(ports) if ports is not None else free_ports(len(ids))
     lines = ["[cluster]", *(f"{name} = {value}" for name, value in cluster.items()), ""]
@@ -65,6 +69,7 @@ def write_cluster(
             f'host = "{LOOPBACK}"',
             f"port = {port}",
             f'data_dir = "data/{node_id}"',
+            *_resp_port_line(resp_ports, node_id),
             "",
         ]
     path = directory / "cluster.toml"
@@ -334,7 +339,18 @@ def free_listen_ports(count: int) -> list[int]:
     return ports
 
 
-def write_cluster_view(path: Path, nodes: Iterable[tuple[str, int]], **cluster: int) -> Path:
+def _resp_port_line(resp_ports: dict[str, int] | None, node_id: str) -> list[str]:
+    if resp_ports is None or node_id not in resp_ports:
+        return []
+    return [f"resp_port = {resp_ports[node_id]}"]
+
+
+def write_cluster_view(
+    path: Path,
+    nodes: Iterable[tuple[str, int]],
+    resp_ports: dict[str, int] | None = None,
+    **cluster: int,
+) -> Path:
     """A cluster file at `path` listing `(node_id, port)` in order, on loopback."""
     lines = ["[cluster]", *(f"{name} = {value}" for name, value in cluster.items()), ""]
     for node_id, port in nodes:
@@ -344,6 +360,7 @@ def write_cluster_view(path: Path, nodes: Iterable[tuple[str, int]], **cluster: 
             f'host = "{LOOPBACK}"',
             f"port = {port}",
             f'data_dir = "data/{node_id}"',
+            *_resp_port_line(resp_ports, node_id),
             "",
         ]
     path.write_text("\n".join(lines))

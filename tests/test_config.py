@@ -163,7 +163,10 @@ def test_unknown_field_in_cluster(tmp_path: Path) -> None:
 
 def test_unknown_field_in_a_node(tmp_path: Path) -> None:
     message = error_of(tmp_path, NODE + 'datadir = "x"\n')
-    assert "node 'n1': unknown field 'datadir' (allowed: id, host, port, data_dir)" in message
+    assert (
+        "node 'n1': unknown field 'datadir' (allowed: id, host, port, data_dir, resp_port)"
+        in message
+    )
 
 
 def test_unknown_top_level_field(tmp_path: Path) -> None:

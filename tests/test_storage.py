@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import lmdb
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from replica.cli import _recover
 from replica.crdt.lww import LWWRegister
 from replica.crdt.mv_register import MVRegister
-from replica.crdt.version_vector import VersionVector
+from replica.crdt.version_vector import Dot, VersionVector
+from replica.digest import BUCKETS
 from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
+from replica.node import Node
 from replica.storage import (
     FORMAT_VERSION,
     TYPE_TAGS,
@@ -24,6 +31,8 @@ from replica.storage import (
     open_store,
 )
 from tests.harness import free_ports, replica_command
+from tests.strategies_mv import mv_registers
+from tests.strategies_types import clocked_siblings, lww_registers, version_chains
 
 
 def sample_states() -> dict[tuple[str, str], Any]:
@@ -106,6 +115,108 @@ def test_an_undecodable_record_is_a_storage_error(data: bytes, complaint: str) -
         decode_state(MV, data)
 
 
+# -- the trusted decoding recovery uses --------------------------------------------------------
+
+keyed_states = st.one_of(
+    st.tuples(st.just(MV), mv_registers(universe=None)),
+    st.tuples(st.just(KV), clocked_siblings()),
+    st.tuples(st.just(MVCC), version_chains()),
+    st.tuples(st.just(LWW), lww_registers()),
+)
+
+
+@given(keyed_state=keyed_states)
+def test_trusted_decoding_gives_the_state_validating_decoding_gives(
+    keyed_state: tuple[str, Any],
+) -> None:
+    keyspace, state = keyed_state
+    data = encode_state(keyspace, "k", state)
+    key, fast = decode_state(keyspace, data, trusted=True)
+    assert key == "k"
+    assert fast == decode_state(keyspace, data)[1] == state
+    assert type(fast) is type(state)
+    assert fast.to_wire() == state.to_wire()  # same order, not merely equal
+    if keyspace == MV:
+        assert all(type(s.dot) is Dot for s in fast.siblings)
+        assert fast.context() == state.context()
+
+
+def test_every_keyspace_round_trips_through_trusted_decoding() -> None:
+    for (keyspace, key), state in sample_states().items():
+        assert decode_state(keyspace, encode_state(keyspace, key, state), trusted=True) == (
+            key,
+            state,
+        )
+
+
+def record(keyspace: str, wire: Any) -> bytes:
+    return bytes([TYPE_TAGS[keyspace], FORMAT_VERSION]) + orjson.dumps(["k", wire])
+
+
+MISSHAPEN = [
+    (MV, {"value": 1}),
+    (MV, [1]),
+    (MV, [[1, ["n1", 1], {}]]),
+    (MV, [{"dot": 3}]),
+    (MV, [{"value": 1, "past": {}}]),
+    (MV, [{"value": 1, "dot": ["n1", 1]}]),
+    (MV, [{"dot": ["n1", 1], "past": {}}]),
+    (MV, [{"value": 1, "dot": "ab", "past": {}}]),
+    (MV, [{"value": 1, "dot": ["n1", 1, 2], "past": {}}]),
+    (MV, [{"value": 1, "dot": [1, 1], "past": {}}]),
+    (MV, [{"value": 1, "dot": ["n1", "1"], "past": {}}]),
+    (MV, [{"value": 1, "dot": ["n1", 1.5], "past": {}}]),
+    (MV, [{"value": 1, "dot": ["n1", 1], "past": []}]),
+    (MV, [{"value": 1, "dot": ["n1", 2], "past": {"n2": "1"}}]),
+    (KV, {}),
+    (KV, [[1, [1]]]),
+    (KV, [{"value": 1}]),
+    (KV, [{"clock": [1]}]),
+    (KV, [{"value": 1, "clock": "1"}]),
+    (KV, [{"value": 1, "clock": [1, "x"]}]),
+    (MVCC, []),
+    (MVCC, {"versions": [], "floor": -1}),
+    (MVCC, {"versions": {}, "floor": -1, "dropped": 0}),
+    (MVCC, {"versions": [], "floor": "x", "dropped": 0}),
+    (MVCC, {"versions": [[1, "v"]], "floor": -1, "dropped": 0}),
+    (MVCC, {"versions": [["1", "v", "n1"]], "floor": -1, "dropped": 0}),
+    (MVCC, {"versions": [[1, "v", 7]], "floor": -1, "dropped": 0}),
+    (MVCC, {"versions": ["1vn"], "floor": -1, "dropped": 0}),
+    (LWW, []),
+    (LWW, "text"),
+    (LWW, None),
+    (LWW, {"timestamp": 1, "replica": "n1"}),
+    (LWW, {"value": 1, "replica": "n1"}),
+    (LWW, {"value": 1, "timestamp": "1", "replica": "n1"}),
+    (LWW, {"value": 1, "timestamp": 1, "replica": 5}),
+]
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+@pytest.mark.parametrize(("keyspace", "wire"), MISSHAPEN)
+def test_a_misshapen_state_is_a_storage_error_either_way(
+    keyspace: str, wire: Any, trusted: bool
+) -> None:
+    with pytest.raises(StorageError, match="undecodable"):
+        decode_state(keyspace, record(keyspace, wire), trusted=trusted)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        bytes([TYPE_TAGS[KV], FORMAT_VERSION]) + b'["k", []]',
+        bytes([TYPE_TAGS[MV], 99]) + b'["k", []]',
+        bytes([TYPE_TAGS[MV], FORMAT_VERSION]) + b"not json",
+        bytes([TYPE_TAGS[MV], FORMAT_VERSION]) + b'["k"]',
+        bytes([TYPE_TAGS[MV], FORMAT_VERSION]) + b"[1, []]",
+    ],
+)
+def test_trusted_decoding_still_checks_the_tag_version_and_framing(data: bytes) -> None:
+    with pytest.raises(StorageError):
+        decode_state(MV, data, trusted=True)
+
+
 def corrupt_one_record(path: Path) -> None:
     env = lmdb.open(str(path), max_dbs=8)
     with env.begin(write=True) as txn:
@@ -122,6 +233,40 @@ def test_a_corrupt_record_stops_loading(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="not valid JSON"):
         list(store.load_all())
     store.close()
+
+
+def test_a_record_of_the_wrong_shape_stops_loading(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path)
+    store_all(store, sample_states())
+    store.store_batch([(MV, "bad", record(MV, [{"value": 1, "dot": "ab", "past": {}}]))])
+    store.close()
+    store = LmdbStore(tmp_path)
+    with pytest.raises(StorageError, match="undecodable"):
+        list(store.load_all())
+    store.close()
+
+
+def test_recovery_loads_every_key_and_tells_replication(tmp_path: Path) -> None:
+    states = sample_states()
+    store = LmdbStore(tmp_path)
+    store_all(store, states)
+    node = Node("n1", ["n1", "n2"], actor="n1~abc123")
+    try:
+        _recover(node, store)
+    finally:
+        gc.unfreeze()
+        store.close()
+    assert gc.isenabled()
+    assert {
+        (space, key): state
+        for space in (MV, KV, MVCC, LWW)
+        for key, state in getattr(node.keyspaces, space).items()
+    } == states
+    assert node.replicator is not None
+    for space in (MV, KV, MVCC, LWW):
+        digest = node.replicator.digests[space]
+        assert set(digest.keys_in(range(BUCKETS))) == set(getattr(node.keyspaces, space))
+    assert node.keyspaces.hlc.last >= 200  # the newest MVCC timestamp was observed
 
 
 def test_an_lmdb_store_of_someone_else_is_refused(tmp_path: Path) -> None:

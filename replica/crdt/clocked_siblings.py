@@ -181,6 +181,25 @@ class ClockedSiblings:
             decoded.append(ClockedValue(value, clock))
         return ClockedSiblings(_normalise(decoded))
 
+    @staticmethod
+    def from_stored(raw: Any) -> ClockedSiblings:
+        """Siblings as `to_wire` wrote them to this node's own store, read back as is.
+
+        The stored state was already normalised, so only shape and types are
+        checked; a record of another shape raises `TypeError`, `ValueError` or
+        `KeyError`.  State from a peer or a client must go through `from_wire`.
+        """
+        if type(raw) is not list:
+            raise TypeError("KV siblings must be an array")
+        return ClockedSiblings(tuple([_stored_value(item) for item in raw]))
+
+
+def _stored_value(item: dict[str, Any]) -> ClockedValue:
+    clock = item["clock"]
+    if type(clock) is not list or any(type(entry) is not int for entry in clock):
+        raise TypeError("a KV sibling's clock must be an array of counters")
+    return ClockedValue(item["value"], tuple(clock))
+
 
 def _normalise(values: Iterable[ClockedValue]) -> tuple[ClockedValue, ...]:
     """Dedupe by identity, drop strictly dominated siblings, sort canonically."""

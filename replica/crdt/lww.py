@@ -63,5 +63,18 @@ class LWWRegister:
             raise Malformed(f"LWW register: {exc}") from None
         return LWWRegister(value, timestamp, replica)
 
+    @staticmethod
+    def from_stored(raw: Any) -> LWWRegister:
+        """A register as `to_wire` wrote it to this node's own store: types checked only.
+
+        A record of another shape raises `TypeError` or `KeyError`.  State from
+        a peer must go through `from_wire`.
+        """
+        timestamp = raw["timestamp"]
+        replica = raw["replica"]
+        if type(timestamp) is not int or type(replica) is not str:
+            raise TypeError("an LWW register must have an integer timestamp and a replica")
+        return LWWRegister(raw["value"], timestamp, replica)
+
     def _rank(self) -> tuple[int, str, bytes]:
         return self.timestamp, self.replica, self._canonical

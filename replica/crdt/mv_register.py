@@ -211,6 +211,60 @@ class MVRegister:
                 raise Malformed(f"sibling {i}: {exc}") from None
         return MVRegister.of(siblings)
 
+    @staticmethod
+    def from_stored(raw: Any) -> MVRegister:
+        """A sibling set as `to_wire` wrote it to this node's own store, read back as is.
+
+        The register that was stored already kept every invariant, and `to_wire`
+        lists its siblings in their canonical order, so nothing is validated,
+        deduplicated, pruned or sorted here: only the shape and the types are
+        checked.  A record of another shape raises `TypeError`, `ValueError` or
+        `KeyError` rather than load as a register.  State from anywhere else
+        (a peer, a client) must go through `from_wire`.
+        """
+        if type(raw) is not list:
+            raise TypeError("an MV sibling set must be an array")
+        return _register(tuple([_stored_sibling(entry) for entry in raw]))
+
+
+_new = object.__new__
+_set_value = Sibling.value.__set__  # type: ignore[attr-defined]
+_set_dot = Sibling.dot.__set__  # type: ignore[attr-defined]
+_set_past = Sibling.past.__set__  # type: ignore[attr-defined]
+_set_siblings = MVRegister.siblings.__set__  # type: ignore[attr-defined]
+_new_tuple = tuple.__new__
+
+
+def _stored_sibling(entry: dict[str, Any]) -> Sibling:
+    """One `{value, dot, past}` of `from_stored`, built without the dataclass constructor.
+
+    Setting the slots directly is what the frozen constructor does, minus its
+    per-field `object.__setattr__` calls, which dominate a bulk load.
+    """
+    dot = entry["dot"]
+    past = entry["past"]
+    node, counter = dot
+    if (
+        type(dot) is not list
+        or type(node) is not str
+        or type(counter) is not int
+        or type(past) is not dict
+    ):
+        raise TypeError("an MV sibling must have a [node, counter] dot and an object past")
+    if past and any(type(seen) is not int for seen in past.values()):
+        raise TypeError("an MV sibling's past must map node ids to counters")
+    sibling = _new(Sibling)
+    _set_value(sibling, entry["value"])
+    _set_dot(sibling, _new_tuple(Dot, (node, counter)))
+    _set_past(sibling, past)
+    return sibling
+
+
+def _register(siblings: tuple[Sibling, ...]) -> MVRegister:
+    register = _new(MVRegister)
+    _set_siblings(register, siblings)
+    return register
+
 
 def _by_dot(s: Sibling) -> Dot:
     return s.dot

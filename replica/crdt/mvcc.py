@@ -161,6 +161,22 @@ class VersionChain:
             raise Malformed("a chain that lost versions to collection keeps at least one")
         return VersionChain(_resolve(versions, floor), floor, dropped)
 
+    @staticmethod
+    def from_stored(raw: Any) -> VersionChain:
+        """A chain as `to_wire` wrote it to this node's own store, read back as is.
+
+        The stored chain was already resolved and in timestamp order, so only
+        shape and types are checked; a record of another shape raises
+        `TypeError`, `ValueError` or `KeyError`.  State from a peer must go
+        through `from_wire`.
+        """
+        items = raw["versions"]
+        floor = raw["floor"]
+        dropped = raw["dropped"]
+        if type(items) is not list or type(floor) is not int or type(dropped) is not int:
+            raise TypeError("an MVCC chain must have versions, floor and dropped")
+        return VersionChain(tuple([_stored_version(item) for item in items]), floor, dropped)
+
     @property
     def _gc(self) -> tuple[int, int]:
         return self.floor, self.dropped
@@ -195,3 +211,10 @@ def _version_from_wire(raw: Any, i: int) -> Version:
     if not isinstance(raw[2], str):
         raise Malformed(f"version {i}'s origin must be a node id string")
     return Version(timestamp, raw[1], raw[2])
+
+
+def _stored_version(item: list[Any]) -> Version:
+    timestamp, value, origin = item
+    if type(item) is not list or type(timestamp) is not int or type(origin) is not str:
+        raise TypeError("an MVCC version must be [timestamp, value, origin]")
+    return Version(timestamp, value, origin)

@@ -1,0 +1,454 @@
+"""The Redis-protocol (RESP2) transport: Jylis's MVREG and TREG for any Redis client.
+
+Requests are parsed by `hiredis.Reader`.  Every complete command of one
+`data_received` chunk is answered, and the replies of the chunk leave in a
+single `transport.write`, so pipelined clients get batched replies exactly as
+on the JSON port.  Backpressure and reply holding work as in `replica.tcp`: a
+connection whose unsent replies pass the high-water mark stops being read,
+and when the node commits synchronously a chunk's replies wait for the
+commit that makes its writes durable (a failed commit turns every non-error
+reply of the chunk into an error).
+
+Commands (names case-insensitive):
+
+    MVREG GET key               array of the visible values (empty when absent)
+    MVREG SET key value         +OK; replaces the values visible here
+    TREG GET key                [value, timestamp] (empty array when absent)
+    TREG SET key value ts       +OK; ts is an integer from 0 to 2**63-1, older is ignored
+
+plus PING, ECHO, QUIT, HELLO, CLIENT, COMMAND and SELECT 0, answered the way
+redis-cli and redis-py expect.  Values set here are stored as JSON strings;
+stored values that are not strings are returned as their JSON text.
+
+Size limit: a request whose bytes so far pass `max_line_bytes` plus a small
+allowance for headers, or any argument longer than `max_line_bytes`, gets an
+error and closes the connection; the first check also stops an array of
+countless small elements.  (`hiredis.Reader` itself only caps bulk
+strings at 512 MiB; its `maxbuf` only decides when an idle buffer is freed,
+so the limit is checked here.)  A protocol error also closes the connection;
+every other error leaves it usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+import hiredis
+import orjson
+
+from replica.crdt.malformed import MAX_INT
+from replica.node import Node
+from replica.tcp import WRITE_HIGH_WATER, WRITE_LOW_WATER
+
+log = logging.getLogger("replica.resp")
+
+HEADER_ALLOWANCE = 4096
+"""Bytes beyond `max_line_bytes` an incomplete request may buffer: its array and
+bulk headers, plus up to 1 KiB of parsed input hiredis keeps before compacting."""
+
+OK = b"+OK\r\n"
+NIL = b"$-1\r\n"
+EMPTY_ARRAY = b"*0\r\n"
+
+Args = list[bytes]
+
+
+class RespError(Exception):
+    """A request that is answered with an error and changes nothing."""
+
+
+def bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def integer(value: int) -> bytes:
+    return b":%d\r\n" % value
+
+
+def array(items: list[bytes]) -> bytes:
+    return b"*%d\r\n%s" % (len(items), b"".join(items))
+
+
+def error(text: str) -> bytes:
+    clean = text.replace("\r", " ").replace("\n", " ")
+    return b"-" + clean.encode("utf-8", "replace") + b"\r\n"
+
+
+def _name(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RespError(f"ERR {what} must be valid UTF-8") from None
+
+
+def _value_bytes(value: Any) -> bytes:
+    """A stored value as a Redis client sees it: strings as they are, the rest as JSON."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return orjson.dumps(value)
+
+
+def _arity(command: str, args: Args, count: int) -> None:
+    if len(args) != count:
+        raise RespError(f"ERR wrong number of arguments for '{command}' command")
+
+
+class Commands:
+    """What a RESP connection can ask of a node; one instance per connection."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.client_name: bytes | None = None
+        self.quit = False
+        self.table: dict[bytes, Callable[[Args], bytes]] = {
+            b"MVREG": self.mvreg,
+            b"TREG": self.treg,
+            b"PING": self.ping,
+            b"ECHO": self.echo,
+            b"QUIT": self.quit_command,
+            b"HELLO": self.hello,
+            b"CLIENT": self.client,
+            b"COMMAND": self.command,
+            b"SELECT": self.select,
+        }
+
+    def execute(self, request: Args) -> bytes:
+        """The reply to one command (its name first); errors become error replies."""
+        handler = self.table.get(request[0].upper())
+        if handler is None:
+            return error(f"ERR unknown command '{_name(request[0])}'")
+        try:
+            return handler(request[1:])
+        except RespError as exc:
+            return error(str(exc))
+
+    # -- registers -----------------------------------------------------------------
+
+    def mvreg(self, args: Args) -> bytes:
+        sub = args[0].upper() if args else b""
+        if sub == b"GET":
+            _arity("mvreg|get", args, 2)
+            register = self.node.keyspaces.mv.get(_text(args[1], "key"))
+            if register is None:
+                return EMPTY_ARRAY
+            return array([bulk(_value_bytes(v)) for v in register.values()])
+        if sub == b"SET":
+            _arity("mvreg|set", args, 3)
+            key = _text(args[1], "key")
+            value = _text(args[2], "value")
+            self.node.keyspaces.mv_write(key, value, None)
+            return OK
+        if not args:
+            raise RespError("ERR wrong number of arguments for 'mvreg' command")
+        raise RespError(f"ERR unknown subcommand '{_name(args[0])}' for 'MVREG'")
+
+    def treg(self, args: Args) -> bytes:
+        sub = args[0].upper() if args else b""
+        if sub == b"GET":
+            _arity("treg|get", args, 2)
+            register = self.node.keyspaces.lww.get(_text(args[1], "key"))
+            if register is None:
+                return EMPTY_ARRAY
+            return array([bulk(_value_bytes(register.value)), integer(register.timestamp)])
+        if sub == b"SET":
+            _arity("treg|set", args, 4)
+            key = _text(args[1], "key")
+            value = _text(args[2], "value")
+            timestamp = _timestamp(args[3])
+            self.node.keyspaces.lww_write(key, value, timestamp)
+            return OK
+        if not args:
+            raise RespError("ERR wrong number of arguments for 'treg' command")
+        raise RespError(f"ERR unknown subcommand '{_name(args[0])}' for 'TREG'")
+
+    # -- what clients send by habit -----------------------------------------------------
+
+    def ping(self, args: Args) -> bytes:
+        if len(args) > 1:
+            raise RespError("ERR wrong number of arguments for 'ping' command")
+        return bulk(args[0]) if args else b"+PONG\r\n"
+
+    def echo(self, args: Args) -> bytes:
+        _arity("echo", args, 1)
+        return bulk(args[0])
+
+    def quit_command(self, args: Args) -> bytes:
+        self.quit = True
+        return OK
+
+    def hello(self, args: Args) -> bytes:
+        if args:
+            version = args[0]
+            if not version.isdigit():
+                raise RespError("ERR Protocol version is not an integer or out of range")
+            if int(version) != 2:
+                raise RespError("NOPROTO unsupported protocol version")
+            options = args[1:]
+            while options:
+                option = options[0].upper()
+                if option == b"SETNAME" and len(options) >= 2:
+                    self.client_name = options[1]
+                    options = options[2:]
+                elif option == b"AUTH" and len(options) >= 3:
+                    options = options[3:]  # no users here: every client may connect
+                else:
+                    raise RespError(f"ERR Syntax error in HELLO option '{_name(options[0])}'")
+        info = {
+            b"server": bulk(b"replica"),
+            b"version": bulk(b"0.1.0"),
+            b"proto": integer(2),
+            b"id": integer(0),
+            b"mode": bulk(b"standalone"),
+            b"role": bulk(b"master"),
+            b"modules": EMPTY_ARRAY,
+        }
+        return array([part for name, reply in info.items() for part in (bulk(name), reply)])
+
+    def client(self, args: Args) -> bytes:
+        sub = args[0].upper() if args else b""
+        if sub == b"SETINFO":
+            _arity("client|setinfo", args, 3)
+            return OK
+        if sub == b"SETNAME":
+            _arity("client|setname", args, 2)
+            self.client_name = args[1] or None
+            return OK
+        if sub == b"GETNAME":
+            _arity("client|getname", args, 1)
+            return NIL if self.client_name is None else bulk(self.client_name)
+        if sub == b"ID":
+            return integer(0)
+        if not args:
+            raise RespError("ERR wrong number of arguments for 'client' command")
+        raise RespError(f"ERR unknown subcommand '{_name(args[0])}' for 'CLIENT'")
+
+    def command(self, args: Args) -> bytes:
+        if args and args[0].upper() == b"COUNT":
+            return integer(0)
+        return EMPTY_ARRAY
+
+    def select(self, args: Args) -> bytes:
+        _arity("select", args, 1)
+        if not args[0].lstrip(b"-").isdigit():
+            raise RespError("ERR value is not an integer or out of range")
+        if int(args[0]) != 0:
+            raise RespError("ERR DB index is out of range")
+        return OK
+
+
+def _timestamp(raw: bytes) -> int:
+    if not raw.isdigit() or not raw.isascii() or int(raw) > MAX_INT:
+        raise RespError(f"ERR timestamp must be an integer from 0 to {MAX_INT}")
+    return int(raw)
+
+
+class RespConnection(asyncio.Protocol):
+    """One accepted Redis-protocol connection."""
+
+    def __init__(self, node: Node, connections: set[RespConnection]) -> None:
+        self.node = node
+        self.connections = connections
+        self.limit = node.settings.max_line_bytes
+        self.reader = hiredis.Reader(notEnoughData=None)
+        self.pending = 0
+        self.commands = Commands(node)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.reading_paused = False
+        self.held: collections.deque[tuple[asyncio.Future[None] | None, list[bytes], bool]] = (
+            collections.deque()
+        )
+        self.input_done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.connections.add(self)
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple) and len(peername) >= 2:
+            self.peer = f"{peername[0]}:{peername[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        log.debug("RESP connection from %s", self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.input_done:
+            return
+        replies, close = self._replies(data)
+        if close:
+            self.input_done = True
+        barrier = self._barrier() if replies else None
+        if barrier is None and not self.held:
+            self._send(replies, close)
+            return
+        self.held.append((barrier, replies, close))
+        if barrier is not None:
+            barrier.add_done_callback(self._release)
+
+    def _replies(self, data: bytes) -> tuple[list[bytes], bool]:
+        """The replies to every complete command in the input so far; True to close after."""
+        replies: list[bytes] = []
+        self.reader.feed(data)
+        completed = False
+        while True:
+            try:
+                request = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                log.info("closing RESP connection %s: protocol error: %s", self.peer, exc)
+                replies.append(error(f"ERR Protocol error: {exc}"))
+                return replies, True
+            if request is None:
+                break
+            if not _is_command(request):
+                replies.append(error("ERR Protocol error: expected an array of bulk strings"))
+                continue
+            if any(len(arg) > self.limit for arg in request):
+                replies.append(self._too_long())
+                return replies, True
+            completed = True
+            replies.append(self._execute(request))
+            if self.commands.quit:
+                return replies, True
+        # Bytes of the incomplete request: all of them since the last complete
+        # one, counting the elements of a long array hiredis has already taken
+        # out of its buffer.
+        if completed:
+            self.pending = min(len(data), self.reader.len())
+        else:
+            self.pending += len(data)
+        if self.pending > self.limit + HEADER_ALLOWANCE:
+            replies.append(self._too_long())
+            return replies, True
+        return replies, False
+
+    def _too_long(self) -> bytes:
+        log.info("closing RESP connection %s: request over max_line_bytes", self.peer)
+        return error(f"ERR request over max_line_bytes ({self.limit})")
+
+    def _execute(self, request: Args) -> bytes:
+        try:
+            return self.commands.execute(request)
+        except Exception:  # every command answers for itself; this is a bug
+            log.exception("failed to handle a RESP command from %s", self.peer)
+            return error("ERR internal error")
+
+    def _barrier(self) -> asyncio.Future[None] | None:
+        durability = self.node.durability
+        if durability is None or not durability.holds_replies:
+            return None
+        return durability.barrier()
+
+    def _release(self, _: object = None) -> None:
+        """Send the held replies whose commits are done, oldest first."""
+        while self.held:
+            barrier, replies, close = self.held[0]
+            if barrier is not None and not barrier.done():
+                return
+            self.held.popleft()
+            failure = _failure_of(barrier)
+            if failure is not None:
+                log.error(
+                    "answering %d RESP requests from %s with errors: %s",
+                    len(replies),
+                    self.peer,
+                    failure,
+                )
+                not_durable = error(f"ERR write not durable: {failure}")
+                replies = [r if r.startswith(b"-") else not_durable for r in replies]
+            self._send(replies, close)
+
+    def _send(self, replies: list[bytes], close: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if replies:
+            transport.write(b"".join(replies))
+        if close:
+            transport.close()  # after the replies above are flushed
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing() and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        self.held.clear()
+        if exc is not None:
+            log.debug("RESP connection from %s lost: %s", self.peer, exc)
+
+
+def _is_command(request: Any) -> bool:
+    return (
+        isinstance(request, list)
+        and len(request) > 0
+        and all(isinstance(arg, bytes) for arg in request)
+    )
+
+
+def _failure_of(barrier: asyncio.Future[None] | None) -> str | None:
+    if barrier is None:
+        return None
+    if barrier.cancelled():
+        return "commit cancelled"
+    exc = barrier.exception()
+    return None if exc is None else str(exc)
+
+
+class RespServer:
+    """A listening socket for Redis clients and the connections it accepted."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.connections: set[RespConnection] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: RespConnection(self.node, self.connections), host, port, reuse_address=True
+        )
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        if self.server is None:
+            return []
+        return [s.getsockname()[:2] for s in self.server.sockets]
+
+    async def close(self) -> None:
+        """Stop accepting, drop every open connection, and wait for the listener to close."""
+        if self.server is None:
+            return
+        self.server.close()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        await self.server.wait_closed()
+
+
+async def serve_resp(node: Node, host: str, port: int) -> RespServer:
+    """Listen for Redis clients on `host:port` and answer them with `node`."""
+    server = RespServer(node)
+    await server.start(host, port)
+    return server
