@@ -185,6 +185,19 @@ class Durability:
         self.store.close()
 
 
+def barrier_failure(barrier: asyncio.Future[Any] | None) -> str | None:
+    """Why the commit behind a barrier failed, or None when it succeeded (or none was due).
+
+    The transports use it to turn the replies they held into errors.
+    """
+    if barrier is None:
+        return None
+    if barrier.cancelled():
+        return "commit cancelled"
+    exc = barrier.exception()
+    return None if exc is None else str(exc)
+
+
 def _failure_of(done: asyncio.Future[Any]) -> str | None:
     if done.cancelled():
         return "commit cancelled"

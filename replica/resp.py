@@ -43,8 +43,9 @@ import hiredis
 import orjson
 
 from replica.crdt.malformed import MAX_INT
+from replica.durability import barrier_failure
 from replica.node import Node
-from replica.tcp import WRITE_HIGH_WATER, WRITE_LOW_WATER
+from replica.tcp import WRITE_HIGH_WATER, WRITE_LOW_WATER, TcpServer
 
 log = logging.getLogger("replica.resp")
 
@@ -358,7 +359,7 @@ class RespConnection(asyncio.Protocol):
             if barrier is not None and not barrier.done():
                 return
             self.held.popleft()
-            failure = _failure_of(barrier)
+            failure = barrier_failure(barrier)
             if failure is not None:
                 log.error(
                     "answering %d RESP requests from %s with errors: %s",
@@ -407,48 +408,8 @@ def _is_command(request: Any) -> bool:
     )
 
 
-def _failure_of(barrier: asyncio.Future[None] | None) -> str | None:
-    if barrier is None:
-        return None
-    if barrier.cancelled():
-        return "commit cancelled"
-    exc = barrier.exception()
-    return None if exc is None else str(exc)
-
-
-class RespServer:
-    """A listening socket for Redis clients and the connections it accepted."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.connections: set[RespConnection] = set()
-        self.server: asyncio.Server | None = None
-
-    async def start(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: RespConnection(self.node, self.connections), host, port, reuse_address=True
-        )
-
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        if self.server is None:
-            return []
-        return [s.getsockname()[:2] for s in self.server.sockets]
-
-    async def close(self) -> None:
-        """Stop accepting, drop every open connection, and wait for the listener to close."""
-        if self.server is None:
-            return
-        self.server.close()
-        for connection in list(self.connections):
-            if connection.transport is not None:
-                connection.transport.abort()
-        await self.server.wait_closed()
-
-
-async def serve_resp(node: Node, host: str, port: int) -> RespServer:
+async def serve_resp(node: Node, host: str, port: int) -> TcpServer:
     """Listen for Redis clients on `host:port` and answer them with `node`."""
-    server = RespServer(node)
+    server = TcpServer(node, RespConnection)
     await server.start(host, port)
     return server

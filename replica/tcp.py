@@ -26,10 +26,12 @@ import collections
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
 
+from replica.durability import barrier_failure
 from replica.errors import ErrorCode
 from replica.framing import LineFramer
 from replica.node import Node
@@ -97,7 +99,7 @@ class Connection(asyncio.Protocol):
             if barrier is not None and not barrier.done():
                 return
             self.held.popleft()
-            failure = _failure_of(barrier)
+            failure = barrier_failure(barrier)
             if failure is not None:
                 log.error(
                     "answering %d requests from %s with error 13: %s",
@@ -151,15 +153,6 @@ _Held = tuple["asyncio.Future[None] | None", list[bytes], bool]
 """A chunk's replies waiting for its commit, and whether the connection closes after them."""
 
 
-def _failure_of(barrier: asyncio.Future[None] | None) -> str | None:
-    if barrier is None:
-        return None
-    if barrier.cancelled():
-        return "commit cancelled"
-    exc = barrier.exception()
-    return None if exc is None else str(exc)
-
-
 def _not_durable(reply: bytes, failure: str) -> bytes:
     """Error 13 in place of a reply whose request's writes may not be on disk."""
     message: Any = orjson.loads(reply)
@@ -177,18 +170,26 @@ def _not_durable(reply: bytes, failure: str) -> bytes:
     return orjson.dumps(error) + b"\n"
 
 
-class TcpServer:
-    """A listening socket and the connections it accepted."""
+ConnectionType = Callable[[Node, set[Any]], asyncio.Protocol]
+"""A protocol class built from the node and the server's set of open connections."""
 
-    def __init__(self, node: Node) -> None:
+
+class TcpServer:
+    """A listening socket and the connections it accepted (JSON lines, or another protocol)."""
+
+    def __init__(self, node: Node, connection_type: ConnectionType = Connection) -> None:
         self.node = node
-        self.connections: set[Connection] = set()
+        self.connection_type = connection_type
+        self.connections: set[Any] = set()
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: Connection(self.node, self.connections), host, port, reuse_address=True
+            lambda: self.connection_type(self.node, self.connections),
+            host,
+            port,
+            reuse_address=True,
         )
 
     @property
