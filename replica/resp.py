@@ -55,6 +55,7 @@ bulk headers, plus up to 1 KiB of parsed input hiredis keeps before compacting."
 
 OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
+NULL3 = b"_\r\n"  # RESP3's null, for clients that said HELLO 3
 EMPTY_ARRAY = b"*0\r\n"
 
 Args = list[bytes]
@@ -110,6 +111,7 @@ class Commands:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.client_name: bytes | None = None
+        self.protocol = 2
         self.quit = False
         self.table: dict[bytes, Callable[[Args], bytes]] = {
             b"MVREG": self.mvreg,
@@ -192,8 +194,11 @@ class Commands:
             version = args[0]
             if not version.isdigit():
                 raise RespError("ERR Protocol version is not an integer or out of range")
-            if int(version) != 2:
+            if int(version) not in (2, 3):
                 raise RespError("NOPROTO unsupported protocol version")
+            # Every reply this server sends is the same in RESP3 but for nulls and
+            # HELLO's own map, so RESP3 clients (redis-py 8 asks for it) work as they are.
+            self.protocol = int(version)
             options = args[1:]
             while options:
                 option = options[0].upper()
@@ -207,13 +212,16 @@ class Commands:
         info = {
             b"server": bulk(b"replica"),
             b"version": bulk(b"0.1.0"),
-            b"proto": integer(2),
+            b"proto": integer(self.protocol),
             b"id": integer(0),
             b"mode": bulk(b"standalone"),
             b"role": bulk(b"master"),
             b"modules": EMPTY_ARRAY,
         }
-        return array([part for name, reply in info.items() for part in (bulk(name), reply)])
+        parts = [part for name, reply in info.items() for part in (bulk(name), reply)]
+        if self.protocol == 3:
+            return b"%%%d\r\n" % len(info) + b"".join(parts)
+        return array(parts)
 
     def client(self, args: Args) -> bytes:
         sub = args[0].upper() if args else b""
@@ -226,7 +234,9 @@ class Commands:
             return OK
         if sub == b"GETNAME":
             _arity("client|getname", args, 1)
-            return NIL if self.client_name is None else bulk(self.client_name)
+            if self.client_name is None:
+                return NULL3 if self.protocol == 3 else NIL
+            return bulk(self.client_name)
         if sub == b"ID":
             return integer(0)
         if not args:

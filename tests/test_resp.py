@@ -41,7 +41,7 @@ class RespCluster:
 
 
 def resp2_client(port: int) -> aioredis.Redis:
-    """redis-py from 8.0 asks for RESP3 unless told otherwise; the node speaks RESP2."""
+    """A RESP2 client (redis-py from 8.0 asks for RESP3 unless told otherwise)."""
     return aioredis.Redis(host=LOOPBACK, port=port, protocol=2)
 
 
@@ -202,8 +202,23 @@ async def test_client_habits(r1: aioredis.Redis) -> None:
     assert info[b"proto"] == 2
     assert info[b"server"] == b"replica"
     with pytest.raises(ResponseError, match="NOPROTO"):
-        await r1.execute_command("HELLO", "3")
+        await r1.execute_command("HELLO", "4")
     assert await r1.ping() is True
+
+
+async def test_a_client_with_its_default_protocol_works_unchanged(cluster: RespCluster) -> None:
+    """redis-py 8 says HELLO 3 on connect: RESP3 replies, a map from HELLO, `_` for null."""
+    client = aioredis.Redis(host=LOOPBACK, port=cluster.resp_ports["n1"])
+    try:
+        assert await client.execute_command("MVREG", "SET", "default-proto", "v") == b"OK"
+        assert await client.execute_command("MVREG", "GET", "default-proto") == [b"v"]
+        assert await client.execute_command("TREG", "SET", "default-proto", "t", 5) == b"OK"
+        assert await client.execute_command("TREG", "GET", "default-proto") == [b"t", 5]
+        assert await client.client_getname() is None
+        hello = await client.execute_command("HELLO", "3")
+        assert isinstance(hello, dict) and hello[b"proto"] == 3
+    finally:
+        await client.aclose()
 
 
 async def raw_exchange(port: int, data: bytes, *, until_closed: bool = True) -> bytes:
