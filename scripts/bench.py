@@ -9,6 +9,8 @@
         [--keys 100000] [--value-bytes 16] [--json]
     .venv/bin/python scripts/bench.py restart [--keys 1000000] [--value-bytes 16]
         [--connections 8] [--window 64] [--sample 1000] [--json]
+    .venv/bin/python scripts/bench.py resp [--requests 200000] [--clients 16]
+        [--pipeline 16] [--rounds 2] [--memory] [--json]
 
 `converge` cuts n1 off from the other nodes, writes the same keys once on each
 side (so every key ends with two siblings), heals the partition, and measures
@@ -28,6 +30,15 @@ takes CPU from the same machine as the node; the report shows both shares.
 again and times the way from the process start to a correct mv_read, against
 the target: under 10 s for 1,000,000 keys; then a random sample of keys must
 read back exactly what was written, and the node must hold all N.
+
+`resp` starts one node with a `resp_port` (durable unless --memory) and a
+`redis-server --appendonly yes --appendfsync always` in the temporary
+directory, and runs `redis-benchmark -P 16 -r 100000` with
+`MVREG SET key:__rand_int__ v` against the node and `SET key:__rand_int__ v`
+against redis-server, alternately, against the target: the node at least 0.5x
+redis-server's requests/s.  After each node run a sample of the keys must read
+back `[v]` with MVREG GET.  It needs redis-benchmark and redis-server on PATH
+(Debian packages redis-tools and redis-server); without them it exits 3.
 
 Every subcommand runs in a `Session`: a temporary directory, N `replica serve`
 processes whose peer links all pass through TCP proxies (scripts/bench_proxy.py,
@@ -72,6 +83,7 @@ from pathlib import Path
 from typing import Any
 
 try:
+    import hiredis
     import orjson
     import uvloop
 except ImportError as exc:
@@ -331,6 +343,7 @@ class NodeHandle:
     id: str
     port: int
     directory: Path
+    resp_port: int | None = None  # its Redis-protocol port, when the session asked for one
     process: subprocess.Popen[bytes] | None = None
     spawned_at: float = 0.0  # time.monotonic() just before its process was started
     control: Connection | None = None  # status polls only, never shared with pipelines
@@ -358,6 +371,7 @@ class Session:
         gossip_ms: int,
         *,
         memory: bool = False,
+        resp: bool = False,
     ) -> None:
         self.directory = directory
         self.children = children
@@ -366,12 +380,19 @@ class Session:
         self.log_level = "warning"
         ids = [f"n{i}" for i in range(1, node_count + 1)]
         self.links = [link_name(a, b) for a in ids for b in ids if a != b]
-        ports = free_ports(len(ids) + len(self.links))
+        ports = free_ports(2 * len(ids) + len(self.links) if resp else len(ids) + len(self.links))
         self.nodes = {
-            node_id: NodeHandle(node_id, port, directory / node_id)
-            for node_id, port in zip(ids, ports, strict=False)
+            node_id: NodeHandle(
+                node_id,
+                ports[i],
+                directory / node_id,
+                resp_port=ports[len(ids) + len(self.links) + i] if resp else None,
+            )
+            for i, node_id in enumerate(ids)
         }
-        self.proxy_ports = dict(zip(self.links, ports[len(ids) :], strict=True))
+        self.proxy_ports = dict(
+            zip(self.links, ports[len(ids) : len(ids) + len(self.links)], strict=True)
+        )
         self.proxy: ProxyControl | None = None
         self.phase = "starting"
         self.latency: dict[str, tuple[float, float]] = {}  # node → (asked at, seconds)
@@ -456,6 +477,7 @@ class Session:
                 f'host = "{LOOPBACK}"',
                 f"port = {port}",
                 f'data_dir = "data/{node.id}"',
+                *([f"resp_port = {node.resp_port}"] if node.resp_port is not None else []),
                 "",
             ]
         return "\n".join(lines)
@@ -1677,6 +1699,307 @@ def restart_report(
     return Report("restart", params, figures, lines, targets)
 
 
+# -- resp ----------------------------------------------------------------------------------------
+
+RESP_RATIO_LIMIT = 0.5  # issue 6: MVREG SET at least 0.5x redis-server SET (appendfsync always)
+RESP_KEYSPACE = 100_000  # redis-benchmark -r: __rand_int__ is one of this many 12-digit numbers
+RESP_SAMPLE = 1000
+RESP_KEY_SHORTFALL = 0.97  # the node must hold at least this share of the expected distinct keys
+REDIS_TOOLS = {"redis-benchmark": "redis-tools", "redis-server": "redis-server"}
+
+
+@dataclass
+class BenchmarkRun:
+    """One redis-benchmark run against one server: its CSV row, and the server's CPU."""
+
+    server: str  # "node" or "redis"
+    figures: dict[str, float]
+    cpu_cores: float | None
+
+    @property
+    def rps(self) -> float:
+        return self.figures["rps"]
+
+
+def redis_tools() -> dict[str, str]:
+    """The paths of redis-benchmark and redis-server; a BenchError naming the packages if absent."""
+    found = {name: shutil.which(name) for name in REDIS_TOOLS}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        packages = " ".join(sorted({REDIS_TOOLS[name] for name in missing}))
+        raise BenchError(
+            f"{' and '.join(missing)} not found on PATH; resp needs redis-benchmark and "
+            f"redis-server (on Debian: apt-get install {packages})"
+        )
+    return {name: path for name, path in found.items() if path is not None}
+
+
+async def resp_ping(port: int) -> bool:
+    """Whether a RESP server on `port` answers PING with PONG."""
+    try:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"*1\r\n$4\r\nPING\r\n")
+        return (await reader.readline()) == b"+PONG\r\n"
+    except (OSError, ConnectionError):
+        return False
+    finally:
+        writer.close()
+
+
+async def start_redis(s: Session, binary: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server on a free loopback port that fsyncs its AOF on every write."""
+    directory = s.directory / "redis-server"
+    directory.mkdir()
+    (port,) = free_ports(1)
+    argv = [binary, "--port", str(port), "--bind", LOOPBACK, "--appendonly", "yes"]
+    argv += ["--appendfsync", "always", "--save", "", "--dir", str(directory)]
+    argv += ["--daemonize", "no", "--logfile", ""]
+    process = s.children.spawn(argv, cwd=directory, log=directory / "redis-server.log")
+    deadline = time.monotonic() + START_TIMEOUT
+    while not await resp_ping(port):
+        if process.poll() is not None:
+            raise BenchError(
+                f"redis-server exited with code {process.returncode}: "
+                f"{_tail(directory / 'redis-server.log')}"
+            )
+        if time.monotonic() > deadline:
+            raise BenchError(f"redis-server not answering PING after {START_TIMEOUT}s")
+        await asyncio.sleep(0.02)
+    return process, port
+
+
+def _tail(path: Path, lines: int = 10) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def parse_benchmark_csv(text: str) -> dict[str, float]:
+    """The figures of redis-benchmark --csv: a quoted header line, then one row per test."""
+    rows = [
+        [cell.strip('"') for cell in line.strip().split('","')]
+        for line in text.splitlines()
+        if line.startswith('"')
+    ]
+    if len(rows) < 2 or rows[0][:2] != ["test", "rps"]:
+        raise BenchError(f"no CSV figures in redis-benchmark's output: {text[-300:]!r}")
+    header, last = rows[0], rows[-1]
+    try:
+        return {name: float(value) for name, value in zip(header[1:], last[1:], strict=True)}
+    except ValueError:
+        raise BenchError(f"unreadable redis-benchmark CSV row: {last}") from None
+
+
+async def redis_benchmark(
+    s: Session,
+    args: argparse.Namespace,
+    binary: str,
+    server: str,
+    port: int,
+    command: Sequence[str],
+    pid: int,
+) -> BenchmarkRun:
+    """Run redis-benchmark to its end (polled, so the deadline can cancel it)."""
+    log = s.directory / f"redis-benchmark-{server}-{len(list(s.directory.glob('redis-b*')))}.log"
+    argv = [binary, "-h", LOOPBACK, "-p", str(port), "-n", str(args.requests)]
+    argv += ["-c", str(args.clients), "-P", str(args.pipeline), "-r", str(RESP_KEYSPACE)]
+    argv += ["--csv", *command]
+    cpu_before = process_cpu_seconds(pid)
+    started = time.monotonic()
+    process = s.children.spawn(argv, cwd=s.directory, log=log)
+    while process.poll() is None:
+        await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - started
+    cpu_after = process_cpu_seconds(pid)
+    output = log.read_text(errors="replace")
+    if process.returncode != 0:
+        raise BenchError(
+            f"redis-benchmark against {server} exited {process.returncode}: {output!r:.300}"
+        )
+    figures = parse_benchmark_csv(output)
+    if "rps" not in figures or figures["rps"] <= 0:
+        raise BenchError(f"redis-benchmark against {server} measured no requests: {output!r:.300}")
+    cores = None
+    if cpu_before is not None and cpu_after is not None and elapsed > 0:
+        cores = (cpu_after - cpu_before) / elapsed
+    return BenchmarkRun(server, figures, cores)
+
+
+async def resp_commands(port: int, commands: Sequence[Sequence[bytes]]) -> list[Any]:
+    """Send every command pipelined on one connection; the parsed replies, in order."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=READ_LIMIT)
+    try:
+        out = bytearray()
+        for command in commands:
+            out += b"*%d\r\n" % len(command)
+            for arg in command:
+                out += b"$%d\r\n%s\r\n" % (len(arg), arg)
+        writer.write(bytes(out))
+        parser = hiredis.Reader()
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            chunk = await reader.read(1 << 18)
+            if not chunk:
+                raise BenchError("the node closed a RESP connection")
+            parser.feed(chunk)
+            while (reply := parser.gets()) is not False:
+                replies.append(reply)
+        return replies
+    finally:
+        writer.close()
+
+
+def expected_distinct(requests: int, keyspace: int) -> float:
+    """How many distinct keys `requests` uniform draws from `keyspace` hit, on average."""
+    return keyspace * (1 - (1 - 1 / keyspace) ** requests)
+
+
+async def check_resp_writes(s: Session, node: NodeHandle, written: int) -> list[str]:
+    """Problems with what the benchmark wrote: sampled keys must read back [v] over MVREG GET,
+    and the node must hold about as many mv keys as `written` random SETs reach."""
+    assert node.resp_port is not None
+    rng = random.Random(written)
+    sample = rng.sample(range(RESP_KEYSPACE), RESP_SAMPLE)
+    keys = [b"key:%012d" % i for i in sample]
+    replies = await resp_commands(node.resp_port, [[b"MVREG", b"GET", key] for key in keys])
+    wrong = [
+        f"{key.decode()}: {reply!r:.100}"
+        for key, reply in zip(keys, replies, strict=True)
+        if reply != [b"v"] and reply != []
+    ]
+    present = sum(reply == [b"v"] for reply in replies)
+    stored = (await s.status())[node.id]["keys"]["mv"]
+    expected = expected_distinct(written, RESP_KEYSPACE)
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} of {len(keys)} sampled keys read back wrong: {wrong[0]}")
+    if present < RESP_KEY_SHORTFALL * expected / RESP_KEYSPACE * len(keys):
+        problems.append(
+            f"only {present} of {len(keys)} sampled keys are set; about "
+            f"{expected / RESP_KEYSPACE * len(keys):.0f} expected"
+        )
+    if not RESP_KEY_SHORTFALL * expected <= stored <= RESP_KEYSPACE:
+        problems.append(f"the node holds {stored} mv keys; about {expected:.0f} expected")
+    return problems
+
+
+async def run_resp(args: argparse.Namespace, s: Session) -> Report:
+    """redis-benchmark against the node's RESP port and against redis-server, alternately."""
+    tools = redis_tools()
+    node = s.nodes[s.ids[0]]
+    assert node.resp_port is not None and node.process is not None
+    s.phase = "starting redis-server"
+    redis_process, redis_port = await start_redis(s, tools["redis-server"])
+    if not await resp_ping(node.resp_port):
+        raise BenchError(f"{node.id} does not answer PING on its resp_port {node.resp_port}")
+    runs: list[BenchmarkRun] = []
+    problems: list[str] = []
+    written = 0
+    for round_no in range(1, args.rounds + 1):
+        s.phase = f"round {round_no}: redis-benchmark MVREG SET against {node.id}"
+        runs.append(
+            await redis_benchmark(
+                s,
+                args,
+                tools["redis-benchmark"],
+                "node",
+                node.resp_port,
+                ["MVREG", "SET", "key:__rand_int__", "v"],
+                node.process.pid,
+            )
+        )
+        s.check_alive()
+        written += args.requests
+        s.phase = f"round {round_no}: reading back a sample of the keys"
+        problems += await check_resp_writes(s, node, written)
+        s.phase = f"round {round_no}: redis-benchmark SET against redis-server"
+        runs.append(
+            await redis_benchmark(
+                s,
+                args,
+                tools["redis-benchmark"],
+                "redis",
+                redis_port,
+                ["SET", "key:__rand_int__", "v"],
+                redis_process.pid,
+            )
+        )
+        if redis_process.poll() is not None:
+            raise BenchError(f"redis-server exited with code {redis_process.returncode}")
+    durability = (await s.status())[node.id]["durability"]["mode"]
+    report = resp_report(args, runs, durability)
+    report.failure = "; ".join(problems)
+    return report
+
+
+def resp_report(args: argparse.Namespace, runs: list[BenchmarkRun], durability: str) -> Report:
+    node_runs = [r for r in runs if r.server == "node"]
+    redis_runs = [r for r in runs if r.server == "redis"]
+    node_rps = sum(r.rps for r in node_runs) / len(node_runs)
+    redis_rps = sum(r.rps for r in redis_runs) / len(redis_runs)
+    mode = "in memory" if durability == "memory" else f"durable (durability {durability})"
+    lines = [
+        f"resp: redis-benchmark -n {args.requests} -c {args.clients} -P {args.pipeline} "
+        f"-r {RESP_KEYSPACE}, alternately against one node {mode} (MVREG SET "
+        f"key:__rand_int__ v) and redis-server --appendonly yes --appendfsync always "
+        f"(SET key:__rand_int__ v); redis-benchmark shares the machine's CPUs with both",
+        "",
+        f"  {'round  server':<24}{'requests/s':>12}{'avg ms':>9}{'p50 ms':>9}"
+        f"{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'CPU':>7}",
+    ]
+    for i, run in enumerate(runs):
+        f = run.figures
+
+        def ms(name: str, f: dict[str, float] = f) -> str:
+            return f"{f[name]:.3f}" if name in f else "-"
+
+        cpu = f"{run.cpu_cores:.2f}" if run.cpu_cores is not None else "-"
+        lines.append(
+            f"  {i // 2 + 1:<7}{run.server:<17}{run.rps:>12,.0f}{ms('avg_latency_ms'):>9}"
+            f"{ms('p50_latency_ms'):>9}{ms('p95_latency_ms'):>9}{ms('p99_latency_ms'):>9}"
+            f"{ms('max_latency_ms'):>9}{cpu:>7}"
+        )
+    ratios = [n.rps / r.rps for n, r in zip(node_runs, redis_runs, strict=True)]
+    lines += [
+        "",
+        row("node requests/s (mean of rounds)", f"{node_rps:,.0f}"),
+        row("redis-server requests/s (mean of rounds)", f"{redis_rps:,.0f}"),
+        row("node / redis-server, per round", " ".join(f"{x:.2f}" for x in ratios)),
+    ]
+    figures: dict[str, Any] = {
+        "runs": [
+            {"round": i // 2 + 1, "server": r.server, **r.figures, "server_cpu_cores": r.cpu_cores}
+            for i, r in enumerate(runs)
+        ],
+        "node_rps": node_rps,
+        "redis_rps": redis_rps,
+        "ratio": node_rps / redis_rps,
+        "round_ratios": ratios,
+    }
+    params = {
+        "requests": args.requests,
+        "clients": args.clients,
+        "pipeline": args.pipeline,
+        "keyspace": RESP_KEYSPACE,
+        "rounds": args.rounds,
+        "durability": durability,
+    }
+    targets = [
+        Target(
+            f"node MVREG SET / redis SET at pipeline {args.pipeline}",
+            node_rps / redis_rps,
+            RESP_RATIO_LIMIT,
+            "x",
+            at_least=True,
+        )
+    ]
+    return Report("resp", params, figures, lines, targets)
+
+
 # -- the command line ----------------------------------------------------------------------------
 
 Runner = Callable[[argparse.Namespace, Session], Awaitable[Report]]
@@ -1847,7 +2170,53 @@ def _add_restart(commands: argparse._SubParsersAction, common: argparse.Argument
     restart.set_defaults(run=run_restart)
 
 
-SUBCOMMANDS = (_add_converge, _add_throughput, _add_restart)
+def _add_resp(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    resp = commands.add_parser(
+        "resp",
+        help="redis-benchmark: MVREG SET on a node's RESP port against SET on redis-server",
+        description="Start one node with a resp_port and a redis-server with appendfsync "
+        "always, run redis-benchmark with MVREG SET key:__rand_int__ v against the node and "
+        "SET key:__rand_int__ v against redis-server, alternately, and hold the node to at "
+        "least 0.5x redis-server's requests/s. Needs redis-benchmark and redis-server on "
+        "PATH (Debian: redis-tools, redis-server).",
+    )
+    resp.add_argument(
+        "--requests",
+        type=_at_least(1),
+        default=200_000,
+        metavar="N",
+        help="requests per redis-benchmark run (default: 200000)",
+    )
+    resp.add_argument("--clients", type=_at_least(1), default=16, metavar="C", help="(default: 16)")
+    resp.add_argument(
+        "--pipeline",
+        type=_at_least(1),
+        default=16,
+        metavar="P",
+        help="requests pipelined per client (default: 16)",
+    )
+    resp.add_argument(
+        "--rounds",
+        type=_at_least(1),
+        default=2,
+        metavar="R",
+        help="node then redis-server, R times (default: 2)",
+    )
+    resp.add_argument(
+        "--memory", action="store_true", help="the node runs with --memory (default: durable)"
+    )
+    resp.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="the whole run's deadline in seconds (default: 300)",
+    )
+    resp.add_argument("--json", action="store_true", help="print one JSON object")
+    resp.set_defaults(run=run_resp, nodes=1, gossip_interval_ms=200, resp=True)
+
+
+SUBCOMMANDS = (_add_converge, _add_throughput, _add_restart, _add_resp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1878,7 +2247,14 @@ async def _run(args: argparse.Namespace, children: Children, directory: Path) ->
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    s = Session(directory, children, args.nodes, args.gossip_interval_ms, memory=args.memory)
+    s = Session(
+        directory,
+        children,
+        args.nodes,
+        args.gossip_interval_ms,
+        memory=args.memory,
+        resp=getattr(args, "resp", False),
+    )
     run: Runner = args.run
     try:
         async with asyncio.timeout(args.timeout), running(s):
