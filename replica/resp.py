@@ -31,21 +31,16 @@ every other error leaves it usable.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import logging
-import socket
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import hiredis
 import orjson
 
 from replica.crdt.malformed import MAX_INT
-from replica.durability import barrier_failure
 from replica.node import Node
-from replica.tcp import WRITE_HIGH_WATER, WRITE_LOW_WATER, TcpServer
+from replica.tcp import ServedConnection, TcpServer
 
 log = logging.getLogger("replica.resp")
 
@@ -263,53 +258,19 @@ def _timestamp(raw: bytes) -> int:
     return int(raw)
 
 
-class RespConnection(asyncio.Protocol):
+class RespConnection(ServedConnection):
     """One accepted Redis-protocol connection."""
 
-    def __init__(self, node: Node, connections: set[RespConnection]) -> None:
-        self.node = node
-        self.connections = connections
+    kind = "RESP connection"
+
+    def __init__(self, node: Node, connections: set[Any]) -> None:
+        super().__init__(node, connections)
         self.limit = node.settings.max_line_bytes
         self.reader = hiredis.Reader(notEnoughData=None)
         self.pending = 0
         self.commands = Commands(node)
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.reading_paused = False
-        self.held: collections.deque[tuple[asyncio.Future[None] | None, list[bytes], bool]] = (
-            collections.deque()
-        )
-        self.input_done = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.connections.add(self)
-        peername = transport.get_extra_info("peername")
-        if isinstance(peername, tuple) and len(peername) >= 2:
-            self.peer = f"{peername[0]}:{peername[1]}"
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        log.debug("RESP connection from %s", self.peer)
-
-    def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing() or self.input_done:
-            return
-        replies, close = self._replies(data)
-        if close:
-            self.input_done = True
-        barrier = self._barrier() if replies else None
-        if barrier is None and not self.held:
-            self._send(replies, close)
-            return
-        self.held.append((barrier, replies, close))
-        if barrier is not None:
-            barrier.add_done_callback(self._release)
-
-    def _replies(self, data: bytes) -> tuple[list[bytes], bool]:
+    def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         """The replies to every complete command in the input so far; True to close after."""
         replies: list[bytes] = []
         self.reader.feed(data)
@@ -356,58 +317,9 @@ class RespConnection(asyncio.Protocol):
             log.exception("failed to handle a RESP command from %s", self.peer)
             return error("ERR internal error")
 
-    def _barrier(self) -> asyncio.Future[None] | None:
-        durability = self.node.durability
-        if durability is None or not durability.holds_replies:
-            return None
-        return durability.barrier()
-
-    def _release(self, _: object = None) -> None:
-        """Send the held replies whose commits are done, oldest first."""
-        while self.held:
-            barrier, replies, close = self.held[0]
-            if barrier is not None and not barrier.done():
-                return
-            self.held.popleft()
-            failure = barrier_failure(barrier)
-            if failure is not None:
-                log.error(
-                    "answering %d RESP requests from %s with errors: %s",
-                    len(replies),
-                    self.peer,
-                    failure,
-                )
-                not_durable = error(f"ERR write not durable: {failure}")
-                replies = [r if r.startswith(b"-") else not_durable for r in replies]
-            self._send(replies, close)
-
-    def _send(self, replies: list[bytes], close: bool) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if replies:
-            transport.write(b"".join(replies))
-        if close:
-            transport.close()  # after the replies above are flushed
-
-    def eof_received(self) -> bool:
-        return False
-
-    def pause_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing() and self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.connections.discard(self)
-        self.held.clear()
-        if exc is not None:
-            log.debug("RESP connection from %s lost: %s", self.peer, exc)
+    def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
+        failed = error(f"ERR write not durable: {failure}")
+        return [reply if reply.startswith(b"-") else failed for reply in replies]
 
 
 def _is_command(request: Any) -> bool:

@@ -42,18 +42,34 @@ WRITE_HIGH_WATER = 256 * 1024  # unsent reply bytes at which a connection stops 
 WRITE_LOW_WATER = 64 * 1024
 
 
-class Connection(asyncio.Protocol):
-    """One accepted connection: framed lines in, the node's replies out."""
+class ServedConnection(asyncio.Protocol):
+    """What every client connection shares, whatever protocol it speaks.
 
-    def __init__(self, node: Node, connections: set[Connection]) -> None:
+    A subclass turns input into replies (`replies_to`) and says how a reply
+    reads when its writes could not be made durable (`not_durable`); this
+    class sends each read's replies in one write, holds them until their
+    commit when the node commits synchronously (in order per connection),
+    and stops reading while the client does not read its replies.
+    """
+
+    kind = "connection"
+
+    def __init__(self, node: Node, connections: set[Any]) -> None:
         self.node = node
         self.connections = connections
-        self.framer = LineFramer(node.settings.max_line_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.reading_paused = False
         self.held: collections.deque[_Held] = collections.deque()
         self.input_done = False
+
+    def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
+        """The replies to every complete request in `data`; True to close after them."""
+        raise NotImplementedError
+
+    def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
+        """The held replies, rewritten as errors because their commit failed."""
+        raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -67,22 +83,20 @@ class Connection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        log.debug("connection from %s", self.peer)
+        log.debug("%s from %s", self.kind, self.peer)
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or transport.is_closing() or self.input_done:
             return
-        replies = [reply for line in self.framer.feed(data) if (reply := self._handle(line))]
-        overflowed = self.framer.overflowed
-        if overflowed:
-            replies.append(self.node.line_too_long())
+        replies, close = self.replies_to(data)
+        if close:
             self.input_done = True
         barrier = self._barrier() if replies else None
         if barrier is None and not self.held:
-            self._send(replies, overflowed)
+            self._send(replies, close)
             return
-        self.held.append((barrier, replies, overflowed))
+        self.held.append((barrier, replies, close))
         if barrier is not None:
             barrier.add_done_callback(self._release)
 
@@ -102,12 +116,12 @@ class Connection(asyncio.Protocol):
             failure = barrier_failure(barrier)
             if failure is not None:
                 log.error(
-                    "answering %d requests from %s with error 13: %s",
+                    "answering %d requests from %s with errors: %s",
                     len(replies),
                     self.peer,
                     failure,
                 )
-                replies = [_not_durable(reply, failure) for reply in replies]
+                replies = self.not_durable(replies, failure)
             self._send(replies, close)
 
     def _send(self, replies: list[bytes], close: bool) -> None:
@@ -117,15 +131,7 @@ class Connection(asyncio.Protocol):
         if replies:
             transport.write(b"".join(replies))
         if close:
-            log.info("closing %s: line over max_line_bytes", self.peer)
             transport.close()  # after the replies above are flushed
-
-    def _handle(self, line: bytes) -> bytes | None:
-        try:
-            return self.node.handle_line(line)
-        except Exception:  # the node answers every request itself; this is a bug
-            log.exception("failed to handle a line from %s", self.peer)
-            return self.node.error_line(ErrorCode.CRASH, "internal error")
 
     def eof_received(self) -> bool:
         # The client is done sending; replies already written still go out
@@ -146,7 +152,33 @@ class Connection(asyncio.Protocol):
         self.connections.discard(self)
         self.held.clear()
         if exc is not None:
-            log.debug("connection from %s lost: %s", self.peer, exc)
+            log.debug("%s from %s lost: %s", self.kind, self.peer, exc)
+
+
+class Connection(ServedConnection):
+    """One JSON-lines connection: framed lines in, the node's replies out."""
+
+    def __init__(self, node: Node, connections: set[Any]) -> None:
+        super().__init__(node, connections)
+        self.framer = LineFramer(node.settings.max_line_bytes)
+
+    def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
+        replies = [reply for line in self.framer.feed(data) if (reply := self._handle(line))]
+        if not self.framer.overflowed:
+            return replies, False
+        log.info("closing %s: line over max_line_bytes", self.peer)
+        replies.append(self.node.line_too_long())
+        return replies, True
+
+    def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
+        return [_not_durable(reply, failure) for reply in replies]
+
+    def _handle(self, line: bytes) -> bytes | None:
+        try:
+            return self.node.handle_line(line)
+        except Exception:  # the node answers every request itself; this is a bug
+            log.exception("failed to handle a line from %s", self.peer)
+            return self.node.error_line(ErrorCode.CRASH, "internal error")
 
 
 _Held = tuple["asyncio.Future[None] | None", list[bytes], bool]
