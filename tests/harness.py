@@ -61,20 +61,8 @@ def write_cluster(
     """
     ids = list(node_ids)
     port_list = list(ports) if ports is not None else free_ports(len(ids))
-    lines = ["[cluster]", *(f"{name} = {value}" for name, value in cluster.items()), ""]
-    for node_id, port in zip(ids, port_list, strict=True):
-        lines += [
-            "[[nodes]]",
-            f'id = "{node_id}"',
-            f'host = "{LOOPBACK}"',
-            f"port = {port}",
-            f'data_dir = "data/{node_id}"',
-            *_resp_port_line(resp_ports, node_id),
-            "",
-        ]
-    path = directory / "cluster.toml"
-    path.write_text("\n".join(lines))
-    return path
+    nodes = list(zip(ids, port_list, strict=True))
+    return write_cluster_view(directory / "cluster.toml", nodes, resp_ports, **cluster)
 
 
 def replica_command(*args: str) -> list[str]:
