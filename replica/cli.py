@@ -123,6 +123,7 @@ async def _serve_until(
     from replica.tcp import serve_tcp
 
     node = Node(me.id, config.node_ids, config.node_settings(), actor=actor)
+    _collect_less_often()
     if store is not None:
         try:
             _recover(node, store)
@@ -168,6 +169,23 @@ async def _serve_until(
             await node.durability.close()
     log.info("%s stopped", me.id)
     return EXIT_OK
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def _collect_less_often() -> None:
+    """Run the cyclic garbage collector far less often than Python's default.
+
+    Every write allocates a handful of container objects and keeps most of
+    them as the key's new state, so with the default thresholds (700, 10, 10)
+    the collector ran every ~70 writes and rescanned every live state again
+    and again: about a third of a write's cost under load.  States hold no
+    reference cycles (reference counting frees them), so rarer collections
+    cost little memory; a young collection of 50,000 objects takes a few
+    milliseconds.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _recover(node: Node, store: Store) -> None:

@@ -18,6 +18,7 @@ drops the rest of the oversized line and carries on with the lines after it.
 from __future__ import annotations
 
 NEWLINE = b"\n"
+CARRIAGE_RETURN = b"\r"
 
 
 class LineFramer:
@@ -69,8 +70,11 @@ class LineFramer:
                 self._take(part, lines)
             self._overflow(pending=NEWLINE.join([*parts[index + 1 :], rest]))
             return lines
-        for part in parts:
-            self._take(part, lines)
+        if CARRIAGE_RETURN in data:
+            for part in parts:
+                self._take(part, lines)
+        else:
+            lines += filter(None, parts)  # the common case: no \r to strip, skip empty lines
         if len(rest) > limit:
             self._overflow(discard_rest=True)
         elif rest:

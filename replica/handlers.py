@@ -64,23 +64,18 @@ def mv_write(node: Node, body: Body, src: str | None) -> Body:
     raw_context = body.get("context")
     context = None if raw_context is None else version_vector.from_wire(raw_context, "context")
     register, sibling = node.keyspaces.mv_write(key, value, context)
-    return {
-        "type": "mv_write_ok",
-        "vclock": sibling.vclock(),
-        "context": register.context(),
-        "values": [s.to_read() for s in register.siblings],
-    }
+    values, register_context = register.read_view()
+    # Alone, the new sibling's vclock is the register's context: one dict serves both.
+    vclock = register_context if len(values) == 1 else sibling.vclock()
+    return {"type": "mv_write_ok", "vclock": vclock, "context": register_context, "values": values}
 
 
 def mv_read(node: Node, body: Body, src: str | None) -> Body:
     register = node.keyspaces.mv.get(require_str(body, "key"))
     if register is None:
         return {"type": "mv_read_ok", "values": [], "context": {}}
-    return {
-        "type": "mv_read_ok",
-        "values": [s.to_read() for s in register.siblings],
-        "context": register.context(),
-    }
+    values, context = register.read_view()
+    return {"type": "mv_read_ok", "values": values, "context": context}
 
 
 def mv_merge(node: Node, body: Body, src: str | None) -> Body | None:

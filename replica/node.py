@@ -34,6 +34,7 @@ Body = dict[str, Any]
 Handler = Callable[["Node", Body, str | None], Body | None]
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+LINE = orjson.OPT_APPEND_NEWLINE  # every encoded message is one line
 DEFAULT_MVCC_RETENTION_MS = 3_600_000
 
 
@@ -89,7 +90,7 @@ class Node:
     def envelope(self, dest: str, body: Body) -> bytes:
         """Encode a message of our own to `dest`, numbering it."""
         body["msg_id"] = self.take_msg_id()
-        return orjson.dumps({"src": self.node_id, "dest": dest, "body": body}) + b"\n"
+        return orjson.dumps({"src": self.node_id, "dest": dest, "body": body}, option=LINE)
 
     # -- lines -----------------------------------------------------------------
 
@@ -99,12 +100,12 @@ class Node:
             message = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             return self.error_line(ErrorCode.MALFORMED_REQUEST, f"not valid JSON: {exc}")
-        if not isinstance(message, dict):
+        if type(message) is not dict:
             return self.error_line(ErrorCode.MALFORMED_REQUEST, "a message must be a JSON object")
         if "type" not in message and "body" in message:
             return self._handle_envelope(message)
         reply = self.handle_body(message, None)
-        return None if reply is None else orjson.dumps(reply) + b"\n"
+        return None if reply is None else orjson.dumps(reply, option=LINE)
 
     def _handle_envelope(self, message: Body) -> bytes | None:
         body = message["body"]
@@ -119,11 +120,11 @@ class Node:
         if reply is None:
             return None
         me = self.node_id if self.node_id is not None else message.get("dest")
-        return orjson.dumps({"src": me, "dest": src, "body": reply}) + b"\n"
+        return orjson.dumps({"src": me, "dest": src, "body": reply}, option=LINE)
 
     def error_line(self, code: ErrorCode, text: str) -> bytes:
         """An error reply to a line that could not be read as a request (bare form)."""
-        return orjson.dumps(self._error(None, code, text)) + b"\n"
+        return orjson.dumps(self._error(None, code, text), option=LINE)
 
     def line_too_long(self) -> bytes:
         limit = self.settings.max_line_bytes
@@ -141,7 +142,7 @@ class Node:
                 None, ErrorCode.MALFORMED_REQUEST, "field 'msg_id' must be an integer"
             )
         msg_type = body.get("type")
-        if not isinstance(msg_type, str):
+        if type(msg_type) is not str:
             return self._error(msg_id, ErrorCode.MALFORMED_REQUEST, "field 'type' must be a string")
         handler = HANDLERS.get(msg_type)
         if handler is None:
@@ -152,7 +153,7 @@ class Node:
             return self._error(
                 msg_id, ErrorCode.NOT_SUPPORTED, f"unknown message type {msg_type!r}"
             )
-        if not self.initialised and handler is not handlers.init:
+        if self.node_id is None and handler is not handlers.init:
             return self._error(
                 msg_id, ErrorCode.TEMPORARILY_UNAVAILABLE, "node not initialised: send init first"
             )
@@ -169,7 +170,8 @@ class Node:
             return None
         if msg_id is not None:
             reply["in_reply_to"] = msg_id
-        reply["msg_id"] = self.take_msg_id()
+        reply["msg_id"] = next_id = self.next_msg_id
+        self.next_msg_id = next_id + 1
         return reply
 
     def _error(self, msg_id: int | None, code: ErrorCode, text: str) -> Body:

@@ -163,7 +163,16 @@ class Connection(ServedConnection):
         self.framer = LineFramer(node.settings.max_line_bytes)
 
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
-        replies = [reply for line in self.framer.feed(data) if (reply := self._handle(line))]
+        handle_line = self.node.handle_line
+        replies = []
+        for line in self.framer.feed(data):
+            try:
+                reply = handle_line(line)
+            except Exception:  # the node answers every request itself; this is a bug
+                log.exception("failed to handle a line from %s", self.peer)
+                reply = self.node.error_line(ErrorCode.CRASH, "internal error")
+            if reply is not None:
+                replies.append(reply)
         if not self.framer.overflowed:
             return replies, False
         log.info("closing %s: line over max_line_bytes", self.peer)
@@ -172,13 +181,6 @@ class Connection(ServedConnection):
 
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         return [_not_durable(reply, failure) for reply in replies]
-
-    def _handle(self, line: bytes) -> bytes | None:
-        try:
-            return self.node.handle_line(line)
-        except Exception:  # the node answers every request itself; this is a bug
-            log.exception("failed to handle a line from %s", self.peer)
-            return self.node.error_line(ErrorCode.CRASH, "internal error")
 
 
 _Held = tuple["asyncio.Future[None] | None", list[bytes], bool]

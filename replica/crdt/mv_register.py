@@ -154,12 +154,27 @@ class MVRegister:
 
     def context(self) -> VersionVector:
         """Everything a reader of this register has seen, for it to hand back on its next write."""
-        out = version_vector.join_all(s.past for s in self.siblings)
-        for s in self.siblings:
+        siblings = self.siblings
+        if len(siblings) == 1:  # the common case: one value, whose vclock is the context
+            return siblings[0].vclock()
+        out = version_vector.join_all(s.past for s in siblings)
+        for s in siblings:
             node, counter = s.dot
             if counter > out.get(node, 0):
                 out[node] = counter
         return out
+
+    def read_view(self) -> tuple[list[dict[str, Any]], VersionVector]:
+        """What a read returns, the values with their vclocks and the context, built once.
+
+        With one sibling its vclock is the context, and the reply shares the dict.
+        """
+        siblings = self.siblings
+        if len(siblings) == 1:
+            only = siblings[0]
+            vclock = only.vclock()
+            return [{"value": only.value, "vclock": vclock, "dot": list(only.dot)}], vclock
+        return [s.to_read() for s in siblings], self.context()
 
     def write(
         self, node: str, value: Any, context: VersionVector | None
@@ -172,16 +187,20 @@ class MVRegister:
         new dot is never inside its own past even if the client's context
         claims more of this node's events than this replica holds.
         """
-        local = self.context()
-        past = local if context is None else dict(context)
+        local = self.context() if self.siblings else {}
+        if context is None:
+            # The local context covers every local sibling, so the new one is alone.
+            new = _sibling(value, _dot(node, local.get(node, 0) + 1), local)
+            return _register((new,)), new
+        past = dict(context)
         counter = max(local.get(node, 0), past.get(node, 0)) + 1
-        new = Sibling(value, Dot(node, counter), past)
+        new = _sibling(value, _dot(node, counter), past)
         # No kept sibling can cover the new dot (its counter is above every
         # local entry for `node`), so only the superseded ones need dropping.
         kept = [s for s in self.siblings if not covers(past, s.dot)]
         kept.append(new)
         kept.sort(key=_by_dot)
-        return MVRegister(tuple(kept)), new
+        return _register(tuple(kept)), new
 
     def merge(self, other: MVRegister) -> MVRegister:
         """Union by dot, then drop what some sibling's past has seen."""
@@ -236,11 +255,7 @@ _new_tuple = tuple.__new__
 
 
 def _stored_sibling(entry: dict[str, Any]) -> Sibling:
-    """One `{value, dot, past}` of `from_stored`, built without the dataclass constructor.
-
-    Setting the slots directly is what the frozen constructor does, minus its
-    per-field `object.__setattr__` calls, which dominate a bulk load.
-    """
+    """One `{value, dot, past}` of `from_stored`, its shape and types checked."""
     dot = entry["dot"]
     past = entry["past"]
     node, counter = dot
@@ -253,11 +268,25 @@ def _stored_sibling(entry: dict[str, Any]) -> Sibling:
         raise TypeError("an MV sibling must have a [node, counter] dot and an object past")
     if past and any(type(seen) is not int for seen in past.values()):
         raise TypeError("an MV sibling's past must map node ids to counters")
+    return _sibling(entry["value"], _dot(node, counter), past)
+
+
+def _sibling(value: Any, dot: Dot, past: VersionVector) -> Sibling:
+    """A Sibling built without the frozen dataclass constructor.
+
+    Setting the slots directly is what that constructor does, minus its
+    per-field `object.__setattr__` calls, which dominate a bulk load and a
+    write; callers pass fields that already keep the invariants.
+    """
     sibling = _new(Sibling)
-    _set_value(sibling, entry["value"])
-    _set_dot(sibling, _new_tuple(Dot, (node, counter)))
+    _set_value(sibling, value)
+    _set_dot(sibling, dot)
     _set_past(sibling, past)
     return sibling
+
+
+def _dot(node: str, counter: int) -> Dot:
+    return _new_tuple(Dot, (node, counter))
 
 
 def _register(siblings: tuple[Sibling, ...]) -> MVRegister:
