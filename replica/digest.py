@@ -34,13 +34,16 @@ def bucket_of(key: str) -> int:
 
 
 class KeyspaceDigest:
-    """Incrementally maintained bucket hashes of one keyspace."""
+    """Incrementally maintained bucket hashes of one keyspace.
+
+    Each bucket keeps its keys' hashes in a dict of its own, so a key costs
+    one table entry, and listing a bucket's keys needs no second index.
+    """
 
     def __init__(self, encode: Encode) -> None:
         self._encode = encode
-        self._key_hash: dict[str, int] = {}
         self._buckets = [0] * BUCKETS
-        self._bucket_keys: list[set[str]] = [set() for _ in range(BUCKETS)]
+        self._bucket_keys: list[dict[str, int]] = [{} for _ in range(BUCKETS)]
         self._dirty: set[str] = set()
 
     def changed(self, key: str) -> None:
@@ -54,17 +57,16 @@ class KeyspaceDigest:
 
     def _rehash(self, key: str) -> None:
         bucket = bucket_of(key)
-        old = self._key_hash.pop(key, None)
+        hashes = self._bucket_keys[bucket]
+        old = hashes.pop(key, None)
         if old is not None:
             self._buckets[bucket] ^= old
-            self._bucket_keys[bucket].discard(key)
         encoded = self._encode(key)
         if encoded is None:
             return
         new = _hash(key.encode() + b"\0" + encoded)
-        self._key_hash[key] = new
+        hashes[key] = new
         self._buckets[bucket] ^= new
-        self._bucket_keys[bucket].add(key)
 
     def root(self) -> int:
         self.refresh()
@@ -77,12 +79,11 @@ class KeyspaceDigest:
     def keys_in(self, buckets: Iterable[int]) -> dict[str, int]:
         """Each key of the given buckets with its state hash."""
         self.refresh()
-        return {
-            key: self._key_hash[key]
-            for bucket in buckets
-            if 0 <= bucket < BUCKETS
-            for key in self._bucket_keys[bucket]
-        }
+        out: dict[str, int] = {}
+        for bucket in buckets:
+            if 0 <= bucket < BUCKETS:
+                out.update(self._bucket_keys[bucket])
+        return out
 
 
 def differing_buckets(mine: list[int], theirs: list[Any]) -> list[int]:

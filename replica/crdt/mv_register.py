@@ -98,7 +98,7 @@ class Sibling:
             raise Malformed(
                 f"MV sibling: its past {past} already contains its own dot {dot.to_wire()}"
             )
-        return Sibling(value, dot, past)
+        return _sibling(value, dot, past or _NO_PAST)
 
     @staticmethod
     def from_entry(raw: Any, sender: str | None) -> Sibling:
@@ -135,11 +135,22 @@ class Sibling:
         return Sibling(value, Dot(node, counter), past)
 
 
-@dataclass(frozen=True, slots=True)
-class MVRegister:
-    """A key's concurrent values.  The empty register is the absent key."""
+class MVRegister(tuple[Sibling, ...]):
+    """A key's concurrent values.  The empty register is the absent key.
 
-    siblings: tuple[Sibling, ...] = ()
+    The register *is* the tuple of its siblings, immutable like one, rather
+    than an object holding a tuple: a node keeps one register per key, and
+    the wrapper object would cost 48 bytes of every key's memory.
+    """
+
+    __slots__ = ()
+
+    @property
+    def siblings(self) -> tuple[Sibling, ...]:
+        return self
+
+    def __repr__(self) -> str:
+        return f"MVRegister({tuple.__repr__(self)})"
 
     @staticmethod
     def of(siblings: Iterable[Sibling]) -> MVRegister:
@@ -187,7 +198,7 @@ class MVRegister:
         new dot is never inside its own past even if the client's context
         claims more of this node's events than this replica holds.
         """
-        local = self.context() if self.siblings else {}
+        local = self.context() if self else _NO_PAST
         if context is None:
             # The local context covers every local sibling, so the new one is alone.
             new = _sibling(value, _dot(node, local.get(node, 0) + 1), local)
@@ -200,7 +211,7 @@ class MVRegister:
         kept = [s for s in self.siblings if not covers(past, s.dot)]
         kept.append(new)
         kept.sort(key=_by_dot)
-        return _register(tuple(kept)), new
+        return _register(kept), new
 
     def merge(self, other: MVRegister) -> MVRegister:
         """Union by dot, then drop what some sibling's past has seen."""
@@ -243,15 +254,16 @@ class MVRegister:
         """
         if type(raw) is not list:
             raise TypeError("an MV sibling set must be an array")
-        return _register(tuple([_stored_sibling(entry) for entry in raw]))
+        return _register([_stored_sibling(entry) for entry in raw])
 
 
 _new = object.__new__
 _set_value = Sibling.value.__set__  # type: ignore[attr-defined]
 _set_dot = Sibling.dot.__set__  # type: ignore[attr-defined]
 _set_past = Sibling.past.__set__  # type: ignore[attr-defined]
-_set_siblings = MVRegister.siblings.__set__  # type: ignore[attr-defined]
 _new_tuple = tuple.__new__
+_NO_PAST: VersionVector = {}
+"""The past of every sibling that had seen nothing, shared: version vectors are never mutated."""
 
 
 def _stored_sibling(entry: dict[str, Any]) -> Sibling:
@@ -268,7 +280,7 @@ def _stored_sibling(entry: dict[str, Any]) -> Sibling:
         raise TypeError("an MV sibling must have a [node, counter] dot and an object past")
     if past and any(type(seen) is not int for seen in past.values()):
         raise TypeError("an MV sibling's past must map node ids to counters")
-    return _sibling(entry["value"], _dot(node, counter), past)
+    return _sibling(entry["value"], _dot(node, counter), past or _NO_PAST)
 
 
 def _sibling(value: Any, dot: Dot, past: VersionVector) -> Sibling:
@@ -289,10 +301,8 @@ def _dot(node: str, counter: int) -> Dot:
     return _new_tuple(Dot, (node, counter))
 
 
-def _register(siblings: tuple[Sibling, ...]) -> MVRegister:
-    register = _new(MVRegister)
-    _set_siblings(register, siblings)
-    return register
+def _register(siblings: tuple[Sibling, ...] | list[Sibling]) -> MVRegister:
+    return _new_tuple(MVRegister, siblings)
 
 
 def _by_dot(s: Sibling) -> Dot:
