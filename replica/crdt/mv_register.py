@@ -33,7 +33,6 @@ to dotted version vectors, not something this module can repair.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from replica.crdt import version_vector
@@ -44,21 +43,46 @@ from replica.crdt.malformed import (
     require_list,
     require_object,
 )
-from replica.crdt.version_vector import Dot, VersionVector, covers, with_dot
+from replica.crdt.version_vector import Dot, VersionVector, covers
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class Sibling:
-    """One stored value and the write event that made it.
+    """One stored value and the write event that made it: `dot` is `(node, counter)`.
+
+    Immutable like a frozen dataclass (assigning an attribute raises).  The
+    dot's two parts are kept as fields of their own, not as a `Dot` object,
+    because a node holds a sibling per key: the extra object would cost every
+    key 56 bytes and an allocation per write.  `dot` builds the `Dot` on demand.
 
     Equality compares values by their canonical JSON, because `1` and `true`
     (or `1` and `1.0`) are equal in Python but are different writes on the
     wire; a merge that swaps one for the other must not look like no change.
     """
 
+    __slots__ = ("counter", "node", "past", "value")
     value: Any
-    dot: Dot
+    node: str
+    counter: int
     past: VersionVector
+
+    def __init__(self, value: Any, dot: Dot, past: VersionVector) -> None:
+        _set_value(self, value)
+        _set_node(self, dot[0])
+        _set_counter(self, dot[1])
+        _set_past(self, past)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a Sibling is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Sibling is immutable: cannot delete {name!r}")
+
+    def __repr__(self) -> str:
+        return f"Sibling(value={self.value!r}, dot={self.dot!r}, past={self.past!r})"
+
+    @property
+    def dot(self) -> Dot:
+        return _new_tuple(Dot, (self.node, self.counter))
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -66,23 +90,31 @@ class Sibling:
         if not isinstance(other, Sibling):
             return NotImplemented
         return (
-            self.dot == other.dot
+            self.counter == other.counter
+            and self.node == other.node
             and self.past == other.past
             and (self.value is other.value or canonical(self.value) == canonical(other.value))
         )
 
     def __hash__(self) -> int:
-        return hash(self.dot)
+        return hash((self.node, self.counter))
+
+    def seen_by(self, history: VersionVector) -> bool:
+        """Whether `history` contains this sibling's write (`covers(history, self.dot)`)."""
+        return history.get(self.node, 0) >= self.counter
 
     def vclock(self) -> VersionVector:
         """The write's whole history, itself included: what the seed called its vclock."""
-        return with_dot(self.past, self.dot)
+        out = dict(self.past)
+        if self.counter > out.get(self.node, 0):
+            out[self.node] = self.counter
+        return out
 
     def to_wire(self) -> dict[str, Any]:
-        return {"value": self.value, "dot": self.dot.to_wire(), "past": dict(self.past)}
+        return {"value": self.value, "dot": [self.node, self.counter], "past": dict(self.past)}
 
     def to_read(self) -> dict[str, Any]:
-        return {"value": self.value, "vclock": self.vclock(), "dot": self.dot.to_wire()}
+        return {"value": self.value, "vclock": self.vclock(), "dot": [self.node, self.counter]}
 
     @staticmethod
     def from_wire(raw: Any) -> Sibling:
@@ -98,7 +130,7 @@ class Sibling:
             raise Malformed(
                 f"MV sibling: its past {past} already contains its own dot {dot.to_wire()}"
             )
-        return _sibling(value, dot, past or _NO_PAST)
+        return _sibling(value, dot.node, dot.counter, past or _NO_PAST)
 
     @staticmethod
     def from_entry(raw: Any, sender: str | None) -> Sibling:
@@ -132,7 +164,7 @@ class Sibling:
             del past[node]
         else:
             past[node] = counter - 1
-        return Sibling(value, Dot(node, counter), past)
+        return _sibling(value, node, counter, past or _NO_PAST)
 
 
 class MVRegister(tuple[Sibling, ...]):
@@ -170,7 +202,7 @@ class MVRegister(tuple[Sibling, ...]):
             return siblings[0].vclock()
         out = version_vector.join_all(s.past for s in siblings)
         for s in siblings:
-            node, counter = s.dot
+            node, counter = s.node, s.counter
             if counter > out.get(node, 0):
                 out[node] = counter
         return out
@@ -184,7 +216,8 @@ class MVRegister(tuple[Sibling, ...]):
         if len(siblings) == 1:
             only = siblings[0]
             vclock = only.vclock()
-            return [{"value": only.value, "vclock": vclock, "dot": list(only.dot)}], vclock
+            value = {"value": only.value, "vclock": vclock, "dot": [only.node, only.counter]}
+            return [value], vclock
         return [s.to_read() for s in siblings], self.context()
 
     def write(
@@ -201,14 +234,14 @@ class MVRegister(tuple[Sibling, ...]):
         local = self.context() if self else _NO_PAST
         if context is None:
             # The local context covers every local sibling, so the new one is alone.
-            new = _sibling(value, _dot(node, local.get(node, 0) + 1), local)
+            new = _sibling(value, node, local.get(node, 0) + 1, local)
             return _register((new,)), new
         past = dict(context)
         counter = max(local.get(node, 0), past.get(node, 0)) + 1
-        new = _sibling(value, _dot(node, counter), past)
+        new = _sibling(value, node, counter, past)
         # No kept sibling can cover the new dot (its counter is above every
         # local entry for `node`), so only the superseded ones need dropping.
-        kept = [s for s in self.siblings if not covers(past, s.dot)]
+        kept = [s for s in self.siblings if not s.seen_by(past)]
         kept.append(new)
         kept.sort(key=_by_dot)
         return _register(kept), new
@@ -259,7 +292,8 @@ class MVRegister(tuple[Sibling, ...]):
 
 _new = object.__new__
 _set_value = Sibling.value.__set__  # type: ignore[attr-defined]
-_set_dot = Sibling.dot.__set__  # type: ignore[attr-defined]
+_set_node = Sibling.node.__set__  # type: ignore[attr-defined]
+_set_counter = Sibling.counter.__set__  # type: ignore[attr-defined]
 _set_past = Sibling.past.__set__  # type: ignore[attr-defined]
 _new_tuple = tuple.__new__
 _NO_PAST: VersionVector = {}
@@ -280,33 +314,29 @@ def _stored_sibling(entry: dict[str, Any]) -> Sibling:
         raise TypeError("an MV sibling must have a [node, counter] dot and an object past")
     if past and any(type(seen) is not int for seen in past.values()):
         raise TypeError("an MV sibling's past must map node ids to counters")
-    return _sibling(entry["value"], _dot(node, counter), past or _NO_PAST)
+    return _sibling(entry["value"], node, counter, past or _NO_PAST)
 
 
-def _sibling(value: Any, dot: Dot, past: VersionVector) -> Sibling:
-    """A Sibling built without the frozen dataclass constructor.
+def _sibling(value: Any, node: str, counter: int, past: VersionVector) -> Sibling:
+    """A Sibling built by setting its slots, without the checks of a constructor call.
 
-    Setting the slots directly is what that constructor does, minus its
-    per-field `object.__setattr__` calls, which dominate a bulk load and a
-    write; callers pass fields that already keep the invariants.
+    Callers pass fields that already keep the invariants; this is the path of
+    every write and every stored sibling loaded at start.
     """
     sibling = _new(Sibling)
     _set_value(sibling, value)
-    _set_dot(sibling, dot)
+    _set_node(sibling, node)
+    _set_counter(sibling, counter)
     _set_past(sibling, past)
     return sibling
-
-
-def _dot(node: str, counter: int) -> Dot:
-    return _new_tuple(Dot, (node, counter))
 
 
 def _register(siblings: tuple[Sibling, ...] | list[Sibling]) -> MVRegister:
     return _new_tuple(MVRegister, siblings)
 
 
-def _by_dot(s: Sibling) -> Dot:
-    return s.dot
+def _by_dot(s: Sibling) -> tuple[str, int]:
+    return s.node, s.counter
 
 
 def _admit(by_dot: dict[Dot, Sibling], s: Sibling) -> None:
@@ -335,9 +365,7 @@ def _prune(by_dot: dict[Dot, Sibling]) -> tuple[Sibling, ...]:
     candidates = list(by_dot.values())
     if len(candidates) > 1:
         candidates = [
-            x
-            for x in candidates
-            if not any(y is not x and covers(y.past, x.dot) for y in candidates)
+            x for x in candidates if not any(y is not x and x.seen_by(y.past) for y in candidates)
         ]
         candidates.sort(key=_by_dot)
     return tuple(candidates)
