@@ -52,6 +52,8 @@ OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
 NULL3 = b"_\r\n"  # RESP3's null, for clients that said HELLO 3
 EMPTY_ARRAY = b"*0\r\n"
+_BYTES = {bytes}
+"""The element types of a command: an array whose every element is a bulk string."""
 
 Args = list[bytes]
 
@@ -273,6 +275,7 @@ class RespConnection(ServedConnection):
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         """The replies to every complete command in the input so far; True to close after."""
         replies: list[bytes] = []
+        execute = self.commands.execute
         self.reader.feed(data)
         completed = False
         while True:
@@ -284,14 +287,18 @@ class RespConnection(ServedConnection):
                 return replies, True
             if request is None:
                 break
-            if not _is_command(request):
+            if type(request) is not list or not request or {*map(type, request)} != _BYTES:
                 replies.append(error("ERR Protocol error: expected an array of bulk strings"))
                 continue
-            if any(len(arg) > self.limit for arg in request):
+            if max(map(len, request)) > self.limit:
                 replies.append(self._too_long())
                 return replies, True
             completed = True
-            replies.append(self._execute(request))
+            try:
+                replies.append(execute(request))
+            except Exception:  # every command answers for itself; this is a bug
+                log.exception("failed to handle a RESP command from %s", self.peer)
+                replies.append(error("ERR internal error"))
             if self.commands.quit:
                 return replies, True
         # Bytes of the incomplete request: all of them since the last complete
@@ -310,24 +317,9 @@ class RespConnection(ServedConnection):
         log.info("closing RESP connection %s: request over max_line_bytes", self.peer)
         return error(f"ERR request over max_line_bytes ({self.limit})")
 
-    def _execute(self, request: Args) -> bytes:
-        try:
-            return self.commands.execute(request)
-        except Exception:  # every command answers for itself; this is a bug
-            log.exception("failed to handle a RESP command from %s", self.peer)
-            return error("ERR internal error")
-
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         failed = error(f"ERR write not durable: {failure}")
         return [reply if reply.startswith(b"-") else failed for reply in replies]
-
-
-def _is_command(request: Any) -> bool:
-    return (
-        isinstance(request, list)
-        and len(request) > 0
-        and all(isinstance(arg, bytes) for arg in request)
-    )
 
 
 async def serve_resp(node: Node, host: str, port: int) -> TcpServer:
