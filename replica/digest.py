@@ -7,10 +7,12 @@ hashes of its (key, state) pairs.  XOR makes an update O(1): the key's old hash
 is XORed out and the new one in, with no ordering to maintain.
 
 Hashing a state means encoding it, which should not sit on the write path, so
-changes only mark a key dirty; hashes are brought up to date when a digest is
-asked for, once per key however often it was written in between.  Equal states
-encode to equal bytes because every state keeps a canonical order and the
-encoding sorts object keys.
+changes only mark a key dirty; hashes are brought up to date once per key
+however often it was written in between, a bounded slice at a time
+(`refresh(limit)`) so that a million dirty keys (a restart loads every key)
+never stall the node for seconds, and fully when a digest is asked for.
+Equal states encode to equal bytes because every state keeps a canonical
+order and the encoding sorts object keys.
 """
 
 from __future__ import annotations
@@ -49,11 +51,21 @@ class KeyspaceDigest:
     def changed(self, key: str) -> None:
         self._dirty.add(key)
 
-    def refresh(self) -> None:
-        """Rehash the keys changed since the last refresh."""
-        dirty, self._dirty = self._dirty, set()
-        for key in dirty:
-            self._rehash(key)
+    @property
+    def dirty(self) -> int:
+        """How many keys changed since they were last hashed."""
+        return len(self._dirty)
+
+    def refresh(self, limit: int | None = None) -> None:
+        """Rehash the keys changed since the last refresh, or `limit` of them."""
+        if limit is None or limit >= len(self._dirty):
+            dirty, self._dirty = self._dirty, set()
+            for key in dirty:
+                self._rehash(key)
+            return
+        pop = self._dirty.pop
+        for _ in range(limit):
+            self._rehash(pop())
 
     def _rehash(self, key: str) -> None:
         bucket = bucket_of(key)

@@ -49,3 +49,16 @@ def test_a_short_or_garbled_bucket_list_differs_where_it_is_wrong() -> None:
     mine = [0] * BUCKETS
     assert differing_buckets(mine, [0] * 10) == list(range(10, BUCKETS))
     assert differing_buckets(mine, ["x"] + [0] * (BUCKETS - 1)) == [0]
+
+
+@given(states, st.integers(min_value=0, max_value=40))
+def test_a_bounded_refresh_rehashes_that_many_keys_and_never_loses_one(
+    store: dict[str, bytes], limit: int
+) -> None:
+    digest = KeyspaceDigest(store.get)
+    for key in store:
+        digest.changed(key)
+    digest.refresh(limit)
+    assert digest.dirty == max(0, len(store) - limit)
+    assert digest.root() == digest_of(store).root()  # asking for a root finishes the rest
+    assert digest.dirty == 0

@@ -460,3 +460,29 @@ def test_gossip_compresses_large_batches_and_a_peer_applies_them() -> None:
         ack = receiver.handle_line(line.rstrip(b"\n"))
         assert ack is not None and b"mv_merge_ok" in ack
     assert receiver.keyspaces.mv == sender.keyspaces.mv
+
+
+def test_anti_entropy_waits_until_the_digests_are_rehashed_a_slice_per_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from replica import replicator as replicator_module
+
+    monkeypatch.setattr(replicator_module, "REHASH_KEYS_PER_TICK", 10)
+    node = make_node()
+    client = Client(node)
+    for i in range(25):
+        client("mv_write", key=f"k{i}", value=i)
+    peer = make_node("n2")
+    theirs = peer.replicator.digests["mv"].root()  # type: ignore[union-attr]
+    ask = {"type": "ae_roots", "roots": {"mv": theirs}, "msg_id": 1}
+    replicator = node.replicator
+    assert replicator is not None
+    assert node.handle_body(dict(ask), "n2")["buckets"] == {}  # 25 dirty keys: not yet
+    replicator.tick()
+    assert replicator.digests["mv"].dirty == 15
+    replicator.tick()
+    assert replicator.digests["mv"].dirty == 5
+    answer = node.handle_body(dict(ask), "n2")
+    assert answer["type"] == "ae_roots_ok"
+    assert len(answer["buckets"]["mv"]) == 256  # ready: the roots differ, so the buckets come
+    assert replicator.digests["mv"].dirty == 0
