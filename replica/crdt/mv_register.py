@@ -104,11 +104,12 @@ class Sibling:
         return history.get(self.node, 0) >= self.counter
 
     def vclock(self) -> VersionVector:
-        """The write's whole history, itself included: what the seed called its vclock."""
-        out = dict(self.past)
-        if self.counter > out.get(self.node, 0):
-            out[self.node] = self.counter
-        return out
+        """The write's whole history, itself included: what the seed called its vclock.
+
+        No sibling's past covers its own dot (an invariant), so the dot's entry
+        is always the larger one.
+        """
+        return {**self.past, self.node: self.counter}
 
     def to_wire(self) -> dict[str, Any]:
         return {"value": self.value, "dot": [self.node, self.counter], "past": dict(self.past)}
