@@ -1,13 +1,23 @@
 """Group commit: the keys a loop turn changed reach disk in one synced batch.
 
-A synced LMDB commit costs about as much for one key as for a thousand, so
-committing every write on its own would cap a node at a few thousand writes a
-second.  Instead the node applies writes in memory, notes which keys changed,
-and commits them together: the first change of a loop turn schedules a
-commit, a worker thread runs it (the commit waits on the disk without holding
-the interpreter), and whatever changes while it runs goes into the next one.
-States are encoded when their commit starts, so a key written ten times
-between two commits is stored once.
+Making a write durable costs a sync of the store's commit log (see
+`replica.storage`), and a sync costs about as much for one key as for a few
+hundred, so committing every write on its own would cap a node at a few
+thousand writes a second.  Instead the node applies writes in memory, notes
+which keys changed, and commits them together: the first change of a loop
+turn schedules a commit, a worker thread runs it (the commit waits on the disk
+without holding the interpreter), and whatever changes while it runs goes into
+the next one.  States are encoded when their commit starts, so a key written
+ten times between two commits is stored once.
+
+Encoding happens on the event loop, not in the worker.  It holds the
+interpreter wherever it runs, so the worker gains no parallelism from it, and
+a worker that needs the interpreter has to wait for the event loop to let go
+of it: each such wait lengthened the commit, and every reply behind it.  The
+worker only hands the encoded batch to the store, whose sync releases the
+interpreter.  One commit is in flight at a time: letting a second one queue
+behind it made smaller commits and more hand-offs between the threads, and
+was no faster.
 
 In "sync" mode a transport asks `barrier()` after handling a chunk of input
 and sends that chunk's replies only when the barrier resolves: nothing is
@@ -16,8 +26,9 @@ acknowledged, to a client or to a peer's merge, before it is on disk.  In
 `flush_interval_ms`, so a crash can lose that window of acknowledged writes
 (Redis's `appendfsync everysec` makes the same trade).
 
-A commit that fails (a full disk) fails every barrier waiting on it, so their
-replies become errors; the keys stay dirty and are retried.
+A commit that fails (a full disk, or a store whose checkpoints fail) fails
+every barrier waiting on it, so their replies become errors; the keys stay
+dirty and are retried.
 """
 
 from __future__ import annotations
@@ -119,20 +130,30 @@ class Durability:
         refs = list(self._dirty)
         self._dirty = {}
         upto = self._changes
-        states = [(ks, key, getattr(self.keyspaces, ks).get(key)) for ks, key in refs]
-        commit = self.loop.run_in_executor(self._executor, self._write, states)
+        commit: asyncio.Future[Any]
+        try:
+            records, removed = self._encode(refs)
+        except Exception as exc:  # it fails its commit, as the disk would, not the loop
+            commit = self.loop.create_future()
+            commit.set_exception(exc)
+        else:
+            commit = self.loop.run_in_executor(self._executor, self._write, records, removed)
         self._committing = commit
         commit.add_done_callback(lambda done: self._committed(refs, upto, done))
 
-    def _write(self, states: list[tuple[str, str, Any]]) -> None:
-        """In the worker thread: encode and commit one batch (states are immutable)."""
+    def _encode(self, refs: list[KeyRef]) -> tuple[list[Record], list[KeyRef]]:
         records: list[Record] = []
         removed: list[KeyRef] = []
-        for keyspace, key, state in states:
+        for keyspace, key in refs:
+            state = getattr(self.keyspaces, keyspace).get(key)
             if state is None:
                 removed.append((keyspace, key))
             else:
                 records.append((keyspace, key, encode_state(keyspace, key, state)))
+        return records, removed
+
+    def _write(self, records: list[Record], removed: list[KeyRef]) -> None:
+        """In the worker thread: one batch to the store, which waits on the disk."""
         if records:
             self.store.store_batch(records)
         if removed:

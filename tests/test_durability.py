@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 from replica import durability as durability_module
@@ -488,13 +489,24 @@ async def test_status_reports_the_actor_and_the_commits() -> None:
     await node.durability.close()
 
 
-async def test_a_full_lmdb_map_fails_the_barrier(tmp_path: Path) -> None:
+async def test_a_full_lmdb_map_fails_commits_once_a_checkpoint_fails(tmp_path: Path) -> None:
+    """The log takes the commit; the checkpoint that cannot write LMDB stops the next ones."""
     ks = keyspaces()
-    durability = Durability(ks, LmdbStore(tmp_path, map_size=256 * 1024))
+    store = LmdbStore(tmp_path, map_size=256 * 1024)
+    durability = Durability(ks, store)
     for i in range(2000):
         ks.lww_write(f"k{i}", "x" * 200, i + 1)
+    await durability.barrier()  # type: ignore[misc]
+    with pytest.raises(lmdb.MapFullError):
+        store.checkpoint()
+    ks.lww_write("late", "x", 1)
     barrier = durability.barrier()
     assert barrier is not None
     with pytest.raises(NotDurable, match="MapFullError"):
         await barrier
     await durability.close()
+    store = LmdbStore(tmp_path)  # a map large enough: the log kept every acknowledged write
+    try:
+        assert {key for _, key, _ in store.load_all()} == {f"k{i}" for i in range(2000)}
+    finally:
+        store.close()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replica.cli import _recover
+from replica.commit_log import frame, parse
 from replica.crdt.lww import LWWRegister
 from replica.crdt.mv_register import MVRegister
 from replica.crdt.version_vector import Dot, VersionVector
@@ -21,13 +25,16 @@ from replica.digest import BUCKETS
 from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
 from replica.node import Node
 from replica.storage import (
+    FORMAT_MARKER,
     FORMAT_VERSION,
     TYPE_TAGS,
     LmdbStore,
     MemoryStore,
     StorageError,
     decode_state,
+    encode_removal,
     encode_state,
+    log_record_key,
     open_store,
 )
 from tests.harness import free_ports, replica_command
@@ -362,23 +369,245 @@ def one_node_config(directory: Path) -> Path:
     return config
 
 
-@pytest.mark.parametrize("damage", ["corrupt-record", "foreign-store", "other-files"])
+@pytest.mark.parametrize(
+    "damage", ["corrupt-record", "corrupt-log", "foreign-store", "other-files", "in-use"]
+)
 def test_serve_over_a_bad_data_dir_exits_2_with_one_line(tmp_path: Path, damage: str) -> None:
     config = one_node_config(tmp_path)
     data = tmp_path / "data"
+    holder = None
     if damage == "corrupt-record":
         LmdbStore(data).close()
         corrupt_one_record(data)
+    elif damage == "corrupt-log":
+        LmdbStore(data).close()
+        write_then_crash(data, "\n".join(f'put(("k{i}", {i}))' for i in range(20)))
+        (segment,) = segments_in(data)
+        damaged = bytearray((data / segment).read_bytes())
+        damaged[100] ^= 0x01
+        (data / segment).write_bytes(bytes(damaged))
     elif damage == "foreign-store":
         env = lmdb.open(str(data))
         with env.begin(write=True) as txn:
             txn.put(b"theirs", b"data")
         env.close()
+    elif damage == "in-use":
+        holder = LmdbStore(data)  # another process has it: this test's own
     else:
         data.mkdir()
         (data / "notes.txt").write_text("mine")
-    result = serve_once(config)
+    try:
+        result = serve_once(config)
+    finally:
+        if holder is not None:
+            holder.close()
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("replica: storage error: "), result.stderr
+    if damage == "in-use":
+        assert lines[0].endswith("is in use by another process"), result.stderr
+
+
+# -- the commit log behind LMDB ----------------------------------------------------------------
+
+CRASHING_WRITER = """
+import os, sys
+from replica.crdt.lww import LWWRegister
+from replica.keyspaces import LWW
+from replica.storage import LmdbStore, encode_state
+
+store = LmdbStore(sys.argv[1])
+
+def put(*pairs):
+    store.store_batch([(LWW, k, encode_state(LWW, k, LWWRegister(v, 1, "n1"))) for k, v in pairs])
+
+{body}
+os._exit(0)  # no close, so no checkpoint: what a kill -9 leaves
+"""
+
+
+def write_then_crash(path: Path, body: str) -> None:
+    """Run `body` against a store in a process of its own that then dies without closing it."""
+    script = CRASHING_WRITER.format(body=body)
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=60)
+
+
+def lww_values(store: LmdbStore) -> dict[str, Any]:
+    return {key: state.value for ks, key, state in store.load_all() if ks == LWW}
+
+
+def segments_in(path: Path) -> list[str]:
+    return sorted(name for name in os.listdir(path) if name.startswith("log."))
+
+
+def put(store: LmdbStore, *pairs: tuple[str, Any]) -> None:
+    store.store_batch([(LWW, k, encode_state(LWW, k, LWWRegister(v, 1, "n1"))) for k, v in pairs])
+
+
+def test_a_crash_before_any_checkpoint_loses_no_commit(tmp_path: Path) -> None:
+    write_then_crash(tmp_path, 'put(("a", 1), ("b", 1))\nput(("b", 2))\nput(("c", 3), ("b", 3))')
+    store = LmdbStore(tmp_path)
+    try:
+        assert lww_values(store) == {"a": 1, "b": 3, "c": 3}  # the later record of b wins
+        assert store.count() == 0  # all of it came from the log
+    finally:
+        store.close()
+    store = LmdbStore(tmp_path)
+    try:
+        assert store.count() == 3  # closing checkpointed it
+        assert lww_values(store) == {"a": 1, "b": 3, "c": 3}
+    finally:
+        store.close()
+
+
+def test_the_log_replaces_what_lmdb_holds(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path)
+    put(store, ("a", "old"), ("b", "old"), ("gone", "old"))
+    store.close()  # in LMDB now
+    assert segments_in(tmp_path) == []  # a clean close leaves nothing to replay
+    write_then_crash(tmp_path, 'put(("a", "new"))\nstore.remove([("lww", "gone")])')
+    store = LmdbStore(tmp_path)
+    try:
+        assert lww_values(store) == {"a": "new", "b": "old"}
+    finally:
+        store.close()
+
+
+def test_a_removal_then_a_write_of_the_same_key_keeps_the_write(tmp_path: Path) -> None:
+    write_then_crash(tmp_path, 'put(("k", 1))\nstore.remove([("lww", "k")])\nput(("k", 2))')
+    store = LmdbStore(tmp_path)
+    try:
+        assert lww_values(store) == {"k": 2}
+    finally:
+        store.close()
+
+
+def test_a_torn_tail_is_cut_and_every_whole_batch_loads(tmp_path: Path) -> None:
+    write_then_crash(tmp_path, "\n".join(f'put(("k{i}", {i}), ("x", {i}))' for i in range(50)))
+    (segment,) = segments_in(tmp_path)
+    path = tmp_path / segment
+    end = parse(path.read_bytes())[1]
+    with path.open("r+b") as file:  # the next batch was being written when the node died
+        file.seek(end)
+        file.write(frame([encode_state(LWW, "late", LWWRegister(9, 1, "n1"))])[:-7])
+    store = LmdbStore(tmp_path)
+    try:
+        assert lww_values(store) == {**{f"k{i}": i for i in range(50)}, "x": 49}
+        assert path.stat().st_size == end
+    finally:
+        store.close()
+
+
+def test_a_damaged_record_in_the_middle_of_the_log_stops_the_store(tmp_path: Path) -> None:
+    write_then_crash(tmp_path, "\n".join(f'put(("k{i}", {i}))' for i in range(20)))
+    (segment,) = segments_in(tmp_path)
+    path = tmp_path / segment
+    data = bytearray(path.read_bytes())
+    data[200] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match=f"{segment} has a damaged record"):
+        LmdbStore(tmp_path)
+    assert path.read_bytes() == bytes(data)  # left as it was, for whoever looks into it
+
+
+def test_a_checkpoint_moves_the_log_into_lmdb(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path)
+    try:
+        put(store, ("a", 1), ("b", 1))
+        put(store, ("a", 2))
+        (before,) = segments_in(tmp_path)
+        store.checkpoint()
+        assert store.count() == 2
+        assert before not in segments_in(tmp_path)
+        put(store, ("c", 3))  # appends go on in the next segment
+        assert lww_values(store) == {"a": 2, "b": 1, "c": 3}
+    finally:
+        store.close()
+
+
+def test_segments_a_crash_left_after_their_checkpoint_are_not_replayed(tmp_path: Path) -> None:
+    """The crash came between a checkpoint's commit and its deletion of the segments."""
+    store = LmdbStore(tmp_path)
+    put(store, ("k", "first"))
+    (first,) = segments_in(tmp_path)
+    kept = (tmp_path / first).read_bytes()
+    store.checkpoint()
+    store.remove([(LWW, "k")])
+    store.checkpoint()
+    store.close()
+    (tmp_path / first).write_bytes(kept)  # as if its deletion had never reached the disk
+    store = LmdbStore(tmp_path)
+    try:
+        assert lww_values(store) == {}  # replaying it would have brought k back
+        assert first not in segments_in(tmp_path)
+    finally:
+        store.close()
+
+
+def test_checkpoints_run_on_their_own_while_commits_go_on(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path, segment_bytes=4096, checkpoint_interval_s=0.01)
+    try:
+        for i in range(300):
+            put(store, (f"k{i % 120}", i))
+        deadline = time.monotonic() + 10
+        while store.checkpoints < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store.checkpoints >= 3
+        assert lww_values(store) == {f"k{i % 120}": i for i in range(180, 300)}
+    finally:
+        store.close()
+    store = LmdbStore(tmp_path)
+    try:
+        assert store.count() == 120
+    finally:
+        store.close()
+
+
+def test_a_data_dir_is_opened_by_one_store_at_a_time(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path)
+    try:
+        with pytest.raises(StorageError, match="is in use by another process"):
+            LmdbStore(tmp_path)
+    finally:
+        store.close()
+    LmdbStore(tmp_path).close()  # closing lets it go
+
+
+def test_log_segments_without_a_database_are_refused(tmp_path: Path) -> None:
+    LmdbStore(tmp_path).close()
+    write_then_crash(tmp_path, 'put(("k", 1))')
+    (tmp_path / "data.mdb").unlink()
+    with pytest.raises(StorageError, match="log segments but no database"):
+        LmdbStore(tmp_path)
+
+
+def test_a_store_of_the_format_before_the_log_is_read_and_upgraded(tmp_path: Path) -> None:
+    env = lmdb.open(str(tmp_path), max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.put(b"format", b"replica-store/1", db=env.open_db(b"meta", txn=txn))
+        data = encode_state(LWW, "k", LWWRegister(1, 1, "n1"))
+        txn.put(b"k", data, db=env.open_db(b"lww", txn=txn))
+    env.close()
+    store = LmdbStore(tmp_path)
+    store.close()
+    env = lmdb.open(str(tmp_path), max_dbs=8)
+    with env.begin() as txn:
+        assert txn.get(b"format", db=env.open_db(b"meta", txn=txn)) == FORMAT_MARKER
+    env.close()
+    store = LmdbStore(tmp_path)
+    try:
+        assert lww_values(store) == {"k": 1}
+    finally:
+        store.close()
+
+
+def test_log_records_name_their_key_without_decoding_the_state() -> None:
+    for (keyspace, key), state in sample_states().items():
+        assert log_record_key(encode_state(keyspace, key, state)) == (keyspace, key.encode())
+    for key in ['q"uote', "back\\slash", "\x01control", "é", ""]:
+        data = encode_state(LWW, key, LWWRegister(1, 1, "n1"))
+        assert log_record_key(data) == (LWW, key.encode())
+    assert log_record_key(encode_removal(MVCC, "gone")) == (MVCC, b"gone")
+    with pytest.raises(StorageError, match="unknown type tag"):
+        log_record_key(b"\x09\x01[]")
