@@ -86,8 +86,24 @@ TYPE_TAGS = {MV: 0x01, KV: 0x02, MVCC: 0x03, LWW: 0x04}
 KEYSPACE_OF_TAG = {tag: keyspace for keyspace, tag in TYPE_TAGS.items()}
 REMOVAL_TAG = 0x7F
 """The tag of a log record saying a key is gone: tag, version, the keyspace's tag, the key."""
+
+
+def _mv_from_record(raw: Any) -> MVRegister:
+    """A stored MV state, validated like a peer's: the compact siblings back in wire form."""
+    if isinstance(raw, list):
+        raw = [_compact_to_wire(entry) if isinstance(entry, list) else entry for entry in raw]
+    return MVRegister.from_wire(raw)
+
+
+def _compact_to_wire(entry: list[Any]) -> dict[str, Any]:
+    if len(entry) != 4:
+        raise Malformed("a stored MV sibling must be [value, node, counter, past]")
+    value, node, counter, past = entry
+    return {"value": value, "dot": [node, counter], "past": past}
+
+
 DECODERS: dict[str, Any] = {
-    MV: MVRegister.from_wire,
+    MV: _mv_from_record,
     KV: ClockedSiblings.from_wire,
     MVCC: VersionChain.from_wire,
     LWW: LWWRegister.from_wire,
@@ -101,6 +117,13 @@ STORED_DECODERS: dict[str, Any] = {
 """Decoders that trust a record's invariants: every state was normalised before it was stored."""
 FORMAT_VERSION = 1
 HEADERS = {keyspace: bytes((tag, FORMAT_VERSION)) for keyspace, tag in TYPE_TAGS.items()}
+STORED_FORMS: dict[str, Any] = {
+    MV: MVRegister.to_stored,  # compact: every commit encodes on the event loop
+    KV: ClockedSiblings.to_wire,
+    MVCC: VersionChain.to_wire,
+    LWW: LWWRegister.to_wire,
+}
+"""How each keyspace's states are written; `STORED_DECODERS` reads them back."""
 FORMAT_MARKER = b"replica-store/2"
 READABLE_MARKERS = {b"replica-store/1", FORMAT_MARKER}
 """/1 is the same database without a commit log.  Opening it writes /2, which a
@@ -155,12 +178,15 @@ class Store(Protocol):
 
 
 def encode_state(keyspace: str, key: str, state: Any) -> bytes:
-    """A key's state as stored: tag, version, then JSON `[key, wire form]`.
+    """A key's state as stored: tag, version, then JSON `[key, stored form]`.
+
+    The stored form is the wire form, except for MV registers, whose compact
+    form (`MVRegister.to_stored`) is cheaper to build; both forms load.
 
     The key travels inside the value because LMDB bounds key length; longer
     keys are indexed by their hash (see `_db_key`).
     """
-    return HEADERS[keyspace] + orjson.dumps([key, state.to_wire()])
+    return HEADERS[keyspace] + orjson.dumps([key, STORED_FORMS[keyspace](state)])
 
 
 def decode_state(keyspace: str, data: bytes, *, trusted: bool = False) -> tuple[str, Any]:

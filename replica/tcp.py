@@ -97,8 +97,8 @@ class ServedConnection(asyncio.Protocol):
             self._send(replies, close)
             return
         self.held.append((barrier, replies, close))
-        if barrier is not None:
-            barrier.add_done_callback(self._release)
+        if barrier is not None and self.node.durability is not None:
+            self.node.durability.after_commit(self._release)
 
     def _barrier(self) -> asyncio.Future[None] | None:
         durability = self.node.durability
@@ -106,11 +106,13 @@ class ServedConnection(asyncio.Protocol):
             return None
         return durability.barrier()
 
-    def _release(self, _: object = None) -> None:
+    def _release(self) -> None:
         """Send the held replies whose commits are done, oldest first."""
         while self.held:
             barrier, replies, close = self.held[0]
             if barrier is not None and not barrier.done():
+                if self.node.durability is not None:
+                    self.node.durability.after_commit(self._release)
                 return
             self.held.popleft()
             failure = barrier_failure(barrier)

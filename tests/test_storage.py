@@ -156,6 +156,14 @@ def test_every_keyspace_round_trips_through_trusted_decoding() -> None:
         )
 
 
+def test_mv_records_in_the_wire_form_still_load() -> None:
+    state, _ = MVRegister().write("n1", {"a": [1]}, {"n2": 3})
+    older = record(MV, state.to_wire())
+    assert decode_state(MV, older, trusted=True) == ("k", state)
+    assert decode_state(MV, older) == ("k", state)
+    assert decode_state(MV, encode_state(MV, "k", state), trusted=True) == ("k", state)
+
+
 def record(keyspace: str, wire: Any) -> bytes:
     return bytes([TYPE_TAGS[keyspace], FORMAT_VERSION]) + orjson.dumps(["k", wire])
 

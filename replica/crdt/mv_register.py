@@ -275,16 +275,24 @@ class MVRegister(tuple[Sibling, ...]):
                 raise Malformed(f"sibling {i}: {exc}") from None
         return MVRegister.of(siblings)
 
+    def to_stored(self) -> list[list[Any]]:
+        """The compact form a node stores: `[value, node, counter, past]` per sibling.
+
+        Every commit encodes the states it carries on the event loop, so this
+        skips what the wire form adds for peers (field names, copied pasts).
+        """
+        return [[s.value, s.node, s.counter, s.past] for s in self]
+
     @staticmethod
     def from_stored(raw: Any) -> MVRegister:
-        """A sibling set as `to_wire` wrote it to this node's own store, read back as is.
+        """A sibling set as `to_stored` (or `to_wire`) wrote it to this node's own store.
 
-        The register that was stored already kept every invariant, and `to_wire`
-        lists its siblings in their canonical order, so nothing is validated,
-        deduplicated, pruned or sorted here: only the shape and the types are
-        checked.  A record of another shape raises `TypeError`, `ValueError` or
-        `KeyError` rather than load as a register.  State from anywhere else
-        (a peer, a client) must go through `from_wire`.
+        The register that was stored already kept every invariant, in canonical
+        sibling order, so nothing is validated, deduplicated, pruned or sorted
+        here: only the shape and the types are checked.  A record of another
+        shape raises `TypeError`, `ValueError` or `KeyError` rather than load as
+        a register.  State from anywhere else (a peer, a client) must go through
+        `from_wire`.
         """
         if type(raw) is not list:
             raise TypeError("an MV sibling set must be an array")
@@ -301,21 +309,20 @@ _NO_PAST: VersionVector = {}
 """The past of every sibling that had seen nothing, shared: version vectors are never mutated."""
 
 
-def _stored_sibling(entry: dict[str, Any]) -> Sibling:
-    """One `{value, dot, past}` of `from_stored`, its shape and types checked."""
-    dot = entry["dot"]
-    past = entry["past"]
-    node, counter = dot
-    if (
-        type(dot) is not list
-        or type(node) is not str
-        or type(counter) is not int
-        or type(past) is not dict
-    ):
-        raise TypeError("an MV sibling must have a [node, counter] dot and an object past")
+def _stored_sibling(entry: Any) -> Sibling:
+    """One sibling of `from_stored`: `[value, node, counter, past]`, or the wire's object."""
+    if type(entry) is list:
+        value, node, counter, past = entry
+    else:
+        dot = entry["dot"]
+        if type(dot) is not list:
+            raise TypeError("an MV sibling's dot must be [node, counter]")
+        value, (node, counter), past = entry["value"], dot, entry["past"]
+    if type(node) is not str or type(counter) is not int or type(past) is not dict:
+        raise TypeError("an MV sibling must have a node, a counter and an object past")
     if past and any(type(seen) is not int for seen in past.values()):
         raise TypeError("an MV sibling's past must map node ids to counters")
-    return _sibling(entry["value"], node, counter, past or _NO_PAST)
+    return _sibling(value, node, counter, past or _NO_PAST)
 
 
 def _sibling(value: Any, node: str, counter: int, past: VersionVector) -> Sibling:
