@@ -6,9 +6,12 @@
         [--memory] [--connections 16] [--window 64] [--timeout 120] [--profile DIR]
     .venv/bin/python scripts/bench.py throughput [--connections 16] [--in-flight 16]
         [--seconds 5] [--mix mv_write[:W],mv_read[:W],...] [--durable|--memory|--both]
+        [--floor] [--rounds R] [--depths 1,4,16,64] [--chart FILE.png]
         [--keys 100000] [--value-bytes 16] [--json]
     .venv/bin/python scripts/bench.py restart [--keys 1000000] [--value-bytes 16]
         [--connections 8] [--window 64] [--sample 1000] [--json]
+    .venv/bin/python scripts/bench.py memory [--keys 1000000] [--value-bytes 16]
+        [--connections 8] [--window 64] [--sample 1000] [--memory] [--json]
     .venv/bin/python scripts/bench.py resp [--requests 200000] [--clients 16]
         [--pipeline 16] [--rounds 2] [--memory] [--json]
 
@@ -25,11 +28,30 @@ latency and error replies (any error fails the run).  `--both` measures a
 durable node, then a fresh in-memory one, against the target: durable mv_write
 at least 0.8x in memory.  The client runs in the benchmark's own process and
 takes CPU from the same machine as the node; the report shows both shares.
+`--floor` also starts the floor, a bare uvloop + orjson server of its own
+(scripts/bench_floor.py: parse each line, build a `TYPE_ok` reply, one write
+per read), and runs the same load (the same pre-encoded requests, connections,
+depth and seconds) against it and against the node alternately, floor first,
+R rounds each (`--rounds`, default 2); it reports every round, the best and
+the median of each, and node / floor (of the medians), against the targets for
+a durable node: `mv_write` at least 0.40x the floor, `mv_read` at least 0.50x,
+p99 at most 10 ms and no error replies.  `--depths 1,4,16,64` sweeps the
+requests in flight per connection, measuring everything above at each depth
+(targets are judged at the `--in-flight` depth only, the load they are set
+for), and `--chart FILE.png` draws ops/s and p99 against the depth (it needs
+matplotlib: the `plot` extra, `.venv/bin/pip install -e '.[plot]'`).
 
 `restart` writes N mv keys to a durable node, kills it with SIGKILL, starts it
 again and times the way from the process start to a correct mv_read, against
 the target: under 10 s for 1,000,000 keys; then a random sample of keys must
 read back exactly what was written, and the node must hold all N.
+
+`memory` starts one node (durable unless --memory), reads its resident memory
+(VmRSS of /proc/PID/status) once it is idle, writes N mv keys with small
+values, waits until it is idle again and reads VmRSS again, against the
+target: at most 400 bytes of resident memory per key (VmRSS / N) at 1,000,000
+keys.  It reports the growth per key too, and the write rate; a random sample
+of keys must read back exactly what was written, and the node must hold all N.
 
 `resp` starts one node with a `resp_port` (durable unless --memory) and a
 `redis-server --appendonly yes --appendfsync always` in the temporary
@@ -71,6 +93,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,6 +118,7 @@ except ImportError as exc:
 
 LOOPBACK = "127.0.0.1"
 PROXY_SCRIPT = Path(__file__).resolve().with_name("bench_proxy.py")
+FLOOR_SCRIPT = Path(__file__).resolve().with_name("bench_floor.py")
 POLL_SECONDS = 0.02  # status polling period: the resolution of every measured time
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
@@ -445,6 +469,17 @@ class Session:
         await self._wait_listening(node)
         node.control = await Connection.open(node.port, node.id)
 
+    async def start_floor(self) -> NodeHandle:
+        """The floor server (scripts/bench_floor.py) on a free port, listening; not a node."""
+        (port,) = free_ports(1)
+        floor = NodeHandle("floor", port, self.directory / "floor")
+        floor.directory.mkdir()
+        argv = [sys.executable, str(FLOOR_SCRIPT), "--port", str(port)]
+        floor.spawned_at = time.monotonic()
+        floor.process = self.children.spawn(argv, cwd=floor.directory, log=floor.log)
+        await self._wait_listening(floor)
+        return floor
+
     def _start_proxy(self) -> None:
         argv = [sys.executable, str(PROXY_SCRIPT)]
         for link in self.links:
@@ -485,7 +520,7 @@ class Session:
     async def _wait_listening(self, node: NodeHandle) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            self.check_alive()
+            self.check_alive(node)
             try:
                 _, writer = await asyncio.open_connection(LOOPBACK, node.port)
             except OSError:
@@ -496,8 +531,9 @@ class Session:
                 writer.close()
                 return
 
-    def check_alive(self) -> None:
-        for node in self.nodes.values():
+    def check_alive(self, *others: NodeHandle) -> None:
+        """Raise if a node (or one of `others`, such as the floor) has exited."""
+        for node in [*self.nodes.values(), *others]:
             if node.process is not None and node.process.poll() is not None:
                 raise BenchError(f"{node.id} exited with code {node.process.returncode}")
 
@@ -1287,6 +1323,7 @@ class LoadResult:
     first_error: Body | None
     client_cpu: float  # this process's CPU seconds over the run, per second of it
     node_cpu: float | None  # the node's, the same way (Linux /proc only)
+    other_cpu: float | None = None  # the machine's busy CPU outside client and node, the same way
 
     @property
     def ops_per_s(self) -> float:
@@ -1296,6 +1333,54 @@ class LoadResult:
         if not self.latencies:
             return float("nan")
         return 1000 * self.latencies[min(len(self.latencies) - 1, int(q * len(self.latencies)))]
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "ops_per_s": self.ops_per_s,
+            "replies": self.replies,
+            "seconds": self.seconds,
+            "p50_ms": self.percentile_ms(0.5),
+            "p99_ms": self.percentile_ms(0.99),
+            "p999_ms": self.percentile_ms(0.999),
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "client_cpu_cores": self.client_cpu,
+            "node_cpu_cores": self.node_cpu,
+            "other_cpu_cores": self.other_cpu,
+        }
+
+    @classmethod
+    def pooled(cls, results: Sequence[LoadResult]) -> LoadResult:
+        """Several runs as one: all their replies over all their seconds, every latency."""
+        seconds = sum(r.seconds for r in results)
+        first_errors = [r.first_error for r in results if r.first_error is not None]
+
+        def cores(of: Callable[[LoadResult], float | None]) -> float | None:
+            spent = [(of(r), r.seconds) for r in results]
+            if any(value is None for value, _ in spent):
+                return None
+            return sum(value * t for value, t in spent if value is not None) / seconds
+
+        return cls(
+            seconds=seconds,
+            replies=sum(r.replies for r in results),
+            latencies=sorted(itertools.chain.from_iterable(r.latencies for r in results)),
+            errors=sum(r.errors for r in results),
+            first_error=first_errors[0] if first_errors else None,
+            client_cpu=sum(r.client_cpu * r.seconds for r in results) / seconds,
+            node_cpu=cores(lambda r: r.node_cpu),
+            other_cpu=cores(lambda r: r.other_cpu),
+        )
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all the machine's CPUs have been busy since boot, from /proc/stat."""
+    try:
+        ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -1327,6 +1412,7 @@ async def drive(
             conns.append(conn)
         pid = node.process.pid if node.process is not None else None
         node_cpu_before = process_cpu_seconds(pid) if pid else None
+        busy_before = machine_busy_seconds()
         cpu_before = time.process_time()
         started = time.perf_counter()
         for conn in conns:
@@ -1343,6 +1429,7 @@ async def drive(
         elapsed = time.perf_counter() - started
         client_cpu = (time.process_time() - cpu_before) / elapsed
         node_cpu_after = process_cpu_seconds(pid) if pid else None
+        busy_after = machine_busy_seconds()
         for conn in conns:
             conn.stop()
         async with asyncio.timeout(LOAD_DRAIN_TIMEOUT):
@@ -1351,9 +1438,11 @@ async def drive(
         for conn in conns:
             if conn.transport is not None:
                 conn.transport.close()
-    node_cpu = None
+    node_cpu = other_cpu = None
     if node_cpu_before is not None and node_cpu_after is not None:
         node_cpu = (node_cpu_after - node_cpu_before) / elapsed
+    if busy_before is not None and busy_after is not None and node_cpu is not None:
+        other_cpu = max(0.0, (busy_after - busy_before) / elapsed - client_cpu - node_cpu)
     latencies = sorted(itertools.chain.from_iterable(conn.latencies for conn in conns))
     first_errors = [conn.first_error for conn in conns if conn.first_error is not None]
     return LoadResult(
@@ -1364,6 +1453,7 @@ async def drive(
         first_error=first_errors[0] if first_errors else None,
         client_cpu=client_cpu,
         node_cpu=node_cpu,
+        other_cpu=other_cpu,
     )
 
 
@@ -1388,6 +1478,17 @@ def parse_mix(text: str) -> list[tuple[str, int]]:
     if not mix:
         raise argparse.ArgumentTypeError("an empty mix")
     return mix
+
+
+def parse_depths(text: str) -> list[int]:
+    """`1,4,16,64`: requests in flight per connection, in the order given, each once."""
+    try:
+        depths = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of whole numbers: {text!r}") from None
+    if min(depths) < 1:
+        raise argparse.ArgumentTypeError(f"a depth must be at least 1: {text!r}")
+    return list(dict.fromkeys(depths))
 
 
 def request_body(op: str, key_index: int, serial: int, size: int) -> Body:
@@ -1447,23 +1548,54 @@ async def fill(
 # -- throughput --------------------------------------------------------------------------------
 
 DURABLE_RATIO_LIMIT = 0.8  # issue 4: durable mv_write at least 0.8x in memory
+FLOOR_RATIO_LIMITS = {"mv_write": 0.40, "mv_read": 0.50}  # issue 5: a durable node / the floor
+P99_LIMIT_MS = 10.0  # issue 5: a durable node's p99 under the load the floor ratios are set for
+FLOOR_ROUNDS = 2  # --floor's default: floor, node, floor, node
+PLOT_INSTALL = ".venv/bin/pip install -e '.[plot]'"  # the optional extra that has matplotlib
 PRELOAD_FOR = {"mv_read": "mv_write", "mvcc_get": "mvcc_put"}  # reads need keys to read
 CLIENT_NOTE = (
     "the client runs in this process and shares the machine's CPUs with the node "
-    "(client and node CPU below, in cores)"
+    "(client and server CPU below, in cores; other: the machine's busy CPU outside both, "
+    "which is other work skewing the figures, plus the kernel flushing a durable node's writes)"
 )
+SERVER_LABELS = {
+    "floor": "floor (uvloop + orjson)",
+    "durable": "node, durable",
+    "memory": "node, in memory",
+}
+
+
+@dataclass
+class TimedRun:
+    """One timed run of `throughput`: the node in one storage mode, or the floor."""
+
+    server: str  # "durable", "memory" or "floor"
+    depth: int  # requests in flight per connection
+    round: int
+    result: LoadResult
 
 
 async def run_throughput(args: argparse.Namespace, s: Session) -> Report:
-    """Each storage mode in turn on a fresh node: preload what reads need, then the timed run."""
+    """Each storage mode in turn on a fresh node: preload what reads need, then the timed runs.
+
+    Every depth is measured `--rounds` times; with the floor, each node run
+    follows a floor run under the same load, so that both see the machine in
+    about the same state (another process's work skews a pair less than it
+    skews two runs far apart).
+    """
     mix: list[tuple[str, int]] = args.mix
     modes = ["durable", "memory"] if args.both else ["memory" if args.memory else "durable"]
+    depths: list[int] = args.depths or [args.in_flight]
+    rounds = args.rounds or (FLOOR_ROUNDS if args.floor else 1)
     node_id = s.ids[0]
     s.phase = "building the request pool"
-    pool_lines = max(POOL_MIN_LINES, 4 * args.connections * args.in_flight)
+    pool_lines = max(POOL_MIN_LINES, 4 * args.connections * max(depths))
     pool = request_pool(mix, args.keys, pool_lines, args.value_bytes)
-    step = len(pool) // args.connections
-    results: dict[str, LoadResult] = {}
+    floor = None
+    if args.floor:
+        s.phase = "starting the floor"
+        floor = await s.start_floor()
+    runs: list[TimedRun] = []
     preload: dict[str, float] = {}
     for mode in modes:
         if (mode == "memory") != s.memory:  # a fresh node for every mode
@@ -1473,82 +1605,275 @@ async def run_throughput(args: argparse.Namespace, s: Session) -> Report:
             s.start_node(node_id)
             await s.wait_ready(node_id)
         node = s.nodes[node_id]
+        preloads = sorted({PRELOAD_FOR[op] for op, _ in mix if op in PRELOAD_FOR})
         started = time.monotonic()
-        for op in sorted({PRELOAD_FOR[op] for op, _ in mix if op in PRELOAD_FOR}):
+        for op in preloads:
             s.phase = f"preloading {args.keys} keys with {op} ({mode})"
-            await fill(node, op, args.keys, args.value_bytes, args.connections, args.in_flight)
-        preload[mode] = time.monotonic() - started
-        s.phase = f"measuring {mode}"
-        sources = [cycle_from(pool, i * step) for i in range(args.connections)]
-        results[mode] = await drive(node, sources, args.in_flight, args.seconds)
-        s.check_alive()
-    return throughput_report(args, mix, results, preload)
+            await fill(node, op, args.keys, args.value_bytes, args.connections, max(depths))
+        if preloads:
+            preload[mode] = time.monotonic() - started
+        for depth in depths:
+            for round_no in range(1, rounds + 1):
+                if floor is not None:
+                    runs.append(await timed_run(s, args, pool, floor, "floor", depth, round_no))
+                runs.append(await timed_run(s, args, pool, node, mode, depth, round_no))
+    report = throughput_report(args, mix, runs, preload)
+    if args.chart:
+        s.phase = f"drawing {args.chart}"
+        p = report.params
+        title = (
+            f"replica throughput: mix {p['mix']}, {p['connections']} connections, "
+            f"{p['seconds']:g} s per run, {p['value_bytes']}-byte values"
+        )
+        draw_chart(Path(args.chart), report.figures["summary"], title)
+        report.lines.append(f"chart: {args.chart}")
+    return report
+
+
+async def timed_run(
+    s: Session,
+    args: argparse.Namespace,
+    pool: Sequence[bytes],
+    target: NodeHandle,
+    server: str,
+    depth: int,
+    round_no: int,
+) -> TimedRun:
+    """The pool's requests against `target` for `args.seconds`, `depth` in flight per connection.
+
+    Each connection cycles through the pool from its own offset, the same
+    offsets on every run, so every server answers the same requests.
+    """
+    s.phase = f"measuring {server} at {args.connections} x {depth}, round {round_no}"
+    step = len(pool) // args.connections
+    sources = [cycle_from(pool, i * step) for i in range(args.connections)]
+    result = await drive(target, sources, depth, args.seconds)
+    s.check_alive(target)
+    return TimedRun(server, depth, round_no, result)
+
+
+def throughput_summary(runs: Sequence[TimedRun]) -> list[dict[str, Any]]:
+    """One entry per server and depth: best and median ops/s of its rounds, the rest pooled."""
+    groups: dict[tuple[str, int], list[LoadResult]] = {}
+    for run in runs:
+        groups.setdefault((run.server, run.depth), []).append(run.result)
+    return [
+        {
+            "server": server,
+            "depth": depth,
+            "rounds": len(results),
+            "best_ops_per_s": max(r.ops_per_s for r in results),
+            "median_ops_per_s": statistics.median(r.ops_per_s for r in results),
+            **LoadResult.pooled(results).figures(),  # ops_per_s: over all rounds' seconds
+        }
+        for (server, depth), results in groups.items()
+    ]
+
+
+def throughput_ratios(runs: Sequence[TimedRun], modes: Sequence[str]) -> list[dict[str, Any]]:
+    """Node / floor per depth, or durable / in memory: of the medians, of the bests, per round."""
+    servers = {run.server for run in runs}
+    pairs = [(mode, "floor") for mode in modes] if "floor" in servers else []
+    if not pairs and {"durable", "memory"} <= servers:
+        pairs = [("durable", "memory")]
+    ratios = []
+    for depth in dict.fromkeys(run.depth for run in runs):
+        for top, bottom in pairs:
+            a = [r.result.ops_per_s for r in runs if (r.server, r.depth) == (top, depth)]
+            b = [r.result.ops_per_s for r in runs if (r.server, r.depth) == (bottom, depth)]
+            ratios.append(
+                {
+                    "of": f"{top} / {bottom}",
+                    "depth": depth,
+                    "median": statistics.median(a) / max(statistics.median(b), 1e-9),
+                    "best": max(a) / max(max(b), 1e-9),
+                    "per_round": [x / max(y, 1e-9) for x, y in zip(a, b, strict=False)],
+                }
+            )
+    return ratios
+
+
+def throughput_targets(
+    args: argparse.Namespace,
+    mix: list[tuple[str, int]],
+    summary: list[dict[str, Any]],
+    ratios: list[dict[str, Any]],
+) -> list[Target]:
+    """The issues' targets, judged at the `--in-flight` depth, the load they are set for."""
+    ops = [op for op, _ in mix]
+    at = f"{args.connections} x {args.in_flight}"
+    targets = []
+    for ratio in ratios:
+        if ratio["depth"] != args.in_flight:
+            continue
+        if ratio["of"] == "durable / memory" and ops == ["mv_write"]:
+            targets.append(
+                Target(
+                    f"mv_write durable / in memory at {at}",
+                    ratio["median"],
+                    DURABLE_RATIO_LIMIT,
+                    "ratio",
+                    at_least=True,
+                )
+            )
+        if ratio["of"] == "durable / floor" and len(ops) == 1 and ops[0] in FLOOR_RATIO_LIMITS:
+            (node,) = [
+                e for e in summary if (e["server"], e["depth"]) == ("durable", args.in_flight)
+            ]
+            targets += [
+                Target(
+                    f"durable {ops[0]} / floor at {at}",
+                    ratio["median"],
+                    FLOOR_RATIO_LIMITS[ops[0]],
+                    "ratio",
+                    at_least=True,
+                ),
+                Target(f"durable {ops[0]} p99 at {at}", node["p99_ms"], P99_LIMIT_MS, "ms"),
+                Target(f"durable {ops[0]} error replies", node["errors"], 0, "replies"),
+            ]
+    return targets
 
 
 def throughput_report(
     args: argparse.Namespace,
     mix: list[tuple[str, int]],
-    results: dict[str, LoadResult],
+    runs: list[TimedRun],
     preload: dict[str, float],
 ) -> Report:
     mix_text = ",".join(f"{op}:{w}" for op, w in mix)
-    figures: dict[str, Any] = {}
+    depths = list(dict.fromkeys(run.depth for run in runs))
+    rounds = max(run.round for run in runs)
+    modes = list(dict.fromkeys(run.server for run in runs if run.server != "floor"))
+    summary = throughput_summary(runs)
+    ratios = throughput_ratios(runs, modes)
+    floor = any(run.server == "floor" for run in runs)
     lines = [
-        f"throughput: mix {mix_text}, {args.connections} connections x {args.in_flight} in "
-        f"flight, {args.seconds:g} s per run, {args.keys} keys, {args.value_bytes}-byte values, "
-        "one node (durable: data_dir in the temp dir, durability sync)",
+        f"throughput: mix {mix_text}, {args.connections} connections x "
+        f"{','.join(map(str, depths))} in flight, {args.seconds:g} s per run, {args.keys} keys, "
+        f"{args.value_bytes}-byte values, one node (durable: data_dir in the temp dir, "
+        "durability sync)"
+        + (", alternating with the floor (scripts/bench_floor.py)" if floor else ""),
         f"note: {CLIENT_NOTE}",
         "",
-        f"  {'storage':<10}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p999 ms':>9}"
-        f"{'errors':>8}{'client':>8}{'node':>7}{'preload s':>11}",
+        f"  {'run':<10}{'depth':>6}{'round':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'p999 ms':>9}{'errors':>8}{'client':>8}{'server':>8}{'other':>7}",
     ]
-    for mode, r in results.items():
-        figures[mode] = {
-            "ops_per_s": r.ops_per_s,
-            "replies": r.replies,
-            "seconds": r.seconds,
-            "p50_ms": r.percentile_ms(0.5),
-            "p99_ms": r.percentile_ms(0.99),
-            "p999_ms": r.percentile_ms(0.999),
-            "errors": r.errors,
-            "first_error": r.first_error,
-            "client_cpu_cores": r.client_cpu,
-            "node_cpu_cores": r.node_cpu,
-            "preload_s": preload[mode],
-        }
-        node_cpu = "-" if r.node_cpu is None else f"{r.node_cpu:.2f}"
+    for run in runs:
+        r = run.result
+        server_cpu = "-" if r.node_cpu is None else f"{r.node_cpu:.2f}"
+        other_cpu = "-" if r.other_cpu is None else f"{r.other_cpu:.2f}"
         lines.append(
-            f"  {mode:<10}{r.ops_per_s:>10,.0f}{r.percentile_ms(0.5):>9.2f}"
-            f"{r.percentile_ms(0.99):>9.2f}{r.percentile_ms(0.999):>9.2f}{r.errors:>8}"
-            f"{r.client_cpu:>8.2f}{node_cpu:>7}{preload[mode]:>11.2f}"
+            f"  {run.server:<10}{run.depth:>6}{run.round:>6}{r.ops_per_s:>10,.0f}"
+            f"{r.percentile_ms(0.5):>9.2f}{r.percentile_ms(0.99):>9.2f}"
+            f"{r.percentile_ms(0.999):>9.2f}{r.errors:>8}{r.client_cpu:>8.2f}{server_cpu:>8}"
+            f"{other_cpu:>7}"
         )
-    targets = []
-    if "durable" in results and "memory" in results:
-        ratio = results["durable"].ops_per_s / max(results["memory"].ops_per_s, 1e-9)
-        figures["durable_to_memory_ratio"] = ratio
-        lines.append(row("durable / in memory", f"{ratio:.3f}"))
-        if [op for op, _ in mix] == ["mv_write"]:
-            targets.append(
-                Target("mv_write durable / in memory", ratio, DURABLE_RATIO_LIMIT, "ratio", True)
+    lines += [row(f"preload ({mode})", f"{seconds:.2f} s") for mode, seconds in preload.items()]
+    if rounds > 1:
+        lines += [
+            "",
+            f"  {'server':<10}{'depth':>6}{'rounds':>7}{'best ops/s':>12}{'median ops/s':>14}"
+            f"{'p50 ms':>9}{'p99 ms':>9}{'p999 ms':>9}  (latencies of all rounds)",
+            *[
+                f"  {e['server']:<10}{e['depth']:>6}{e['rounds']:>7}{e['best_ops_per_s']:>12,.0f}"
+                f"{e['median_ops_per_s']:>14,.0f}{e['p50_ms']:>9.2f}{e['p99_ms']:>9.2f}"
+                f"{e['p999_ms']:>9.2f}"
+                for e in summary
+            ],
+        ]
+    if ratios:
+        lines.append("")
+    for ratio in ratios:
+        lines.append(
+            row(
+                f"{ratio['of']} at {args.connections} x {ratio['depth']}",
+                f"{ratio['median']:.3f}",
+                f"of the medians; of the bests {ratio['best']:.3f}; per round "
+                + " ".join(f"{x:.3f}" for x in ratio["per_round"])
+                if rounds > 1
+                else "",
             )
+        )
+    figures: dict[str, Any] = {
+        "runs": [
+            {"server": run.server, "depth": run.depth, "round": run.round, **run.result.figures()}
+            for run in runs
+        ],
+        "summary": summary,
+        "ratios": ratios,
+        "preload_s": preload,
+    }
     params = {
         "mix": mix_text,
         "connections": args.connections,
         "in_flight": args.in_flight,
+        "depths": depths,
+        "rounds": rounds,
         "seconds": args.seconds,
         "keys": args.keys,
         "value_bytes": args.value_bytes,
-        "storage": list(results),
+        "storage": modes,
+        "floor": floor,
         "client_note": CLIENT_NOTE,
     }
+    targets = throughput_targets(args, mix, summary, ratios)
+    if floor and not targets:
+        lines.append(
+            f"  (the floor targets hold a durable node, a mix of only mv_write or mv_read, "
+            f"at {args.connections} x {args.in_flight}: none applies to this run)"
+        )
     report = Report("throughput", params, figures, lines, targets)
-    failed = {mode: r for mode, r in results.items() if r.errors}
+    failed = [run for run in runs if run.result.errors]
     if failed:
         report.failure = "; ".join(
-            f"{mode}: {r.errors} error replies, the first {r.first_error}"
-            for mode, r in failed.items()
+            f"{run.server} at depth {run.depth}, round {run.round}: {run.result.errors} error "
+            f"replies, the first {run.result.first_error}"
+            for run in failed
         )
     return report
+
+
+def draw_chart(path: Path, summary: list[dict[str, Any]], title: str) -> None:
+    """Ops/s (median of rounds) and p99 against the depth, one line per server, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    figure, (rate, p99) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
+    for server in dict.fromkeys(e["server"] for e in summary):
+        points = sorted(
+            (e["depth"], e["median_ops_per_s"], e["p99_ms"])
+            for e in summary
+            if e["server"] == server
+        )
+        depths = [p[0] for p in points]
+        label = SERVER_LABELS.get(server, server)
+        rate.plot(depths, [p[1] for p in points], marker="o", label=label)
+        p99.plot(depths, [p[2] for p in points], marker="o", label=label)
+    for axes, ylabel in ((rate, "ops/s (median of rounds)"), (p99, "p99 latency, ms")):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(sorted({e["depth"] for e in summary}))
+        axes.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        axes.set_xlabel("requests in flight per connection (pipeline depth)")
+        axes.set_ylabel(ylabel)
+        axes.set_ylim(bottom=0)
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    rate.yaxis.set_major_formatter(ticker.StrMethodFormatter("{x:,.0f}"))
+    m = machine()
+    figure.suptitle(
+        f"{title}\n{m['nproc']} CPUs ({m['cpu_model']}), {m['implementation']} {m['python']}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, load {m['loadavg_1m']}",
+        fontsize=9,
+    )
+    try:
+        figure.savefig(path, dpi=120)
+    except OSError as exc:
+        raise BenchError(f"cannot write the chart to {path}: {exc}") from None
+    finally:
+        plt.close(figure)
 
 
 # -- restart -----------------------------------------------------------------------------------
@@ -1672,11 +1997,7 @@ def restart_report(
         f"restart: {args.keys} mv keys with {args.value_bytes}-byte values on one durable "
         f"node (durability sync), SIGKILL, restart",
         "",
-        row(
-            "writes",
-            f"{load.seconds:.2f} s",
-            f"{load.ops_per_s:,.0f} writes/s, {args.connections} conns x {args.window} in flight",
-        ),
+        _writes_row(load, args),
         row("process start to first accepted connection", f"{first_connect:.3f} s"),
         row("process start to a correct mv_read", f"{ready:.3f} s"),
         row("the node's log: loaded", logged),
@@ -1697,6 +2018,157 @@ def restart_report(
         )
     ]
     return Report("restart", params, figures, lines, targets)
+
+
+def _writes_row(load: LoadResult, args: argparse.Namespace) -> str:
+    return row(
+        "writes",
+        f"{load.seconds:.2f} s",
+        f"{load.ops_per_s:,.0f} writes/s, {args.connections} conns x {args.window} in flight",
+    )
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+MEMORY_PER_KEY_LIMIT = 400  # issue 5: resident bytes per MV key, small values, 1,000,000 keys
+MEMORY_FIELDS = ("VmRSS", "RssAnon", "RssFile", "VmHWM")  # of /proc/PID/status, in kB there
+IDLE_CPU = 0.05  # cores: a node using less than this is idle
+IDLE_INTERVAL = 0.5  # seconds per CPU reading; two idle readings in a row make a node idle
+IDLE_TIMEOUT = 60.0
+
+
+def resident_memory(pid: int) -> dict[str, int]:
+    """The process's resident memory in bytes: VmRSS, its anonymous and file parts, its peak."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError as exc:
+        raise BenchError(f"memory reads /proc/{pid}/status (Linux only): {exc}") from None
+    found: dict[str, int] = {}
+    for line in status.splitlines():
+        name, _, value = line.partition(":")
+        if name in MEMORY_FIELDS:
+            found[name] = int(value.split()[0]) * 1024
+    return found
+
+
+async def wait_idle(s: Session, node: NodeHandle) -> float | None:
+    """Until the node's CPU stays under IDLE_CPU for two readings; the seconds that took.
+
+    None when it never did within IDLE_TIMEOUT (the figures are then taken anyway).
+    """
+    assert node.process is not None
+    pid = node.process.pid
+    started = time.monotonic()
+    before = process_cpu_seconds(pid)
+    idle = 0
+    while time.monotonic() - started < IDLE_TIMEOUT:
+        await asyncio.sleep(IDLE_INTERVAL)
+        s.check_alive()
+        after = process_cpu_seconds(pid)
+        if before is None or after is None:
+            return None
+        idle = idle + 1 if after - before < IDLE_CPU * IDLE_INTERVAL else 0
+        if idle >= 2:
+            return time.monotonic() - started
+        before = after
+    return None
+
+
+async def run_memory(args: argparse.Namespace, s: Session) -> Report:
+    """Resident memory of an idle node before and after it takes N mv keys."""
+    node_id = s.ids[0]
+    node = s.nodes[node_id]
+    assert node.process is not None
+    s.phase = "waiting for the fresh node to be idle"
+    await wait_idle(s, node)
+    before = resident_memory(node.process.pid)
+    s.phase = f"writing {args.keys} mv keys"
+    load = await fill(node, "mv_write", args.keys, args.value_bytes, args.connections, args.window)
+    s.phase = "waiting for the node to be idle after the writes"
+    idle_after = await wait_idle(s, node)
+    after = resident_memory(node.process.pid)
+
+    s.phase = "checking a sample and the key count"
+    sample = random.Random(7).sample(range(args.keys), min(args.sample, args.keys))
+    wrong = await sample_mismatches(s, node_id, sample, args.value_bytes)
+    status = (await s.status())[node_id]
+    stored = status["keys"]["mv"]
+    report = memory_report(args, status["durability"]["mode"], load, idle_after, before, after)
+    report.figures.update({"sample": len(sample), "sample_wrong": len(wrong), "mv_keys": stored})
+    report.lines += [
+        row("sampled keys read back", f"{len(sample) - len(wrong)}/{len(sample)}"),
+        row("mv keys (status)", f"{stored:,}"),
+    ]
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} of {len(sample)} sampled keys read back wrong: {wrong[0]}")
+    if stored != args.keys:
+        problems.append(f"the node holds {stored} mv keys, not {args.keys}")
+    report.failure = "; ".join(problems)
+    return report
+
+
+def memory_report(
+    args: argparse.Namespace,
+    durability: str,
+    load: LoadResult,
+    idle_after: float | None,
+    before: dict[str, int],
+    after: dict[str, int],
+) -> Report:
+    keys = args.keys
+    per_key = after["VmRSS"] / keys
+    growth = (after["VmRSS"] - before["VmRSS"]) / keys
+    node = "one node in memory" if durability == "memory" else "one durable node"
+    if durability != "memory":
+        node += f" (durability {durability})"
+    lines = [
+        f"memory: {keys} mv keys with {args.value_bytes}-byte values written to {node}; "
+        "resident memory from /proc/PID/status with the node idle",
+        "",
+        _writes_row(load, args),
+        row(
+            "idle again after the writes",
+            "-" if idle_after is None else f"{idle_after:.1f} s",
+            "" if idle_after is not None else f"still busy after {IDLE_TIMEOUT:g} s; measured",
+        ),
+        row("VmRSS after start", _mib(before["VmRSS"]), _rss_parts(before)),
+        row(f"VmRSS with {keys:,} keys", _mib(after["VmRSS"]), _rss_parts(after)),
+        row("peak VmRSS (VmHWM)", _mib(after.get("VmHWM", 0))),
+        row("bytes per key: VmRSS / keys", f"{per_key:,.0f}"),
+        row("bytes per key: growth since start / keys", f"{growth:,.0f}"),
+    ]
+    figures: dict[str, Any] = {
+        "write_seconds": load.seconds,
+        "writes_per_s": load.ops_per_s,
+        "idle_after_writes_s": idle_after,
+        "before_bytes": before,
+        "after_bytes": after,
+        "rss_bytes_per_key": per_key,
+        "rss_growth_bytes_per_key": growth,
+    }
+    params = {
+        "keys": keys,
+        "value_bytes": args.value_bytes,
+        "connections": args.connections,
+        "window": args.window,
+        "sample": args.sample,
+        "durability": durability,
+    }
+    targets = [
+        Target(f"resident bytes per mv key at {keys:,} keys", per_key, MEMORY_PER_KEY_LIMIT, "B")
+    ]
+    return Report("memory", params, figures, lines, targets)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MiB"
+
+
+def _rss_parts(memory: dict[str, int]) -> str:
+    if "RssAnon" not in memory or "RssFile" not in memory:
+        return ""
+    return f"anonymous {_mib(memory['RssAnon'])}, file-backed {_mib(memory['RssFile'])}"
 
 
 # -- resp ----------------------------------------------------------------------------------------
@@ -2098,8 +2570,13 @@ def _add_throughput(commands: argparse._SubParsersAction, common: argparse.Argum
         description="Start one node and keep CONNECTIONS x IN_FLIGHT pre-encoded requests "
         "of the op mix in flight for SECONDS; report ops/s, p50/p99/p999 latency and "
         "error replies (any error fails the run). --both measures a durable node, then a "
-        "fresh in-memory one, and holds mv_write to durable >= 0.8x in memory. The client "
-        "runs in the benchmark's own process, on the same CPUs as the node.",
+        "fresh in-memory one, and holds mv_write to durable >= 0.8x in memory. --floor "
+        "runs the same load against a bare uvloop + orjson server too, alternately with "
+        "the node, and reports node / floor, holding a durable node to mv_write >= 0.40x "
+        "and mv_read >= 0.50x the floor, p99 <= 10 ms and no errors. --depths sweeps the "
+        "requests in flight per connection (targets are judged at IN_FLIGHT only) and "
+        "--chart draws the sweep. The client runs in the benchmark's own process, on the "
+        "same CPUs as the node.",
     )
     throughput.add_argument(
         "--connections", type=_at_least(1), default=16, metavar="C", help="(default: 16)"
@@ -2132,8 +2609,43 @@ def _add_throughput(commands: argparse._SubParsersAction, common: argparse.Argum
     storage.add_argument(
         "--both", action="store_true", help="durable, then in memory on a fresh node"
     )
-    _single_node_options(throughput, 300.0)
-    throughput.set_defaults(run=run_throughput)
+    throughput.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run the load against the floor, a bare uvloop + orjson server "
+        "(scripts/bench_floor.py), floor and node alternately, and report node / floor",
+    )
+    throughput.add_argument(
+        "--rounds",
+        type=_at_least(1),
+        metavar="R",
+        help="timed runs per depth (default: 2 with --floor, each a floor run then a node "
+        "run; 1 without)",
+    )
+    throughput.add_argument(
+        "--depths",
+        type=parse_depths,
+        metavar="P,P,...",
+        help="a sweep: measure at each of these requests in flight per connection, e.g. "
+        "1,4,16,64, instead of at IN_FLIGHT alone (targets are judged at IN_FLIGHT)",
+    )
+    throughput.add_argument(
+        "--chart",
+        metavar="FILE.png",
+        help="draw ops/s and p99 latency against the depth into FILE.png (needs matplotlib: "
+        f"{PLOT_INSTALL})",
+    )
+    _single_node_options(throughput, 600.0)
+    throughput.set_defaults(run=run_throughput, check=_check_throughput)
+
+
+def _check_throughput(args: argparse.Namespace) -> str | None:
+    """What the options cannot express: a usage error before anything starts, or None."""
+    if args.floor and args.both:
+        return "--floor compares one node with the floor: give --durable or --memory, not --both"
+    if args.chart and find_spec("matplotlib") is None:
+        return f"--chart needs matplotlib, which is not installed: {PLOT_INSTALL}"
+    return None
 
 
 def _add_restart(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -2144,30 +2656,53 @@ def _add_restart(commands: argparse._SubParsersAction, common: argparse.Argument
         "again and measure the time from the process start to a correct mv_read (target: "
         "under 10 s for 1,000,000 keys); then every sampled key must read back its value.",
     )
-    restart.add_argument("--keys", type=_at_least(1), default=1_000_000, help="(default: 1000000)")
-    restart.add_argument(
+    _fill_options(restart, "random keys read back after the restart")
+    _single_node_options(restart, 900.0)
+    restart.set_defaults(run=run_restart)
+
+
+def _fill_options(parser: argparse.ArgumentParser, sample_help: str) -> None:
+    """What a subcommand that writes N keys and reads a sample back shares."""
+    parser.add_argument("--keys", type=_at_least(1), default=1_000_000, help="(default: 1000000)")
+    parser.add_argument(
         "--connections",
         type=_at_least(1),
         default=8,
         metavar="N",
         help="client connections writing the keys (default: 8)",
     )
-    restart.add_argument(
+    parser.add_argument(
         "--window",
         type=_at_least(1),
         default=64,
         metavar="N",
         help="writes in flight per connection (default: 64)",
     )
-    restart.add_argument(
+    parser.add_argument(
         "--sample",
         type=_at_least(1),
         default=1000,
         metavar="N",
-        help="random keys read back after the restart (default: 1000)",
+        help=f"{sample_help} (default: 1000)",
     )
-    _single_node_options(restart, 900.0)
-    restart.set_defaults(run=run_restart)
+
+
+def _add_memory(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    memory = commands.add_parser(
+        "memory",
+        help="fill one node with N mv keys: its resident memory per key",
+        description="Start one node (durable unless --memory), read its resident memory "
+        "(VmRSS of /proc/PID/status) once it is idle, write KEYS mv keys, wait until it is "
+        "idle again and read VmRSS again; report bytes per key, as VmRSS / KEYS (target: "
+        "at most 400 at 1,000,000 keys with small values) and as the growth / KEYS, and "
+        "the write rate. Every sampled key must read back its value.",
+    )
+    _fill_options(memory, "random keys read back after the writes")
+    memory.add_argument(
+        "--memory", action="store_true", help="the node runs with --memory (default: durable)"
+    )
+    _single_node_options(memory, 900.0)
+    memory.set_defaults(run=run_memory)
 
 
 def _add_resp(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -2216,7 +2751,7 @@ def _add_resp(commands: argparse._SubParsersAction, common: argparse.ArgumentPar
     resp.set_defaults(run=run_resp, nodes=1, gossip_interval_ms=200, resp=True)
 
 
-SUBCOMMANDS = (_add_converge, _add_throughput, _add_restart, _add_resp)
+SUBCOMMANDS = (_add_converge, _add_throughput, _add_restart, _add_memory, _add_resp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -2264,7 +2799,11 @@ async def _run(args: argparse.Namespace, children: Children, directory: Path) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = args.check(args) if hasattr(args, "check") else None
+    if problem:
+        parser.error(problem)
     if find_spec("replica") is None:
         print(f"{sys.executable} cannot import replica; use .venv/bin/python", file=sys.stderr)
         return EXIT_FAILED
