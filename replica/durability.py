@@ -4,31 +4,25 @@ Making a write durable costs a sync of the store's commit log (see
 `replica.storage`), and a sync costs about as much for one key as for a few
 hundred, so committing every write on its own would cap a node at a few
 thousand writes a second.  Instead the node applies writes in memory, notes
-which keys changed, and commits them together, once per turn of the event
-loop.  States are encoded when their commit starts, so a key written ten
-times in one turn is stored once.
+which keys changed, and commits them together: the first change of a loop
+turn schedules a commit, a worker thread runs it (the loop goes on serving
+while the disk syncs), and whatever changes while it runs goes into the next
+one.  States are encoded on the loop when their commit starts (encoding holds
+the interpreter wherever it runs), so a key written ten times between two
+commits is stored once.
 
-In "sync" mode (the default) the commit runs on the event loop itself, at
-the end of the turn whose requests changed the keys: the transports have
-handled every chunk that turn read, the commit appends and syncs them all in
-one write, and the replies the transports held go out at once.  This is what
-Redis does with `appendfsync always`.  The loop waits for the disk (about
-0.1-0.3 ms per commit here), but nothing else does: handing each commit to a
-worker thread instead cost more than the wait, because the worker must take
-the interpreter back from a busy loop before it can report, and every reply
-waited for that hand-off (measured: 39-53k mv_write/s threaded against
-62-69k inline, same load).  A disk that syncs slowly therefore slows every
-request of a durable node, reads included.
+Running the commit on the loop itself, as Redis does with `appendfsync
+always`, measured the same under load (16 x 16 mv_write: 52-76k ops/s
+inline against 61-76k threaded, alternating runs), so the worker stays: with
+it a slow disk delays only the replies that wait for it, not every read.
 
-A transport asks `barrier()` after handling a chunk of input and, when it
-gets a future, holds that chunk's replies until the future is resolved,
-registering with `after_commit` to be called right after the commit: nothing
-is acknowledged, to a client or to a peer's merge, before it is on disk.
-
-In "async" mode replies go out at once, and a worker thread commits every
+In "sync" mode a transport asks `barrier()` after handling a chunk of input
+and, when it gets a future, holds that chunk's replies until the future is
+resolved, registering with `after_commit` to be called right after the
+commit: nothing is acknowledged, to a client or to a peer's merge, before it
+is on disk.  In "async" mode replies go out at once and commits run every
 `flush_interval_ms`, so a crash can lose that window of acknowledged writes
-(Redis's `appendfsync everysec` makes the same trade) but the loop never
-waits for the disk.
+(Redis's `appendfsync everysec` makes the same trade).
 
 A commit that fails (a full disk, or a store whose checkpoints fail) fails
 every barrier waiting on it, so their replies become errors; the keys stay
@@ -85,7 +79,7 @@ class Durability:
         self._after_commit: dict[Callable[[], None], None] = {}
         self._committing: asyncio.Future[Any] | None = None  # async mode's worker commit
         self._scheduled: asyncio.Handle | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.commits = 0
         self.keys_committed = 0
         self.failures = 0
@@ -108,11 +102,10 @@ class Durability:
     def _schedule(self, delay: float) -> None:
         if self._closed or self._scheduled is not None or self._committing is not None:
             return  # a commit is on its way, and it (or the one after it) takes what is dirty
-        commit = self._commit_now if self.mode == SYNC else self._start_commit
         if delay:
-            self._scheduled = self.loop.call_later(delay, commit)
+            self._scheduled = self.loop.call_later(delay, self._start_commit)
         else:
-            self._scheduled = self.loop.call_soon(commit)
+            self._scheduled = self.loop.call_soon(self._start_commit)
 
     def barrier(self) -> asyncio.Future[None] | None:
         """None when every change so far is durable; else a future resolved once it is.
@@ -149,8 +142,7 @@ class Durability:
         return refs, self._changes
 
     def _commit_now(self) -> None:
-        """Sync mode: encode, append and sync on the loop, then release what waited."""
-        self._scheduled = None
+        """Encode, append and sync on the loop, then release what waited (at close)."""
         if not self._dirty:
             return
         refs, upto = self._take_dirty()
@@ -162,7 +154,7 @@ class Durability:
             self._committed(refs, upto, None)
 
     def _start_commit(self) -> None:
-        """Async mode: encode on the loop, hand the batch to the worker thread."""
+        """Encode on the loop, hand the batch to the worker thread."""
         self._scheduled = None
         if self._committing is not None or not self._dirty:
             return
@@ -174,10 +166,6 @@ class Durability:
             commit = self.loop.create_future()
             commit.set_exception(exc)
         else:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="commit"
-                )
             commit = self.loop.run_in_executor(self._executor, self._write, records, removed)
         self._committing = commit
 
@@ -245,8 +233,7 @@ class Durability:
         self._commit_now()
         if self.failures > before:
             log.error("closing with %d keys not durable", len(self._dirty))
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True)
         self.store.close()
 
 

@@ -62,17 +62,6 @@ async def test_a_barrier_resolves_once_the_change_is_stored() -> None:
     await barrier
     assert (LWW, "k") in store.records
     assert durability.barrier() is None
-    assert store.threads == {threading.current_thread().name}  # sync mode commits on the loop
-    await durability.close()
-
-
-async def test_async_mode_commits_on_a_worker_thread() -> None:
-    ks, store = keyspaces(), SlowStore(delay=0)
-    durability = Durability(ks, store, mode="async", flush_interval_ms=1)
-    ks.lww_write("k", "v", 1)
-    barrier = durability.barrier()
-    assert barrier is not None
-    await barrier
     assert store.threads and threading.current_thread().name not in store.threads
     await durability.close()
 
@@ -105,7 +94,7 @@ async def test_changes_of_one_turn_are_one_commit() -> None:
 
 async def test_changes_during_a_commit_gather_for_the_next_one() -> None:
     ks, store = keyspaces(), SlowStore(delay=0.01)
-    durability = Durability(ks, store, mode="async", flush_interval_ms=1)
+    durability = Durability(ks, store)
     barriers = []
     for i in range(300):  # one write per loop turn, while commits take 10 ms each
         ks.kv_put(f"k{i}", i, (1,))
