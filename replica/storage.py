@@ -16,12 +16,14 @@ millisecond, and LMDB is written behind the log by checkpoints.  A checkpoint
 runs on a thread of its own every few seconds, or once the log's current
 segment is large: it moves appends to a new segment, writes the latest state
 of every key of the closed segments to LMDB in one synced transaction, and
-deletes them.  Commits never wait for it.  The store remembers the latest
-record of each key since the last checkpoint, so a key written a thousand
-times between two checkpoints is written to LMDB once, and a checkpoint never
-reads the log back.  LMDB still syncs each of its own commits: only
-checkpoints commit to it, and a checkpoint must be on disk before the segments
-it covers are deleted, so not syncing would save nothing.  While checkpoints
+deletes them.  Commits never wait for it.  A checkpoint reads the segments
+it seals back (just written, they come from the page cache) and keeps the
+latest record of each key, so a key written a thousand times between two
+checkpoints is written to LMDB once, and the node holds no copy of what it
+logged: keeping one cost about 100 bytes per recently written key.  LMDB
+still syncs each of its own commits: only checkpoints commit to it, and a
+checkpoint must be on disk before the segments it covers are deleted, so not
+syncing would save nothing.  While checkpoints
 fail, commits are refused too (see `CheckpointFailed`).
 
 LMDB rather than the log alone, because it bounds the log and keeps loading a
@@ -33,12 +35,13 @@ checkpoint are deleted, not replayed.  A clean close checkpoints everything, so
 the next start replays nothing.
 
 Every stored value starts with a type tag and a format version byte, then the
-state's wire form as JSON, so a later format can still read what an older
-one wrote.  A record that cannot be decoded, or a data dir that is not ours,
-raises `StorageError` instead of being skipped: starting with part of the data
-would look like success and silently lose acknowledged writes.  For the same
-reason a data dir is locked while a store has it open: two processes
-appending to one log would each overwrite the other's records.
+state as JSON (the wire form, or for MV registers a compact one), so a later
+format can still read what an older one wrote.  A record that cannot be
+decoded, or a data dir that is not ours, raises `StorageError` instead of
+being skipped: starting with part of the data would look like success and
+silently lose acknowledged writes.  For the same reason a data dir is locked
+while a store has it open: two processes appending to one log would each
+overwrite the other's records.
 
 Each incarnation of a data dir has an actor id, made when the store is
 created empty.  MV dots carry it instead of the bare node id, so a node whose
@@ -67,6 +70,7 @@ from replica.commit_log import (
     Segment,
     frame,
     list_segments,
+    parse,
     read_segment,
     remove_segments,
     segment_name,
@@ -314,15 +318,6 @@ class KeyChanges:
         if self.removals[keyspace]:
             self.removals[keyspace].discard(db_key)
 
-    def put_all(self, items: list[tuple[str, bytes, bytes]]) -> None:
-        """`put` of every item, without a call per item: a commit's hot loop."""
-        puts = self.puts
-        for keyspace, db_key, data in items:
-            puts[keyspace][db_key] = data
-        if any(self.removals.values()):
-            for keyspace, db_key, _ in items:
-                self.removals[keyspace].discard(db_key)
-
     def remove(self, keyspace: str, db_key: bytes) -> None:
         self.puts[keyspace].pop(db_key, None)
         self.removals[keyspace].add(db_key)
@@ -373,7 +368,6 @@ class LmdbStore:
         self._append_lock = threading.Lock()  # the current segment and what it holds
         self._checkpoint_lock = threading.Lock()  # one checkpoint at a time
         self._segment: Segment | None = None
-        self._fresh = KeyChanges()  # what the current segment holds
         self._sealed = KeyChanges()  # what the closed segments hold
         self._sealed_seqs: list[int] = []
         self._failure: str | None = None
@@ -448,7 +442,7 @@ class LmdbStore:
             started, records = time.perf_counter(), 0
             for seq in live:
                 payloads = read_segment(self.path / segment_name(seq))
-                self._replay(payloads)
+                self._replay(payloads, self._sealed)
                 records += len(payloads)
             if records:
                 elapsed_ms = (time.perf_counter() - started) * 1000
@@ -467,8 +461,8 @@ class LmdbStore:
                 f"cannot read the log in data dir {self.path}: {exc.strerror or exc}"
             ) from None
 
-    def _replay(self, payloads: list[bytes]) -> None:
-        changes, max_key = self._sealed, self._max_key
+    def _replay(self, payloads: list[bytes], changes: KeyChanges) -> None:
+        max_key = self._max_key
         for data in payloads:
             keyspace, raw = log_record_key(data)
             db_key = raw if len(raw) <= max_key else self._db_key_of(raw)
@@ -484,7 +478,9 @@ class LmdbStore:
         with self._checkpoint_lock, self._append_lock:
             logged = KeyChanges()
             logged.absorb(self._sealed)
-            logged.absorb(self._fresh)
+            if self._segment is not None and self._segment.size:
+                current = self._segment.path.read_bytes()[: self._segment.size]
+                self._replay(parse(current)[0], logged)
             txn = self.env.begin()  # LMDB as of the last checkpoint: the log holds the rest
         with txn:
             for keyspace, db in self._dbs.items():
@@ -496,14 +492,12 @@ class LmdbStore:
 
     def store_batch(self, items: list[Record]) -> None:
         """Append the records to the log and sync it: durable now, in LMDB after a checkpoint."""
-        puts = [(keyspace, self._db_key(key), data) for keyspace, key, data in items]
-        self._append(frame([data for _, _, data in items]), puts, [])
+        self._append(frame([data for _, _, data in items]))
 
     def remove(self, keys: Iterable[KeyRef]) -> None:
-        refs = list(keys)
-        if refs:
-            removals = [(keyspace, self._db_key(key)) for keyspace, key in refs]
-            self._append(frame([encode_removal(ks, key) for ks, key in refs]), [], removals)
+        removals = [encode_removal(keyspace, key) for keyspace, key in keys]
+        if removals:
+            self._append(frame(removals))
 
     def get_meta(self, name: str) -> bytes | None:
         with self.env.begin() as txn:
@@ -538,12 +532,14 @@ class LmdbStore:
 
     # -- commits -----------------------------------------------------------------------------
 
-    def _append(
-        self,
-        data: bytes,
-        puts: list[tuple[str, bytes, bytes]],
-        removals: list[tuple[str, bytes]],
-    ) -> None:
+    def _append(self, data: bytes) -> None:
+        """One batch of framed records to the current segment, synced.
+
+        Nothing about the records is kept in memory: a checkpoint reads the
+        segments it seals back from disk (just written, so from the page
+        cache), which keeps a node's memory from growing with every key it
+        wrote since the last checkpoint.
+        """
         if self._failure is not None:
             raise CheckpointFailed(f"checkpoints are failing: {self._failure}")
         with self._append_lock:
@@ -557,9 +553,6 @@ class LmdbStore:
             except BaseException:
                 self._wake.set()  # the checkpointer moves appends to a new segment
                 raise
-            self._fresh.put_all(puts)
-            for keyspace, db_key in removals:
-                self._fresh.remove(keyspace, db_key)
             full = segment.size >= self._segment_bytes
         self.commits += 1
         if full:
@@ -593,12 +586,8 @@ class LmdbStore:
             following = Segment.create(self.path, current.seq + 1, self._preallocate)
         with self._append_lock:
             self._segment = following
-            fresh, self._fresh = self._fresh, KeyChanges()
         current.close()
-        if self._sealed:
-            self._sealed.absorb(fresh)
-        else:
-            self._sealed = fresh
+        self._replay(read_segment(current.path), self._sealed)
         self._sealed_seqs.append(current.seq)
 
     def _write_sealed(self) -> None:
@@ -647,9 +636,6 @@ class LmdbStore:
         os.close(self._lock_fd)
 
     # -- keys --------------------------------------------------------------------------------
-
-    def _db_key(self, key: str) -> bytes:
-        return self._db_key_of(key.encode())
 
     def _db_key_of(self, raw: bytes) -> bytes:
         if len(raw) <= self._max_key:
