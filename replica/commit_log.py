@@ -41,7 +41,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 HEADER = struct.Struct("<II")
@@ -191,8 +191,27 @@ def read_segment(path: Path) -> list[bytes]:
 
 def parse(data: bytes) -> tuple[list[bytes], int]:
     """The whole, valid records at the start of `data`, and the offset where they end."""
-    payloads: list[bytes] = []
-    add, unpack, crc32 = payloads.append, HEADER.unpack_from, zlib.crc32
+    end = [0]
+    return list(_records(data, end)), end[0]
+
+
+def iter_segment(path: Path) -> Iterator[bytes]:
+    """The payloads of a sealed segment one at a time, so they are never all held at once.
+
+    After the last valid record, raises `CorruptLog` when a damaged record has
+    a valid one after it (as `read_segment` does); a torn tail just ends it.
+    """
+    data = path.read_bytes()
+    end = [0]
+    yield from _records(data, end)
+    written = written_end(data, end[0])
+    if written != end[0] and next_valid_record(data, end[0] + 1, written) is not None:
+        raise CorruptLog(f"log segment {path.name} has a damaged record at byte {end[0]}")
+
+
+def _records(data: bytes, end: list[int]) -> Iterator[bytes]:
+    """The whole, valid records at the start of `data`; `end[0]` follows where they end."""
+    unpack, crc32 = HEADER.unpack_from, zlib.crc32
     pos, size, head = 0, len(data), HEADER.size
     while pos + head <= size:
         length, crc = unpack(data, pos)
@@ -202,9 +221,8 @@ def parse(data: bytes) -> tuple[list[bytes], int]:
         payload = data[pos + head : stop]
         if crc32(payload) != crc:
             break
-        add(payload)
-        pos = stop
-    return payloads, pos
+        pos = end[0] = stop
+        yield payload
 
 
 def written_end(data: bytes, start: int) -> int:

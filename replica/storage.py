@@ -17,10 +17,11 @@ runs on a thread of its own every few seconds, or once the log's current
 segment is large: it moves appends to a new segment, writes the latest state
 of every key of the closed segments to LMDB in one synced transaction, and
 deletes them.  Commits never wait for it.  A checkpoint reads the segments
-it seals back (just written, they come from the page cache) and keeps the
-latest record of each key, so a key written a thousand times between two
-checkpoints is written to LMDB once, and the node holds no copy of what it
-logged: keeping one cost about 100 bytes per recently written key.  LMDB
+it seals back (just written, they come from the page cache) and puts their
+records into LMDB in log order, one at a time, within the one transaction,
+so the latest record of a key is the one that stays; the node holds no copy
+of what it logged (keeping the latest record per key in memory cost about
+100 bytes per recently written key, and its transient peak more).  LMDB
 still syncs each of its own commits: only checkpoints commit to it, and a
 checkpoint must be on disk before the segments it covers are deleted, so not
 syncing would save nothing.  While checkpoints
@@ -53,7 +54,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import itertools
 import logging
 import os
 import secrets
@@ -69,6 +69,7 @@ from replica.commit_log import (
     CorruptLog,
     Segment,
     frame,
+    iter_segment,
     list_segments,
     parse,
     read_segment,
@@ -138,8 +139,6 @@ LMDB_FILES = {"data.mdb", "lock.mdb"}
 LOCK_FILE = "replica.lock"
 SEGMENT_BYTES = 32 << 20
 CHECKPOINT_INTERVAL_S = 5.0
-PUT_CHUNK = 1024
-"""Records per `putmulti` call: the call holds the interpreter, so it is kept short."""
 
 KeyRef = tuple[str, str]
 Record = tuple[str, str, bytes]
@@ -300,8 +299,8 @@ class KeyChanges:
     """The latest record of each key changed since some point, keyed as LMDB keys them.
 
     A state replaces an earlier state or removal of its key, and a removal an
-    earlier state: keeping only the latest is what lets a checkpoint write each
-    key once, and recovery decode each key once.
+    earlier state: keeping only the latest is what lets recovery decode each
+    key once.  It is built only while loading; checkpoints stream the log.
     """
 
     __slots__ = ("puts", "removals")
@@ -321,15 +320,6 @@ class KeyChanges:
     def remove(self, keyspace: str, db_key: bytes) -> None:
         self.puts[keyspace].pop(db_key, None)
         self.removals[keyspace].add(db_key)
-
-    def absorb(self, newer: KeyChanges) -> None:
-        """Take every change of `newer` over this one's."""
-        for keyspace in KEYSPACES:
-            for db_key in newer.removals[keyspace]:
-                self.remove(keyspace, db_key)
-            if self.removals[keyspace]:
-                self.removals[keyspace].difference_update(newer.puts[keyspace])
-            self.puts[keyspace].update(newer.puts[keyspace])
 
     def shadowed(self, keyspace: str) -> set[bytes]:
         """The keys whose LMDB record is out of date."""
@@ -368,7 +358,6 @@ class LmdbStore:
         self._append_lock = threading.Lock()  # the current segment and what it holds
         self._checkpoint_lock = threading.Lock()  # one checkpoint at a time
         self._segment: Segment | None = None
-        self._sealed = KeyChanges()  # what the closed segments hold
         self._sealed_seqs: list[int] = []
         self._failure: str | None = None
         self._wake = threading.Event()
@@ -440,10 +429,8 @@ class LmdbStore:
             remove_segments(self.path, (seq for seq in seqs if seq <= done))
             live = [seq for seq in seqs if seq > done]
             started, records = time.perf_counter(), 0
-            for seq in live:
-                payloads = read_segment(self.path / segment_name(seq))
-                self._replay(payloads, self._sealed)
-                records += len(payloads)
+            for seq in live:  # cuts a torn tail off, refuses a damaged log
+                records += len(read_segment(self.path / segment_name(seq)))
             if records:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 log.info(
@@ -477,7 +464,8 @@ class LmdbStore:
         """LMDB's records the log has not replaced, then the latest record of each logged key."""
         with self._checkpoint_lock, self._append_lock:
             logged = KeyChanges()
-            logged.absorb(self._sealed)
+            for seq in self._sealed_seqs:
+                self._replay(read_segment(self.path / segment_name(seq)), logged)
             if self._segment is not None and self._segment.size:
                 current = self._segment.path.read_bytes()[: self._segment.size]
                 self._replay(parse(current)[0], logged)
@@ -587,20 +575,28 @@ class LmdbStore:
         with self._append_lock:
             self._segment = following
         current.close()
-        self._replay(read_segment(current.path), self._sealed)
         self._sealed_seqs.append(current.seq)
 
     def _write_sealed(self) -> None:
-        """One synced LMDB transaction for every closed segment, which then go."""
-        sealed, newest = self._sealed, self._sealed_seqs[-1]
-        if sealed:
-            with self.env.begin(write=True) as txn:
-                for keyspace, db in self._dbs.items():
-                    _write_changes(txn, db, sealed.puts[keyspace], sealed.removals[keyspace])
-                txn.put(CHECKPOINT_KEY, str(newest).encode(), db=self._meta)
-            self.checkpoints += 1
+        """One synced LMDB transaction for every closed segment, which then go.
+
+        Records go to LMDB in log order, so the latest of a key is the one
+        that stays, read from the segment files one at a time.
+        """
+        dbs, max_key = self._dbs, self._max_key
+        with self.env.begin(write=True) as txn:
+            for seq in self._sealed_seqs:
+                for data in iter_segment(self.path / segment_name(seq)):
+                    keyspace, raw = log_record_key(data)
+                    db_key = raw if len(raw) <= max_key else self._db_key_of(raw)
+                    if data[0] == REMOVAL_TAG:
+                        txn.delete(db_key, db=dbs[keyspace])
+                    else:
+                        txn.put(db_key, data, db=dbs[keyspace])
+            txn.put(CHECKPOINT_KEY, str(self._sealed_seqs[-1]).encode(), db=self._meta)
+        self.checkpoints += 1
         remove_segments(self.path, self._sealed_seqs)
-        self._sealed, self._sealed_seqs = KeyChanges(), []
+        self._sealed_seqs = []
 
     def _start_checkpointer(self) -> None:
         thread = threading.Thread(target=self._checkpoint_forever, name="checkpoint", daemon=True)
@@ -657,15 +653,6 @@ def _load_database(
         if db_key not in shadowed:
             key, state = decode_state(keyspace, data, trusted=True)
             yield keyspace, key, state
-
-
-def _write_changes(txn: Any, db: Any, puts: dict[bytes, bytes], removals: set[bytes]) -> None:
-    items = iter(puts.items())  # nothing changes a closed segment's records while this runs
-    cursor = txn.cursor(db=db)
-    while chunk := list(itertools.islice(items, PUT_CHUNK)):
-        cursor.putmulti(chunk)
-    for db_key in removals:
-        txn.delete(db_key, db=db)
 
 
 def _check_dir(path: Path) -> bool:
