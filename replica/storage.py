@@ -17,10 +17,11 @@ runs on a thread of its own every few seconds, or once the log's current
 segment is large: it moves appends to a new segment, writes the latest state
 of every key of the closed segments to LMDB in one synced transaction, and
 deletes them.  Commits never wait for it.  A checkpoint reads the segments
-it seals back (just written, they come from the page cache) and writes only
-the latest record of each key, so a key written a thousand times between two
-checkpoints is written to LMDB once; between checkpoints the node holds no
-copy of what it logged, and commits do no bookkeeping for it.  LMDB
+it seals back (just written, they come from the page cache) and puts their
+records into LMDB in log order, one at a time, within the one transaction,
+so the latest record of a key is the one that stays; the node holds no copy
+of what it logged (keeping the latest record per key in memory cost about
+100 bytes per recently written key, and its transient peak more).  LMDB
 still syncs each of its own commits: only checkpoints commit to it, and a
 checkpoint must be on disk before the segments it covers are deleted, so not
 syncing would save nothing.  While checkpoints
@@ -53,7 +54,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import itertools
 import logging
 import os
 import secrets
@@ -139,8 +139,6 @@ LMDB_FILES = {"data.mdb", "lock.mdb"}
 LOCK_FILE = "replica.lock"
 SEGMENT_BYTES = 32 << 20
 CHECKPOINT_INTERVAL_S = 5.0
-PUT_CHUNK = 1024
-"""Records per `putmulti` call: the call holds the interpreter, so it is kept short."""
 
 KeyRef = tuple[str, str]
 Record = tuple[str, str, bytes]
@@ -301,9 +299,8 @@ class KeyChanges:
     """The latest record of each key changed since some point, keyed as LMDB keys them.
 
     A state replaces an earlier state or removal of its key, and a removal an
-    earlier state: keeping only the latest is what lets a checkpoint write each
-    key once, and recovery decode each key once.  It lives only while one of
-    them runs.
+    earlier state: keeping only the latest is what lets recovery decode each
+    key once.  It is built only while loading; checkpoints stream the log.
     """
 
     __slots__ = ("puts", "removals")
@@ -451,7 +448,7 @@ class LmdbStore:
                 f"cannot read the log in data dir {self.path}: {exc.strerror or exc}"
             ) from None
 
-    def _replay(self, payloads: Iterable[bytes], changes: KeyChanges) -> None:
+    def _replay(self, payloads: list[bytes], changes: KeyChanges) -> None:
         max_key = self._max_key
         for data in payloads:
             keyspace, raw = log_record_key(data)
@@ -583,16 +580,19 @@ class LmdbStore:
     def _write_sealed(self) -> None:
         """One synced LMDB transaction for every closed segment, which then go.
 
-        The segments are read back from disk and only the latest record of
-        each key is written: with a hundred thousand keys each written a few
-        times between checkpoints, that is a third of the puts.
+        Records go to LMDB in log order, so the latest of a key is the one
+        that stays, read from the segment files one at a time.
         """
-        changes = KeyChanges()
-        for seq in self._sealed_seqs:
-            self._replay(iter_segment(self.path / segment_name(seq)), changes)
+        dbs, max_key = self._dbs, self._max_key
         with self.env.begin(write=True) as txn:
-            for keyspace, db in self._dbs.items():
-                _write_changes(txn, db, changes.puts[keyspace], changes.removals[keyspace])
+            for seq in self._sealed_seqs:
+                for data in iter_segment(self.path / segment_name(seq)):
+                    keyspace, raw = log_record_key(data)
+                    db_key = raw if len(raw) <= max_key else self._db_key_of(raw)
+                    if data[0] == REMOVAL_TAG:
+                        txn.delete(db_key, db=dbs[keyspace])
+                    else:
+                        txn.put(db_key, data, db=dbs[keyspace])
             txn.put(CHECKPOINT_KEY, str(self._sealed_seqs[-1]).encode(), db=self._meta)
         self.checkpoints += 1
         remove_segments(self.path, self._sealed_seqs)
@@ -653,15 +653,6 @@ def _load_database(
         if db_key not in shadowed:
             key, state = decode_state(keyspace, data, trusted=True)
             yield keyspace, key, state
-
-
-def _write_changes(txn: Any, db: Any, puts: dict[bytes, bytes], removals: set[bytes]) -> None:
-    items = iter(puts.items())
-    cursor = txn.cursor(db=db)
-    while chunk := list(itertools.islice(items, PUT_CHUNK)):
-        cursor.putmulti(chunk)
-    for db_key in removals:
-        txn.delete(db_key, db=db)
 
 
 def _check_dir(path: Path) -> bool:
