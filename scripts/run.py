@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -39,7 +40,17 @@ def ensure_environment() -> None:
 
 
 def run(argv: list[str]) -> int:
-    return subprocess.call(argv, cwd=ROOT)
+    """Run `argv` to its end; Ctrl-C is passed on to it and waited for, never cut short.
+
+    `subprocess.call` would kill the child a quarter second after Ctrl-C,
+    before a cluster has stopped its nodes, and print a traceback.
+    """
+    process = subprocess.Popen(argv, cwd=ROOT)
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGINT)  # a terminal sent it the same; once more is harmless
 
 
 def main() -> int:
