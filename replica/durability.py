@@ -77,7 +77,7 @@ class Durability:
         self._durable = 0  # changes the last successful commit covered
         self._waiters: collections.deque[list[Any]] = collections.deque()  # [target, future]
         self._after_commit: dict[Callable[[], None], None] = {}
-        self._committing: asyncio.Future[Any] | None = None  # async mode's worker commit
+        self._committing: asyncio.Future[Any] | None = None  # the commit on the worker thread
         self._scheduled: asyncio.Handle | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.commits = 0
