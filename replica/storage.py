@@ -69,7 +69,6 @@ from replica.commit_log import (
     CorruptLog,
     Segment,
     frame,
-    iter_segment,
     list_segments,
     parse,
     read_segment,
@@ -354,6 +353,8 @@ class LmdbStore:
         self.checkpoints = 0
         self._segment_bytes = segment_bytes
         self._interval = checkpoint_interval_s
+        self._map_size = map_size
+        self._writer: Any = None  # the checkpointer process's handle, from the first checkpoint
         self._preallocate = segment_bytes if preallocate else 0
         self._append_lock = threading.Lock()  # the current segment and what it holds
         self._checkpoint_lock = threading.Lock()  # one checkpoint at a time
@@ -580,20 +581,14 @@ class LmdbStore:
     def _write_sealed(self) -> None:
         """One synced LMDB transaction for every closed segment, which then go.
 
-        Records go to LMDB in log order, so the latest of a key is the one
-        that stays, read from the segment files one at a time.
+        The checkpointer process writes them (see `replica.checkpointer`), so
+        the node's interpreter does none of the per-record work.
         """
-        dbs, max_key = self._dbs, self._max_key
-        with self.env.begin(write=True) as txn:
-            for seq in self._sealed_seqs:
-                for data in iter_segment(self.path / segment_name(seq)):
-                    keyspace, raw = log_record_key(data)
-                    db_key = raw if len(raw) <= max_key else self._db_key_of(raw)
-                    if data[0] == REMOVAL_TAG:
-                        txn.delete(db_key, db=dbs[keyspace])
-                    else:
-                        txn.put(db_key, data, db=dbs[keyspace])
-            txn.put(CHECKPOINT_KEY, str(self._sealed_seqs[-1]).encode(), db=self._meta)
+        if self._writer is None:
+            from replica.checkpointer import Checkpointer
+
+            self._writer = Checkpointer(self.path, self._map_size)
+        self._writer.checkpoint(self._sealed_seqs)
         self.checkpoints += 1
         remove_segments(self.path, self._sealed_seqs)
         self._sealed_seqs = []
@@ -623,6 +618,8 @@ class LmdbStore:
             self._checkpointer.join()
 
     def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         with self._append_lock:
             segment, self._segment = self._segment, None
         if segment is not None:
@@ -634,10 +631,15 @@ class LmdbStore:
     # -- keys --------------------------------------------------------------------------------
 
     def _db_key_of(self, raw: bytes) -> bytes:
-        if len(raw) <= self._max_key:
-            return raw
-        # 0xff never occurs in UTF-8, so hashed keys cannot collide with plain ones
-        return b"\xff" + hashlib.blake2b(raw, digest_size=32).digest()
+        return db_key_of(raw, self._max_key)
+
+
+def db_key_of(raw: bytes, max_key: int) -> bytes:
+    """The LMDB key of a key's UTF-8: itself, or its hash when LMDB would refuse its length."""
+    if len(raw) <= max_key:
+        return raw
+    # 0xff never occurs in UTF-8, so hashed keys cannot collide with plain ones
+    return b"\xff" + hashlib.blake2b(raw, digest_size=32).digest()
 
 
 def _load_database(

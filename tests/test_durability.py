@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import pytest
 
 from replica import durability as durability_module
@@ -18,7 +17,7 @@ from replica.crdt.mv_register import MVRegister
 from replica.durability import Durability, NotDurable
 from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
 from replica.node import Node
-from replica.storage import LmdbStore, MemoryStore, Record, open_store
+from replica.storage import CheckpointFailed, LmdbStore, MemoryStore, Record, open_store
 from replica.tcp import serve_tcp
 from tests.harness import LOOPBACK, JsonClient, NodeProcess, free_ports
 
@@ -511,7 +510,7 @@ async def test_a_full_lmdb_map_fails_commits_once_a_checkpoint_fails(tmp_path: P
     for i in range(2000):
         ks.lww_write(f"k{i}", "x" * 200, i + 1)
     await durability.barrier()  # type: ignore[misc]
-    with pytest.raises(lmdb.MapFullError):
+    with pytest.raises(CheckpointFailed, match="MapFullError"):  # in the checkpointer process
         store.checkpoint()
     ks.lww_write("late", "x", 1)
     barrier = durability.barrier()
@@ -524,3 +523,43 @@ async def test_a_full_lmdb_map_fails_commits_once_a_checkpoint_fails(tmp_path: P
         assert {key for _, key, _ in store.load_all()} == {f"k{i}" for i in range(2000)}
     finally:
         store.close()
+
+
+def checkpointer_pids(data_dir: Path) -> list[int]:
+    """The checkpointer processes working on `data_dir`, found by their command lines."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"replica.checkpointer" in argv and str(data_dir).encode() in argv:
+                pids.append(int(proc.name))
+    return pids
+
+
+async def test_the_checkpointer_goes_when_its_node_is_killed_and_nothing_is_lost(
+    scratch_dir: Path,
+) -> None:
+    (port,) = free_ports(1)
+    node = durable_node(scratch_dir, port)
+    data_dir = (scratch_dir / "data" / "n1").resolve()
+    try:
+        node.start().wait_ready()
+        acked = await pipelined_writes(node, 0, 200)
+        deadline = time.monotonic() + 20  # a checkpoint runs every 5 s
+        while not checkpointer_pids(data_dir) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        (pid,) = checkpointer_pids(data_dir)
+        acked += await pipelined_writes(node, 1000, 200)
+        node.kill()
+        deadline = time.monotonic() + 20
+        while pid in checkpointer_pids(data_dir) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert checkpointer_pids(data_dir) == [], "the checkpointer outlived its node"
+        node.start().wait_ready()
+        await assert_present(node, acked)
+    finally:
+        node.stop()
+    assert checkpointer_pids(data_dir) == []  # a clean stop ends it too
