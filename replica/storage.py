@@ -13,19 +13,18 @@ then the meta page: about 2.3 ms for a group of a hundred keys, whatever their
 size.  So a commit is made durable by appending it to a commit log
 (`replica.commit_log`) and syncing that one file, a few tenths of a
 millisecond, and LMDB is written behind the log by checkpoints.  A checkpoint
-runs on a thread of its own every few seconds, or once the log's current
-segment is large: it moves appends to a new segment, writes the latest state
-of every key of the closed segments to LMDB in one synced transaction, and
-deletes them.  Commits never wait for it.  A checkpoint reads the segments
-it seals back (just written, they come from the page cache) and puts their
-records into LMDB in log order, one at a time, within the one transaction,
-so the latest record of a key is the one that stays; the node holds no copy
-of what it logged (keeping the latest record per key in memory cost about
-100 bytes per recently written key, and its transient peak more).  LMDB
-still syncs each of its own commits: only checkpoints commit to it, and a
-checkpoint must be on disk before the segments it covers are deleted, so not
-syncing would save nothing.  While checkpoints
-fail, commits are refused too (see `CheckpointFailed`).
+thread of the store, every few seconds or once the log's current segment is
+large, moves appends to a new segment and has the checkpointer process
+(`replica.checkpointer`) write the records of the closed segments into LMDB
+in one synced transaction, in log order so that the latest record of a key
+is the one that stays; then it deletes them.  Commits never wait for it, and
+the per-record work runs outside the node's interpreter.  The node holds no
+copy of what it logged (keeping the latest record per key in memory cost
+about 100 bytes per recently written key).  LMDB still syncs each of its own
+commits: only checkpoints commit to it, and a checkpoint must be on disk
+before the segments it covers are deleted, so not syncing would save
+nothing.  While checkpoints fail, commits are refused too (see
+`CheckpointFailed`).
 
 LMDB rather than the log alone, because it bounds the log and keeps loading a
 scan of one B-tree, however long the node has run.  Recovery loads LMDB and
