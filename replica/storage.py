@@ -359,6 +359,7 @@ class LmdbStore:
         self._checkpoint_lock = threading.Lock()  # one checkpoint at a time
         self._segment: Segment | None = None
         self._sealed_seqs: list[int] = []
+        self._read_at_open: dict[int, list[bytes]] = {}  # live segments, until loaded
         self._failure: str | None = None
         self._wake = threading.Event()
         self._stopping = False
@@ -430,7 +431,8 @@ class LmdbStore:
             live = [seq for seq in seqs if seq > done]
             started, records = time.perf_counter(), 0
             for seq in live:  # cuts a torn tail off, refuses a damaged log
-                records += len(read_segment(self.path / segment_name(seq)))
+                self._read_at_open[seq] = read_segment(self.path / segment_name(seq))
+                records += len(self._read_at_open[seq])
             if records:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 log.info(
@@ -465,7 +467,10 @@ class LmdbStore:
         with self._checkpoint_lock, self._append_lock:
             logged = KeyChanges()
             for seq in self._sealed_seqs:
-                self._replay(read_segment(self.path / segment_name(seq)), logged)
+                payloads = self._read_at_open.pop(seq, None)  # read once at start, not twice
+                if payloads is None:
+                    payloads = read_segment(self.path / segment_name(seq))
+                self._replay(payloads, logged)
             if self._segment is not None and self._segment.size:
                 current = self._segment.path.read_bytes()[: self._segment.size]
                 self._replay(parse(current)[0], logged)
@@ -591,6 +596,7 @@ class LmdbStore:
         self.checkpoints += 1
         remove_segments(self.path, self._sealed_seqs)
         self._sealed_seqs = []
+        self._read_at_open.clear()
 
     def _start_checkpointer(self) -> None:
         thread = threading.Thread(target=self._checkpoint_forever, name="checkpoint", daemon=True)

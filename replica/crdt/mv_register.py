@@ -213,13 +213,10 @@ class MVRegister(tuple[Sibling, ...]):
 
         With one sibling its vclock is the context, and the reply shares the dict.
         """
-        siblings = self.siblings
-        if len(siblings) == 1:
-            only = siblings[0]
-            vclock = only.vclock()
-            value = {"value": only.value, "vclock": vclock, "dot": [only.node, only.counter]}
-            return [value], vclock
-        return [s.to_read() for s in siblings], self.context()
+        if len(self) == 1:
+            only = self[0].to_read()
+            return [only], only["vclock"]
+        return [s.to_read() for s in self], self.context()
 
     def write(
         self, node: str, value: Any, context: VersionVector | None
