@@ -127,15 +127,15 @@ async def _serve_until(
     if store is not None:
         try:
             _recover(node, store)
+            node.durability = Durability(  # starts the log writer
+                node.keyspaces,
+                store,
+                mode=config.durability,
+                flush_interval_ms=config.flush_interval_ms,
+            )
         except StorageError as exc:
             store.close()
             return _storage_error(exc)
-        node.durability = Durability(
-            node.keyspaces,
-            store,
-            mode=config.durability,
-            flush_interval_ms=config.flush_interval_ms,
-        )
     try:
         server = await serve_tcp(node, me.host, me.port)
     except OSError as exc:

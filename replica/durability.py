@@ -5,16 +5,13 @@ Making a write durable costs a sync of the store's commit log (see
 hundred, so committing every write on its own would cap a node at a few
 thousand writes a second.  Instead the node applies writes in memory, notes
 which keys changed, and commits them together: the first change of a loop
-turn schedules a commit, a worker thread runs it (the loop goes on serving
-while the disk syncs), and whatever changes while it runs goes into the next
-one.  States are encoded on the loop when their commit starts (encoding holds
-the interpreter wherever it runs), so a key written ten times between two
-commits is stored once.
-
-Running the commit on the loop itself, as Redis does with `appendfsync
-always`, measured the same under load (16 x 16 mv_write: 52-76k ops/s
-inline against 61-76k threaded, alternating runs), so the worker stays: with
-it a slow disk delays only the replies that wait for it, not every read.
+turn schedules a commit, which takes every key changed so far, encodes their
+states (on the loop: a key written ten times between two commits is stored
+once) and hands them to the store.  The store's log writer is a process of
+its own, so the loop goes on serving while the disk syncs, and the next
+commit need not wait for this one: up to `MAX_IN_FLIGHT` are on their way at
+once, and the writer appends whatever has arrived with one sync.  Results
+come back in order.
 
 In "sync" mode a transport asks `barrier()` after handling a chunk of input
 and, when it gets a future, holds that chunk's replies until the future is
@@ -26,30 +23,45 @@ is on disk.  In "async" mode replies go out at once and commits run every
 
 A commit that fails (a full disk, or a store whose checkpoints fail) fails
 every barrier waiting on it, so their replies become errors; the keys stay
-dirty and are retried.
+dirty and are retried.  Commits started after it fail with it, whatever the
+store answers them: a barrier promises that every change before it is
+durable, and the failed commit's changes are not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 from collections.abc import Callable
 from typing import Any, cast
 
 from replica.keyspaces import Keyspaces
-from replica.storage import KeyRef, Record, Store, encode_state
+from replica.records import KEYSPACES, encode_commit
+from replica.storage import KeyRef, Store
 
 log = logging.getLogger("replica.durability")
 
 SYNC, ASYNC = "sync", "async"
 MODES = (SYNC, ASYNC)
 RETRY_AFTER_FAILURE_S = 1.0
+MAX_IN_FLIGHT = 4
 
 
 class NotDurable(Exception):
     """A commit failed: the writes it carried must not be acknowledged."""
+
+
+class _Commit:
+    """A commit on its way: its keys, the changes it covers, and its result once known."""
+
+    __slots__ = ("done", "failure", "refs", "upto")
+
+    def __init__(self, refs: list[KeyRef], upto: int) -> None:
+        self.refs = refs
+        self.upto = upto
+        self.done = False
+        self.failure: str | None = None
 
 
 class Durability:
@@ -67,6 +79,7 @@ class Durability:
         if mode not in MODES:
             raise ValueError(f"durability mode must be one of {MODES}, not {mode!r}")
         self.keyspaces = keyspaces
+        self._states = {ks: getattr(keyspaces, ks) for ks in KEYSPACES}  # never replaced
         self.store = store
         self.mode = mode
         self.flush_interval = flush_interval_ms / 1000
@@ -77,14 +90,15 @@ class Durability:
         self._durable = 0  # changes the last successful commit covered
         self._waiters: collections.deque[list[Any]] = collections.deque()  # [target, future]
         self._after_commit: dict[Callable[[], None], None] = {}
-        self._committing: asyncio.Future[Any] | None = None  # the commit on the worker thread
+        self._in_flight: collections.deque[_Commit] = collections.deque()
+        self._drained: asyncio.Future[None] | None = None  # close waits on it
         self._scheduled: asyncio.Handle | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.commits = 0
         self.keys_committed = 0
         self.failures = 0
         self.last_error: str | None = None
         self._closed = False
+        store.begin_writes()
         keyspaces.listeners.append(self._changed)
 
     @property
@@ -100,8 +114,8 @@ class Durability:
             self._schedule(self.flush_interval if self.mode == ASYNC else 0.0)
 
     def _schedule(self, delay: float) -> None:
-        if self._closed or self._scheduled is not None or self._committing is not None:
-            return  # a commit is on its way, and it (or the one after it) takes what is dirty
+        if self._closed or self._scheduled is not None:
+            return
         if delay:
             self._scheduled = self.loop.call_later(delay, self._start_commit)
         else:
@@ -135,106 +149,94 @@ class Durability:
 
     # -- commits -------------------------------------------------------------------------
 
-    def _take_dirty(self) -> tuple[list[KeyRef], int]:
+    def _start_commit(self) -> None:
+        self._scheduled = None
+        if self._dirty and len(self._in_flight) < MAX_IN_FLIGHT:
+            self._begin_commit()
+
+    def _begin_commit(self) -> None:
+        """Take every dirty key into a commit and hand its states to the store."""
         refs = list(self._dirty)
         self._dirty = {}
-        self._started = self._changes
-        return refs, self._changes
-
-    def _commit_now(self) -> None:
-        """Encode, append and sync on the loop, then release what waited (at close)."""
-        if not self._dirty:
-            return
-        refs, upto = self._take_dirty()
+        self._started = upto = self._changes
+        commit = _Commit(refs, upto)
+        self._in_flight.append(commit)
         try:
-            self._write(*self._encode(refs))
-        except Exception as exc:
-            self._committed(refs, upto, _describe(exc))
-        else:
-            self._committed(refs, upto, None)
-
-    def _start_commit(self) -> None:
-        """Encode on the loop, hand the batch to the worker thread."""
-        self._scheduled = None
-        if self._committing is not None or not self._dirty:
-            return
-        refs, upto = self._take_dirty()
-        commit: asyncio.Future[Any]
-        try:
-            records, removed = self._encode(refs)
+            record = encode_commit(refs, self._states)
+            self.store.submit(record, lambda failure: self._finished(commit, failure))
         except Exception as exc:  # it fails its commit, as the disk would, not the loop
-            commit = self.loop.create_future()
-            commit.set_exception(exc)
-        else:
-            commit = self.loop.run_in_executor(self._executor, self._write, records, removed)
-        self._committing = commit
+            self.loop.call_soon(self._finished, commit, _describe(exc))
 
-        def done(finished: asyncio.Future[Any]) -> None:
-            self._committing = None
-            self._committed(refs, upto, _failure_of(finished))
-
-        commit.add_done_callback(done)
-
-    def _encode(self, refs: list[KeyRef]) -> tuple[list[Record], list[KeyRef]]:
-        records: list[Record] = []
-        removed: list[KeyRef] = []
-        for keyspace, key in refs:
-            state = getattr(self.keyspaces, keyspace).get(key)
-            if state is None:
-                removed.append((keyspace, key))
+    def _finished(self, commit: _Commit, failure: str | None) -> None:
+        """Take the results that are in, oldest first, then release whoever waits on them."""
+        if commit.done:
+            return
+        commit.done, commit.failure = True, commit.failure or failure
+        failed = False
+        while self._in_flight and self._in_flight[0].done:
+            oldest = self._in_flight.popleft()
+            if oldest.failure is None:
+                self._succeeded(oldest)
             else:
-                records.append((keyspace, key, encode_state(keyspace, key, state)))
-        return records, removed
-
-    def _write(self, records: list[Record], removed: list[KeyRef]) -> None:
-        """One batch to the store, which returns once it is on disk."""
-        if records:
-            self.store.store_batch(records)
-        if removed:
-            self.store.remove(removed)
-
-    def _committed(self, refs: list[KeyRef], upto: int, error: str | None) -> None:
-        if error is None:
-            self._durable = upto
-            self.commits += 1
-            self.keys_committed += len(refs)
-            while self._waiters and self._waiters[0][0] <= upto:
-                future = self._waiters.popleft()[1]
-                if not future.done():
-                    future.set_result(None)
-        else:
-            self.failures += 1
-            self.last_error = error
-            log.error("commit of %d keys failed: %s", len(refs), error)
-            for ref in refs:  # still in memory, still to be stored
-                self._dirty.setdefault(ref, None)
-            while self._waiters and self._waiters[0][0] <= upto:
-                future = self._waiters.popleft()[1]
-                if not future.done():
-                    future.set_exception(NotDurable(error))
-                    future.exception()  # its holders read it; a holder that went away need not
+                self._failed(oldest)
+                failed = True
         callbacks, self._after_commit = self._after_commit, {}
         for callback in callbacks:
             callback()
-        if error is not None:
+        if not self._in_flight and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if failed:
+            if self._scheduled is not None:
+                self._scheduled.cancel()
+                self._scheduled = None
             self._schedule(RETRY_AFTER_FAILURE_S)
         elif self._dirty:
             self._schedule(self.flush_interval if self.mode == ASYNC else 0.0)
 
+    def _succeeded(self, commit: _Commit) -> None:
+        self._durable = commit.upto
+        self.commits += 1
+        self.keys_committed += len(commit.refs)
+        while self._waiters and self._waiters[0][0] <= commit.upto:
+            future = self._waiters.popleft()[1]
+            if not future.done():
+                future.set_result(None)
+
+    def _failed(self, commit: _Commit) -> None:
+        error = commit.failure or "an earlier commit failed"
+        self.failures += 1
+        self.last_error = error
+        log.error("commit of %d keys failed: %s", len(commit.refs), error)
+        for later in self._in_flight:  # they cannot make this commit's changes durable
+            later.failure = later.failure or f"an earlier commit failed: {error}"
+        for ref in commit.refs:  # still in memory, still to be stored
+            self._dirty.setdefault(ref, None)
+        while self._waiters and self._waiters[0][0] <= commit.upto:
+            future = self._waiters.popleft()[1]
+            if not future.done():
+                future.set_exception(NotDurable(error))
+                future.exception()  # its holders read it; a holder that went away need not
+
     async def close(self) -> None:
         """Commit everything still dirty, then close the store."""
-        self._closed = True  # from here on commits run only from this method
+        self._closed = True  # from here on commits start only from this method
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
-        if self._committing is not None:  # the worker's commit: wait for it, whatever its end
-            await asyncio.wait([self._committing])
-        before = self.failures
-        self._commit_now()
-        if self.failures > before:
-            log.error("closing with %d keys not durable", len(self._dirty))
-        self._executor.shutdown(wait=True)
+        await self._drain()
+        if self._dirty:
+            before = self.failures
+            self._begin_commit()
+            await self._drain()
+            if self.failures > before:
+                log.error("closing with %d keys not durable", len(self._dirty))
         self.store.close()
+
+    async def _drain(self) -> None:
+        """Until every commit on its way has its result."""
+        if self._in_flight:
+            self._drained = self.loop.create_future()
+            await self._drained
 
 
 def barrier_failure(barrier: asyncio.Future[Any] | None) -> str | None:
@@ -248,13 +250,6 @@ def barrier_failure(barrier: asyncio.Future[Any] | None) -> str | None:
         return "commit cancelled"
     exc = barrier.exception()
     return None if exc is None else str(exc)
-
-
-def _failure_of(done: asyncio.Future[Any]) -> str | None:
-    if done.cancelled():
-        return "commit cancelled"
-    exc = done.exception()
-    return None if exc is None else _describe(exc)
 
 
 def _describe(exc: BaseException) -> str:

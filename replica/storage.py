@@ -1,47 +1,35 @@
 """Durable storage of key states, behind a narrow interface.
 
 The node keeps its keys in memory; a store only has to load everything at
-start, save a batch of key states atomically, and forget keys.  `LmdbStore`
-keeps them in the node's data dir (LMDB is what Akka Distributed Data uses for
-its durable keys); `MemoryStore` is the store of a node without a data dir,
-where nothing outlives the process.
+start and make batches of key states durable.  `LmdbStore` keeps them in the
+node's data dir (LMDB is what Akka Distributed Data uses for its durable
+keys); `MemoryStore` is the store of a node without a data dir, where
+nothing outlives the process.
 
 A durable node acknowledges a write only once its group commit is on disk, so
 the cost of making a commit durable bounds the node's write rate.  A synced
 LMDB transaction writes every B-tree page it touched, scattered over the file,
 then the meta page: about 2.3 ms for a group of a hundred keys, whatever their
 size.  So a commit is made durable by appending it to a commit log
-(`replica.commit_log`) and syncing that one file, a few tenths of a
-millisecond, and LMDB is written behind the log by checkpoints.  A checkpoint
-thread of the store, every few seconds or once the log's current segment is
-large, moves appends to a new segment and has the checkpointer process
-(`replica.checkpointer`) write the records of the closed segments into LMDB
-in one synced transaction, in log order so that the latest record of a key
-is the one that stays; then it deletes them.  Commits never wait for it, and
-the per-record work runs outside the node's interpreter.  The node holds no
-copy of what it logged (keeping the latest record per key in memory cost
-about 100 bytes per recently written key).  LMDB still syncs each of its own
-commits: only checkpoints commit to it, and a checkpoint must be on disk
-before the segments it covers are deleted, so not syncing would save
-nothing.  While checkpoints fail, commits are refused too (see
-`CheckpointFailed`).
+(`replica.commit_log`), a few tenths of a millisecond, and LMDB is written
+behind the log by checkpoints.  Both are the work of the log writer, a
+process of its own (`replica.log_writer`, which says why); the store talks to
+it through a `LogLink`.  The node holds no copy of what it logged.
 
 LMDB rather than the log alone, because it bounds the log and keeps loading a
 scan of one B-tree, however long the node has run.  Recovery loads LMDB and
-replays the segments that remain, in order (every record is a key's whole
+replays the segments that remain, in order (every entry is a key's whole
 state, so the latest one wins); the transaction of a checkpoint records the
 newest segment it covers, so segments that a crash left behind after their
-checkpoint are deleted, not replayed.  A clean close checkpoints everything, so
-the next start replays nothing.
+checkpoint are deleted, not replayed.  A clean close checkpoints everything,
+so the next start replays nothing.  How states and log records are encoded
+is `replica.records`.
 
-Every stored value starts with a type tag and a format version byte, then the
-state as JSON (the wire form, or for MV registers a compact one), so a later
-format can still read what an older one wrote.  A record that cannot be
-decoded, or a data dir that is not ours, raises `StorageError` instead of
-being skipped: starting with part of the data would look like success and
-silently lose acknowledged writes.  For the same reason a data dir is locked
-while a store has it open: two processes appending to one log would each
-overwrite the other's records.
+A data dir is locked while a store has it open (the lock file holds the
+holder's pid): two processes appending to one log would each overwrite the
+other's records.  The log writer keeps the lock until it exits, so a node
+restarted right after a kill -9 waits the moment its previous writer takes
+to go.
 
 Each incarnation of a data dir has an actor id, made when the store is
 created empty.  MV dots carry it instead of the bare node id, so a node whose
@@ -51,108 +39,56 @@ previous incarnation already gave to a different write.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
-import hashlib
 import logging
 import os
 import secrets
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
+from replica.checkpointer import CHECKPOINT_KEY, CheckpointFailed
 from replica.commit_log import (
     CorruptLog,
-    Segment,
-    frame,
     list_segments,
-    parse,
     read_segment,
     remove_segments,
     segment_name,
     segment_seq,
 )
-from replica.crdt.clocked_siblings import ClockedSiblings
-from replica.crdt.lww import LWWRegister
-from replica.crdt.malformed import Malformed
-from replica.crdt.mv_register import MVRegister
-from replica.crdt.mvcc import VersionChain
-from replica.keyspaces import KV, LWW, MV, MVCC
+from replica.log_link import Done, LogFailed, LogLink
+from replica.log_writer import APPEND, CHECKPOINT, LogSettings
+from replica.records import (
+    KEYSPACES,
+    Entry,
+    StorageError,
+    db_key_of,
+    decode_state,
+    encode_batch,
+    encode_stored,
+    log_entries,
+    state_of,
+)
+
+__all__ = ["CheckpointFailed", "LmdbStore", "MemoryStore", "StorageError", "Store", "open_store"]
 
 log = logging.getLogger("replica.storage")
 
-KEYSPACES = (MV, KV, MVCC, LWW)
-TYPE_TAGS = {MV: 0x01, KV: 0x02, MVCC: 0x03, LWW: 0x04}
-KEYSPACE_OF_TAG = {tag: keyspace for keyspace, tag in TYPE_TAGS.items()}
-REMOVAL_TAG = 0x7F
-"""The tag of a log record saying a key is gone: tag, version, the keyspace's tag, the key."""
-
-
-def _mv_from_record(raw: Any) -> MVRegister:
-    """A stored MV state, validated like a peer's: the compact siblings back in wire form."""
-    if isinstance(raw, list):
-        raw = [_compact_to_wire(entry) if isinstance(entry, list) else entry for entry in raw]
-    return MVRegister.from_wire(raw)
-
-
-def _compact_to_wire(entry: list[Any]) -> dict[str, Any]:
-    if len(entry) != 4:
-        raise Malformed("a stored MV sibling must be [value, node, counter, past]")
-    value, node, counter, past = entry
-    return {"value": value, "dot": [node, counter], "past": past}
-
-
-DECODERS: dict[str, Any] = {
-    MV: _mv_from_record,
-    KV: ClockedSiblings.from_wire,
-    MVCC: VersionChain.from_wire,
-    LWW: LWWRegister.from_wire,
-}
-STORED_DECODERS: dict[str, Any] = {
-    MV: MVRegister.from_stored,
-    KV: ClockedSiblings.from_stored,
-    MVCC: VersionChain.from_stored,
-    LWW: LWWRegister.from_stored,
-}
-"""Decoders that trust a record's invariants: every state was normalised before it was stored."""
-FORMAT_VERSION = 1
-HEADERS = {keyspace: bytes((tag, FORMAT_VERSION)) for keyspace, tag in TYPE_TAGS.items()}
-STORED_FORMS: dict[str, Any] = {
-    MV: MVRegister.to_stored,  # compact: every commit encodes on the event loop
-    KV: ClockedSiblings.to_wire,
-    MVCC: VersionChain.to_wire,
-    LWW: LWWRegister.to_wire,
-}
-"""How each keyspace's states are written; `STORED_DECODERS` reads them back."""
-FORMAT_MARKER = b"replica-store/2"
-READABLE_MARKERS = {b"replica-store/1", FORMAT_MARKER}
-"""/1 is the same database without a commit log.  Opening it writes /2, which a
-replica that knows nothing of the log refuses rather than start without it."""
-CHECKPOINT_KEY = b"checkpointed_segment"
+FORMAT_MARKER = b"replica-store/3"
+READABLE_MARKERS = {b"replica-store/1", b"replica-store/2", FORMAT_MARKER}
+"""/1 is the same database without a commit log, /2 logged a record per key
+instead of one per commit.  Opening either writes /3, which a replica that
+cannot read commit batches refuses rather than misread."""
 DEFAULT_MAP_SIZE = 64 << 30  # address space only: the file grows as data does
 LMDB_FILES = {"data.mdb", "lock.mdb"}
 LOCK_FILE = "replica.lock"
-SEGMENT_BYTES = 32 << 20
-CHECKPOINT_INTERVAL_S = 5.0
+LOCK_WAIT_S = 10.0  # for the log writer of a holder that is gone
+SEGMENT_BYTES = int(__import__("os").environ.get("SEGB", 32 << 20))
+CHECKPOINT_INTERVAL_S = float(__import__("os").environ.get("CKI", 5.0))
 
 KeyRef = tuple[str, str]
-Record = tuple[str, str, bytes]
-"""(keyspace, key, encoded state) as `store_batch` takes it."""
-
-
-class StorageError(Exception):
-    """A data dir the node must not start from; `str()` is one line saying why."""
-
-
-class CheckpointFailed(Exception):
-    """Commits are refused while checkpoints fail.
-
-    The log would otherwise grow without bound, and the memory that remembers
-    what it holds with it, with nothing to show for it until the disk filled.
-    """
 
 
 class Store(Protocol):
@@ -162,93 +98,23 @@ class Store(Protocol):
         """Every stored (keyspace, key, state), the state decoded."""
         ...
 
-    def store_batch(self, items: list[Record]) -> None:
-        """Save every record in one atomic, synced commit."""
+    def begin_writes(self) -> None:
+        """Get ready for commits: loading is over."""
         ...
 
-    def remove(self, keys: Iterable[KeyRef]) -> None: ...
+    def submit(self, record: bytes, done: Done) -> None:
+        """Make a log record (`replica.records`) durable; `done` gets the result on the loop."""
+        ...
+
+    def store_batch(self, entries: list[Entry]) -> None:
+        """Make the entries durable together, blocking until they are."""
+        ...
 
     def get_meta(self, name: str) -> bytes | None: ...
 
     def set_meta(self, name: str, value: bytes) -> None: ...
 
     def close(self) -> None: ...
-
-
-# -- encoding ------------------------------------------------------------------------------
-
-
-def encode_state(keyspace: str, key: str, state: Any) -> bytes:
-    """A key's state as stored: tag, version, then JSON `[key, stored form]`.
-
-    The stored form is the wire form, except for MV registers, whose compact
-    form (`MVRegister.to_stored`) is cheaper to build; both forms load.
-
-    The key travels inside the value because LMDB bounds key length; longer
-    keys are indexed by their hash (see `_db_key`).
-    """
-    return HEADERS[keyspace] + orjson.dumps([key, STORED_FORMS[keyspace](state)])
-
-
-def decode_state(keyspace: str, data: bytes, *, trusted: bool = False) -> tuple[str, Any]:
-    """(key, state) of a stored value; StorageError when it is not a valid record.
-
-    `trusted` skips validating and normalising the state (see `STORED_DECODERS`),
-    which is what recovery uses: only states this node had already normalised
-    are ever stored.  The tag and version are checked either way, and a record
-    whose structure or types are wrong is still a StorageError.
-    """
-    if len(data) < 2 or data[0] != TYPE_TAGS[keyspace]:
-        raise StorageError(f"a {keyspace} record has the wrong type tag")
-    if data[1] != FORMAT_VERSION:
-        raise StorageError(f"a {keyspace} record has unknown format version {data[1]}")
-    try:
-        key, wire = orjson.loads(data[2:])
-    except (orjson.JSONDecodeError, ValueError, TypeError):
-        raise StorageError(f"a {keyspace} record is not valid JSON [key, state]") from None
-    if not isinstance(key, str):
-        raise StorageError(f"a {keyspace} record's key is not a string")
-    decoders = STORED_DECODERS if trusted else DECODERS
-    try:
-        return key, decoders[keyspace](wire)
-    except (Malformed, KeyError, TypeError, ValueError) as exc:
-        raise StorageError(f"{keyspace} key {key!r} has an undecodable state: {exc}") from None
-
-
-def encode_removal(keyspace: str, key: str) -> bytes:
-    """The log record saying `key` is gone (LMDB simply deletes it; a log must say so)."""
-    return bytes((REMOVAL_TAG, FORMAT_VERSION, TYPE_TAGS[keyspace])) + key.encode()
-
-
-def log_record_key(data: bytes) -> tuple[str, bytes]:
-    """(keyspace, key as UTF-8) of a log record, without decoding its state.
-
-    Replay only needs to know which key each record is for: only the latest
-    record of a key is ever decoded.  encode_state writes `["key",` with
-    orjson, which escapes only quotes, backslashes and control characters, so
-    a key without a backslash is the UTF-8 up to the next quote.
-    """
-    keyspace = KEYSPACE_OF_TAG.get(data[0]) if len(data) > 3 else None
-    if keyspace is not None and data[1] == FORMAT_VERSION and data[2:4] == b'["':
-        end = data.find(b'"', 4)
-        if end > 0 and data.find(b"\\", 4, end) == -1:
-            return keyspace, data[4:end]
-    return _log_record_key_slowly(data)
-
-
-def _log_record_key_slowly(data: bytes) -> tuple[str, bytes]:
-    if len(data) < 3 or data[1] != FORMAT_VERSION:
-        raise StorageError("a log record is too short or of an unknown format version")
-    if data[0] == REMOVAL_TAG:
-        keyspace = KEYSPACE_OF_TAG.get(data[2])
-        if keyspace is None:
-            raise StorageError(f"a removal log record has unknown type tag {data[2]:#04x}")
-        return keyspace, data[3:]
-    keyspace = KEYSPACE_OF_TAG.get(data[0])
-    if keyspace is None:
-        raise StorageError(f"a log record has unknown type tag {data[0]:#04x}")
-    key, _ = decode_state(keyspace, data, trusted=True)  # a key with escapes: decode it all
-    return keyspace, key.encode()
 
 
 def new_actor(node_id: str) -> str:
@@ -259,7 +125,7 @@ def new_actor(node_id: str) -> str:
 
 
 class MemoryStore:
-    """A store that keeps encoded records in a dict: for nodes without a data dir, and tests."""
+    """A store that keeps encoded states in a dict: for nodes without a data dir, and tests."""
 
     def __init__(self) -> None:
         self.records: dict[KeyRef, bytes] = {}
@@ -271,14 +137,24 @@ class MemoryStore:
             key, state = decode_state(keyspace, data, trusted=True)
             yield keyspace, key, state
 
-    def store_batch(self, items: list[Record]) -> None:
-        for keyspace, key, data in items:
-            self.records[(keyspace, key)] = data
-        self.commits += 1
+    def begin_writes(self) -> None:
+        pass
 
-    def remove(self, keys: Iterable[KeyRef]) -> None:
-        for ref in keys:
-            self.records.pop(ref, None)
+    def submit(self, record: bytes, done: Done) -> None:
+        self.store_record(record)
+        asyncio.get_running_loop().call_soon(done, None)
+
+    def store_batch(self, entries: list[Entry]) -> None:
+        self.store_record(encode_batch(entries))
+
+    def store_record(self, record: bytes) -> None:
+        """Apply a log record's entries: the same encoding a durable node logs."""
+        for keyspace, key, stored in log_entries(record):
+            if stored is None:
+                self.records.pop((keyspace, key), None)
+            else:
+                self.records[(keyspace, key)] = encode_stored(keyspace, key, stored)
+        self.commits += 1
 
     def get_meta(self, name: str) -> bytes | None:
         return self.meta.get(name)
@@ -294,30 +170,27 @@ class MemoryStore:
 
 
 class KeyChanges:
-    """The latest record of each key changed since some point, keyed as LMDB keys them.
+    """The latest log entry of each key, keyed as LMDB keys them.
 
     A state replaces an earlier state or removal of its key, and a removal an
     earlier state: keeping only the latest is what lets recovery decode each
-    key once.  It is built only while loading; checkpoints stream the log.
+    state once.  It is built only while loading.
     """
 
     __slots__ = ("puts", "removals")
 
     def __init__(self) -> None:
-        self.puts: dict[str, dict[bytes, bytes]] = {ks: {} for ks in KEYSPACES}
+        self.puts: dict[str, dict[bytes, tuple[str, Any]]] = {ks: {} for ks in KEYSPACES}
         self.removals: dict[str, set[bytes]] = {ks: set() for ks in KEYSPACES}
 
-    def __bool__(self) -> bool:
-        return any(self.puts.values()) or any(self.removals.values())
-
-    def put(self, keyspace: str, db_key: bytes, data: bytes) -> None:
-        self.puts[keyspace][db_key] = data
+    def add(self, keyspace: str, db_key: bytes, key: str, stored: Any) -> None:
+        if stored is None:
+            self.puts[keyspace].pop(db_key, None)
+            self.removals[keyspace].add(db_key)
+            return
+        self.puts[keyspace][db_key] = (key, stored)
         if self.removals[keyspace]:
             self.removals[keyspace].discard(db_key)
-
-    def remove(self, keyspace: str, db_key: bytes) -> None:
-        self.puts[keyspace].pop(db_key, None)
-        self.removals[keyspace].add(db_key)
 
     def shadowed(self, keyspace: str) -> set[bytes]:
         """The keys whose LMDB record is out of date."""
@@ -330,9 +203,9 @@ class KeyChanges:
 class LmdbStore:
     """A data dir of one LMDB environment and a commit log; see the module docstring.
 
-    LMDB has a named database per keyspace and one for metadata.  Commits come
-    from one thread at a time (the node's commit thread); checkpoints run on a
-    thread of their own, started by the first commit.
+    LMDB has a named database per keyspace and one for metadata.  The log
+    writer starts with the first commit (or `begin_writes`); from then on
+    `load_all` checkpoints first and reads LMDB alone.
     """
 
     def __init__(
@@ -343,34 +216,22 @@ class LmdbStore:
         segment_bytes: int = SEGMENT_BYTES,
         checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
         preallocate: bool = True,
+        lock_wait_s: float = LOCK_WAIT_S,
     ) -> None:
         import lmdb
 
         self._lmdb = lmdb
         self.path = Path(path)
-        self.commits = 0
-        self.checkpoints = 0
-        self._segment_bytes = segment_bytes
-        self._interval = checkpoint_interval_s
-        self._map_size = map_size
-        self._writer: Any = None  # the checkpointer process's handle, from the first checkpoint
-        self._preallocate = segment_bytes if preallocate else 0
-        self._append_lock = threading.Lock()  # the current segment and what it holds
-        self._checkpoint_lock = threading.Lock()  # one checkpoint at a time
-        self._segment: Segment | None = None
-        self._sealed_seqs: list[int] = []
-        self._read_at_open: dict[int, list[bytes]] = {}  # live segments, until loaded
-        self._failure: str | None = None
-        self._wake = threading.Event()
-        self._stopping = False
-        self._checkpointer: threading.Thread | None = None
+        self._settings = LogSettings(map_size, segment_bytes, checkpoint_interval_s, preallocate)
+        self._logged: list[list[bytes]] = []  # the live segments' records, read at open
+        self._link: LogLink | None = None
         self._closed = False
         self.env: Any = None
         _check_dir(self.path)  # before the lock file is made in a dir that is not ours
-        self._lock_fd = _lock_dir(self.path)
+        self._lock_fd = _lock_dir(self.path, lock_wait_s)
         try:
             self._open_lmdb(_check_dir(self.path), map_size)  # what it holds, now it is ours
-            self._open_log()
+            self._read_log()
         except BaseException:
             self._release()
             raise
@@ -385,7 +246,7 @@ class LmdbStore:
                 map_size=map_size,
                 max_dbs=len(KEYSPACES) + 1,
                 subdir=True,
-                sync=True,  # a checkpoint must be on disk before its segments go
+                sync=True,
                 metasync=True,
                 readahead=False,
             )
@@ -414,83 +275,91 @@ class LmdbStore:
             if marker != FORMAT_MARKER:
                 txn.put(b"format", FORMAT_MARKER, db=self._meta)
 
-    def _open_log(self) -> None:
-        """Replay the segments no checkpoint covers, then open a new one for appends.
-
-        Appends never go to an old segment: its tail may have been torn.
-        """
+    def _checkpointed(self) -> int:
+        """The newest segment LMDB holds, as the last checkpoint recorded it."""
         with self.env.begin() as txn:
             marker = bytes(txn.get(CHECKPOINT_KEY, b"0", db=self._meta))
         if not marker.isdigit():
             raise StorageError(f"data dir {self.path} has a damaged checkpoint marker {marker!r}")
-        done = int(marker)
+        return int(marker)
+
+    def _read_log(self) -> None:
+        """Read the segments no checkpoint covers: a torn tail is cut, a damaged log refused."""
+        done = self._checkpointed()
         try:
             seqs = list_segments(self.path)
             # a crash came between a checkpoint and the deletion of what it covered
             remove_segments(self.path, (seq for seq in seqs if seq <= done))
-            live = [seq for seq in seqs if seq > done]
-            started, records = time.perf_counter(), 0
-            for seq in live:  # cuts a torn tail off, refuses a damaged log
-                self._read_at_open[seq] = read_segment(self.path / segment_name(seq))
-                records += len(self._read_at_open[seq])
-            if records:
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                log.info(
-                    "replayed %d log records of %d segments in %.0f ms",
-                    records,
-                    len(live),
-                    elapsed_ms,
-                )
-            self._sealed_seqs = live
-            self._segment = Segment.create(self.path, max([done, *seqs]) + 1, self._preallocate)
+            started = time.perf_counter()
+            for seq in (seq for seq in seqs if seq > done):
+                self._logged.append(read_segment(self.path / segment_name(seq)))
         except CorruptLog as exc:
             raise StorageError(f"data dir {self.path}: {exc}") from None
         except OSError as exc:
             raise StorageError(
                 f"cannot read the log in data dir {self.path}: {exc.strerror or exc}"
             ) from None
-
-    def _replay(self, payloads: list[bytes], changes: KeyChanges) -> None:
-        max_key = self._max_key
-        for data in payloads:
-            keyspace, raw = log_record_key(data)
-            db_key = raw if len(raw) <= max_key else self._db_key_of(raw)
-            if data[0] == REMOVAL_TAG:
-                changes.remove(keyspace, db_key)
-            else:
-                changes.put(keyspace, db_key, data)
+        records = sum(map(len, self._logged))
+        if records:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            log.info(
+                "read %d log records of %d segments in %.0f ms",
+                records,
+                len(self._logged),
+                elapsed_ms,
+            )
 
     # -- the interface -----------------------------------------------------------------------
 
     def load_all(self) -> Iterator[tuple[str, str, Any]]:
-        """LMDB's records the log has not replaced, then the latest record of each logged key."""
-        with self._checkpoint_lock, self._append_lock:
-            logged = KeyChanges()
-            for seq in self._sealed_seqs:
-                payloads = self._read_at_open.pop(seq, None)  # read once at start, not twice
-                if payloads is None:
-                    payloads = read_segment(self.path / segment_name(seq))
-                self._replay(payloads, logged)
-            if self._segment is not None and self._segment.size:
-                current = self._segment.path.read_bytes()[: self._segment.size]
-                self._replay(parse(current)[0], logged)
-            txn = self.env.begin()  # LMDB as of the last checkpoint: the log holds the rest
-        with txn:
+        """LMDB's records the log has not replaced, then the latest logged state of each key."""
+        if self._link is not None:
+            self.checkpoint()  # the writer's log, into LMDB: then LMDB alone is everything
+        logged = KeyChanges()
+        max_key = self._max_key
+        for payloads in self._logged:
+            for payload in payloads:
+                for keyspace, key, stored in log_entries(payload):
+                    logged.add(keyspace, db_key_of(key.encode(), max_key), key, stored)
+        with self.env.begin() as txn:
             for keyspace, db in self._dbs.items():
                 yield from _load_database(txn, keyspace, db, logged.shadowed(keyspace))
         for keyspace in KEYSPACES:
-            for data in logged.puts[keyspace].values():
-                key, state = decode_state(keyspace, data, trusted=True)
-                yield keyspace, key, state
+            for key, stored in logged.puts[keyspace].values():
+                yield keyspace, key, state_of(keyspace, key, stored)
 
-    def store_batch(self, items: list[Record]) -> None:
-        """Append the records to the log and sync it: durable now, in LMDB after a checkpoint."""
-        self._append(frame([data for _, _, data in items]))
+    def begin_writes(self) -> None:
+        """Start the log writer, which from now on owns the log; StorageError if it cannot."""
+        if self._closed:
+            raise StorageError(f"the store of {self.path} is closed")
+        if self._link is None:
+            link = LogLink(self.path, self._lock_fd, self._settings, self._checkpointed)
+            try:
+                link.start()
+            except LogFailed as exc:
+                raise StorageError(f"data dir {self.path}: {exc}") from None
+            self._link = link
+            self._logged = []  # loaded, or never to be: the writer checkpoints them
 
-    def remove(self, keys: Iterable[KeyRef]) -> None:
-        removals = [encode_removal(keyspace, key) for keyspace, key in keys]
-        if removals:
-            self._append(frame(removals))
+    def submit(self, record: bytes, done: Done) -> None:
+        self.begin_writes()
+        assert self._link is not None
+        self._link.submit(record, done)
+
+    def store_batch(self, entries: list[Entry]) -> None:
+        """Append the entries to the log as one record: durable on return, in LMDB later."""
+        self.begin_writes()
+        assert self._link is not None
+        self._link.request(APPEND, encode_batch(entries))
+
+    def checkpoint(self) -> None:
+        """Have every commit so far written into LMDB now; CheckpointFailed if it is not."""
+        self.begin_writes()
+        assert self._link is not None
+        try:
+            self._link.request(CHECKPOINT)
+        except LogFailed as exc:
+            raise CheckpointFailed(str(exc)) from None
 
     def get_meta(self, name: str) -> bytes | None:
         with self.env.begin() as txn:
@@ -514,137 +383,21 @@ class LmdbStore:
         """
         if self._closed:
             return
-        self._closed = True
-        self._stop_checkpointer()
         try:
-            self.checkpoint(final=True)
-        except Exception:
-            log.error("checkpoint at close failed (the log keeps every commit): %s", self._failure)
+            if self._link is None and any(self._logged):
+                self.begin_writes()  # its writer checkpoints the log at close
+            if self._link is not None:
+                self._link.close()
+        except (LogFailed, StorageError) as exc:
+            log.error("checkpoint at close failed (the log keeps every commit): %s", exc)
         finally:
+            self._closed = True
             self._release()
 
-    # -- commits -----------------------------------------------------------------------------
-
-    def _append(self, data: bytes) -> None:
-        """One batch of framed records to the current segment, synced.
-
-        Nothing about the records is kept in memory: a checkpoint reads the
-        segments it seals back from disk (just written, so from the page
-        cache), which keeps a node's memory from growing with every key it
-        wrote since the last checkpoint.
-        """
-        if self._failure is not None:
-            raise CheckpointFailed(f"checkpoints are failing: {self._failure}")
-        with self._append_lock:
-            segment = self._segment
-            if segment is None:
-                raise StorageError(f"the store of {self.path} is closed")
-            if self._checkpointer is None:
-                self._start_checkpointer()
-            try:
-                segment.append(data)
-            except BaseException:
-                self._wake.set()  # the checkpointer moves appends to a new segment
-                raise
-            full = segment.size >= self._segment_bytes
-        self.commits += 1
-        if full:
-            self._wake.set()
-
-    # -- checkpoints -------------------------------------------------------------------------
-
-    def checkpoint(self, *, final: bool = False) -> None:
-        """Move appends to a new segment, write the closed ones to LMDB, delete them.
-
-        `final` closes the log without opening a new segment: the store is
-        closing.  A failure is remembered, and refuses commits, until a
-        checkpoint succeeds.
-        """
-        with self._checkpoint_lock:
-            try:
-                self._rotate(final)
-                if self._sealed_seqs:
-                    self._write_sealed()
-            except Exception as exc:
-                self._failure = f"{type(exc).__name__}: {exc}"
-                raise
-            self._failure = None
-
-    def _rotate(self, final: bool) -> None:
-        current = self._segment
-        if current is None or (not final and current.size == 0 and not current.broken):
-            return
-        following = None
-        if not final:  # made outside the lock: commits go on meanwhile
-            following = Segment.create(self.path, current.seq + 1, self._preallocate)
-        with self._append_lock:
-            self._segment = following
-        current.close()
-        self._sealed_seqs.append(current.seq)
-
-    def _write_sealed(self) -> None:
-        """One synced LMDB transaction for every closed segment, which then go.
-
-        The checkpointer process writes them (see `replica.checkpointer`), so
-        the node's interpreter does none of the per-record work.
-        """
-        if self._writer is None:
-            from replica.checkpointer import Checkpointer
-
-            self._writer = Checkpointer(self.path, self._map_size)
-        self._writer.checkpoint(self._sealed_seqs)
-        self.checkpoints += 1
-        remove_segments(self.path, self._sealed_seqs)
-        self._sealed_seqs = []
-        self._read_at_open.clear()
-
-    def _start_checkpointer(self) -> None:
-        thread = threading.Thread(target=self._checkpoint_forever, name="checkpoint", daemon=True)
-        self._checkpointer = thread
-        thread.start()
-
-    def _checkpoint_forever(self) -> None:
-        while True:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            if self._stopping:
-                return
-            try:
-                self.checkpoint()
-            except Exception:
-                log.error(
-                    "checkpoint failed, commits refused until one succeeds: %s", self._failure
-                )
-
-    def _stop_checkpointer(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._checkpointer is not None:
-            self._checkpointer.join()
-
     def _release(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        with self._append_lock:
-            segment, self._segment = self._segment, None
-        if segment is not None:
-            segment.close()
         if self.env is not None:
             self.env.close()
         os.close(self._lock_fd)
-
-    # -- keys --------------------------------------------------------------------------------
-
-    def _db_key_of(self, raw: bytes) -> bytes:
-        return db_key_of(raw, self._max_key)
-
-
-def db_key_of(raw: bytes, max_key: int) -> bytes:
-    """The LMDB key of a key's UTF-8: itself, or its hash when LMDB would refuse its length."""
-    if len(raw) <= max_key:
-        return raw
-    # 0xff never occurs in UTF-8, so hashed keys cannot collide with plain ones
-    return b"\xff" + hashlib.blake2b(raw, digest_size=32).digest()
 
 
 def _load_database(
@@ -678,21 +431,56 @@ def _check_dir(path: Path) -> bool:
     return True
 
 
-def _lock_dir(path: Path) -> int:
-    """An exclusive lock on the data dir, held as long as the returned descriptor is open."""
+def _lock_dir(path: Path, wait_s: float) -> int:
+    """An exclusive lock on the data dir, held as long as the returned descriptor is open.
+
+    A lock held while the pid in the file is gone belongs to the log writer
+    of a node that was killed, which exits as soon as it sees its node go:
+    that is waited for, up to `wait_s`.
+    """
     try:
         fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise StorageError(f"cannot use data dir {path}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StorageError(f"data dir {path} is in use by another process") from None
-    except OSError as exc:
-        os.close(fd)
-        raise StorageError(f"cannot lock data dir {path}: {exc.strerror or exc}") from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if _holder_alive(fd) or time.monotonic() >= deadline:
+                os.close(fd)
+                raise StorageError(f"data dir {path} is in use by another process") from None
+            time.sleep(0.01)
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(f"cannot lock data dir {path}: {exc.strerror or exc}") from None
+    with _suppressed_os_errors():  # the pid is a courtesy to the next opener
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _holder_alive(fd: int) -> bool:
+    """Whether the pid the lock's holder wrote is a live process (unknown counts as alive)."""
+    try:
+        pid = int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")  # a zombie holds no lock: its files are closed
+
+
+class _suppressed_os_errors:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool:
+        return kind is not None and issubclass(kind, OSError)
 
 
 # -- opening -------------------------------------------------------------------------------

@@ -24,10 +24,15 @@ heal, and gossip costs at most twice each key's serialized state.
 `throughput` starts one node and keeps C connections x P pre-encoded requests
 of an op mix (mv_write, mv_read, kv_put, lww_write, mvcc_put, mvcc_get, with
 optional weights) in flight for D seconds, then reports ops/s, p50/p99/p999
-latency and error replies (any error fails the run).  `--both` measures a
-durable node, then a fresh in-memory one, against the target: durable mv_write
-at least 0.8x in memory.  The client runs in the benchmark's own process and
-takes CPU from the same machine as the node; the report shows both shares.
+latency and error replies (any error fails the run).  `--both` runs a durable
+node and an in-memory one side by side and alternates their timed rounds
+(durable, memory, durable, memory, ... at each depth; R pairs, `--rounds`,
+default 3), each node idle while the other is measured, so that the machine's
+drift from minute to minute skews both alike; it reports durable / in memory
+of the medians, of the bests and per round (round i against round i), against
+the target: durable mv_write at least 0.8x in memory.  The client runs in the
+benchmark's own process and takes CPU from the same machine as the node; the
+report shows both shares.
 `--floor` also starts the floor, a bare uvloop + orjson server of its own
 (scripts/bench_floor.py: parse each line, build a `TYPE_ok` reply, one write
 per read), and runs the same load (the same pre-encoded requests, connections,
@@ -396,13 +401,15 @@ class Session:
         *,
         memory: bool = False,
         resp: bool = False,
+        id_prefix: str = "n",
     ) -> None:
         self.directory = directory
         self.children = children
         self.gossip_ms = gossip_ms
         self.memory = memory
         self.log_level = "warning"
-        ids = [f"n{i}" for i in range(1, node_count + 1)]
+        # n1, n2, ...: another session in the same directory takes another prefix
+        ids = [f"{id_prefix}{i}" for i in range(1, node_count + 1)]
         self.links = [link_name(a, b) for a in ids for b in ids if a != b]
         ports = free_ports(2 * len(ids) + len(self.links) if resp else len(ids) + len(self.links))
         self.nodes = {
@@ -1392,6 +1399,32 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """`process_cpu_seconds` of a process plus those of its live children.
+
+    A durable node checkpoints in a child process of its own, whose CPU the
+    node's own figure leaves out until the child exits.
+    """
+    own = process_cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(process_cpu_seconds(child) or 0.0 for child in child_pids(pid))
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of `pid`, by the parent field of every /proc/N/stat.
+
+    (/proc/PID/task/TID/children would be quicker, but not every kernel has it.)
+    """
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry.name))
+    return children
+
+
 async def drive(
     node: NodeHandle, sources: Sequence[Iterator[bytes]], window: int, seconds: float | None
 ) -> LoadResult:
@@ -1551,6 +1584,8 @@ DURABLE_RATIO_LIMIT = 0.8  # issue 4: durable mv_write at least 0.8x in memory
 FLOOR_RATIO_LIMITS = {"mv_write": 0.40, "mv_read": 0.50}  # issue 5: a durable node / the floor
 P99_LIMIT_MS = 10.0  # issue 5: a durable node's p99 under the load the floor ratios are set for
 FLOOR_ROUNDS = 2  # --floor's default: floor, node, floor, node
+BOTH_ROUNDS = 3  # --both's default: durable, memory, three times over
+SETTLE_TIMEOUT = 10.0  # --both: the most a run waits for the other node to go idle
 PLOT_INSTALL = ".venv/bin/pip install -e '.[plot]'"  # the optional extra that has matplotlib
 PRELOAD_FOR = {"mv_read": "mv_write", "mvcc_get": "mvcc_put"}  # reads need keys to read
 CLIENT_NOTE = (
@@ -1576,18 +1611,18 @@ class TimedRun:
 
 
 async def run_throughput(args: argparse.Namespace, s: Session) -> Report:
-    """Each storage mode in turn on a fresh node: preload what reads need, then the timed runs.
+    """Preload what reads need on every node measured, then the timed runs, interleaved.
 
-    Every depth is measured `--rounds` times; with the floor, each node run
-    follows a floor run under the same load, so that both see the machine in
-    about the same state (another process's work skews a pair less than it
-    skews two runs far apart).
+    Every depth is measured `--rounds` times.  The machine's speed drifts by
+    tens of percent from one minute to the next, so servers that are compared
+    take turns: with --both a durable and an in-memory node run side by side
+    and each round measures one, then the other; with the floor, each node run
+    follows a floor run under the same load.  Either way both see the machine
+    in about the same state (drift skews a pair less than two runs far apart).
     """
     mix: list[tuple[str, int]] = args.mix
-    modes = ["durable", "memory"] if args.both else ["memory" if args.memory else "durable"]
     depths: list[int] = args.depths or [args.in_flight]
-    rounds = args.rounds or (FLOOR_ROUNDS if args.floor else 1)
-    node_id = s.ids[0]
+    rounds = args.rounds or (FLOOR_ROUNDS if args.floor else BOTH_ROUNDS if args.both else 1)
     s.phase = "building the request pool"
     pool_lines = max(POOL_MIN_LINES, 4 * args.connections * max(depths))
     pool = request_pool(mix, args.keys, pool_lines, args.value_bytes)
@@ -1595,28 +1630,10 @@ async def run_throughput(args: argparse.Namespace, s: Session) -> Report:
     if args.floor:
         s.phase = "starting the floor"
         floor = await s.start_floor()
-    runs: list[TimedRun] = []
-    preload: dict[str, float] = {}
-    for mode in modes:
-        if (mode == "memory") != s.memory:  # a fresh node for every mode
-            s.phase = f"restarting {node_id} for the {mode} run"
-            await s.stop_node(node_id)
-            s.memory = mode == "memory"
-            s.start_node(node_id)
-            await s.wait_ready(node_id)
-        node = s.nodes[node_id]
-        preloads = sorted({PRELOAD_FOR[op] for op, _ in mix if op in PRELOAD_FOR})
-        started = time.monotonic()
-        for op in preloads:
-            s.phase = f"preloading {args.keys} keys with {op} ({mode})"
-            await fill(node, op, args.keys, args.value_bytes, args.connections, max(depths))
-        if preloads:
-            preload[mode] = time.monotonic() - started
-        for depth in depths:
-            for round_no in range(1, rounds + 1):
-                if floor is not None:
-                    runs.append(await timed_run(s, args, pool, floor, "floor", depth, round_no))
-                runs.append(await timed_run(s, args, pool, node, mode, depth, round_no))
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = await throughput_nodes(args, s, stack)
+        preload = await preload_nodes(args, s, nodes, max(depths))
+        runs = await timed_rounds(args, s, pool, nodes, floor, depths, rounds)
     report = throughput_report(args, mix, runs, preload)
     if args.chart:
         s.phase = f"drawing {args.chart}"
@@ -1628,6 +1645,76 @@ async def run_throughput(args: argparse.Namespace, s: Session) -> Report:
         draw_chart(Path(args.chart), report.figures["summary"], title)
         report.lines.append(f"chart: {args.chart}")
     return report
+
+
+async def throughput_nodes(
+    args: argparse.Namespace, s: Session, stack: contextlib.AsyncExitStack
+) -> dict[str, NodeHandle]:
+    """The node measured in each storage mode, by mode, in the order their rounds take turns.
+
+    The session's own node is durable unless --memory.  --both starts an
+    in-memory node beside it as a session of its own (node m1: its own port,
+    directory and config, no peers), so the two never gossip and each sees
+    only the load aimed at it; `stack` stops its clients and shows its log if
+    the run fails.
+    """
+    own = s.nodes[s.ids[0]]
+    if not args.both:
+        return {"memory" if args.memory else "durable": own}
+    s.phase = "starting the in-memory node beside the durable one"
+    beside = Session(s.directory, s.children, 1, s.gossip_ms, memory=True, id_prefix="m")
+    await stack.enter_async_context(running(beside))
+    return {"durable": own, "memory": beside.nodes[beside.ids[0]]}
+
+
+async def preload_nodes(
+    args: argparse.Namespace, s: Session, nodes: dict[str, NodeHandle], window: int
+) -> dict[str, float]:
+    """Write every key the mix's reads need, node after node: the seconds each node took.
+
+    All of it before the first timed run, so that no round of one node runs
+    beside the other's preload.
+    """
+    preloads = sorted({PRELOAD_FOR[op] for op, _ in args.mix if op in PRELOAD_FOR})
+    seconds: dict[str, float] = {}
+    if not preloads:
+        return seconds
+    for mode, node in nodes.items():
+        started = time.monotonic()
+        for op in preloads:
+            s.phase = f"preloading {args.keys} keys with {op} ({mode})"
+            await fill(node, op, args.keys, args.value_bytes, args.connections, window)
+        seconds[mode] = time.monotonic() - started
+    return seconds
+
+
+async def timed_rounds(
+    args: argparse.Namespace,
+    s: Session,
+    pool: Sequence[bytes],
+    nodes: dict[str, NodeHandle],
+    floor: NodeHandle | None,
+    depths: Sequence[int],
+    rounds: int,
+) -> list[TimedRun]:
+    """At each depth, `rounds` rounds; each round the floor (if any), then every node in turn.
+
+    Before a node's run every other node must be idle, its checkpointer
+    included, so that the work one node left behind (a durable node's
+    checkpoint after its writes) never counts against the other.
+    """
+    runs: list[TimedRun] = []
+    for depth in depths:
+        for round_no in range(1, rounds + 1):
+            if floor is not None:
+                runs.append(await timed_run(s, args, pool, floor, "floor", depth, round_no))
+            for mode, node in nodes.items():
+                for other_mode, other in nodes.items():
+                    if other is not node:
+                        s.phase = f"waiting for the {other_mode} node to be idle"
+                        await wait_idle(s, other, SETTLE_TIMEOUT, tree_cpu_seconds)
+                runs.append(await timed_run(s, args, pool, node, mode, depth, round_no))
+    return runs
 
 
 async def timed_run(
@@ -1671,7 +1758,10 @@ def throughput_summary(runs: Sequence[TimedRun]) -> list[dict[str, Any]]:
 
 
 def throughput_ratios(runs: Sequence[TimedRun], modes: Sequence[str]) -> list[dict[str, Any]]:
-    """Node / floor per depth, or durable / in memory: of the medians, of the bests, per round."""
+    """Node / floor per depth, or durable / in memory: of the medians, of the bests, per round.
+
+    Per round pairs the runs of the same round, which ran one right after the other.
+    """
     servers = {run.server for run in runs}
     pairs = [(mode, "floor") for mode in modes] if "floor" in servers else []
     if not pairs and {"durable", "memory"} <= servers:
@@ -1679,18 +1769,22 @@ def throughput_ratios(runs: Sequence[TimedRun], modes: Sequence[str]) -> list[di
     ratios = []
     for depth in dict.fromkeys(run.depth for run in runs):
         for top, bottom in pairs:
-            a = [r.result.ops_per_s for r in runs if (r.server, r.depth) == (top, depth)]
-            b = [r.result.ops_per_s for r in runs if (r.server, r.depth) == (bottom, depth)]
+            a, b = _rates_by_round(runs, top, depth), _rates_by_round(runs, bottom, depth)
             ratios.append(
                 {
                     "of": f"{top} / {bottom}",
                     "depth": depth,
-                    "median": statistics.median(a) / max(statistics.median(b), 1e-9),
-                    "best": max(a) / max(max(b), 1e-9),
-                    "per_round": [x / max(y, 1e-9) for x, y in zip(a, b, strict=False)],
+                    "median": statistics.median(a.values())
+                    / max(statistics.median(b.values()), 1e-9),
+                    "best": max(a.values()) / max(max(b.values()), 1e-9),
+                    "per_round": [a[i] / max(b[i], 1e-9) for i in sorted(a) if i in b],
                 }
             )
     return ratios
+
+
+def _rates_by_round(runs: Sequence[TimedRun], server: str, depth: int) -> dict[int, float]:
+    return {r.round: r.result.ops_per_s for r in runs if (r.server, r.depth) == (server, depth)}
 
 
 def throughput_targets(
@@ -1747,10 +1841,13 @@ def throughput_report(
     summary = throughput_summary(runs)
     ratios = throughput_ratios(runs, modes)
     floor = any(run.server == "floor" for run in runs)
+    nodes = "one node"
+    if len(modes) > 1:
+        nodes = "a durable and an in-memory node side by side, their rounds alternating"
     lines = [
         f"throughput: mix {mix_text}, {args.connections} connections x "
         f"{','.join(map(str, depths))} in flight, {args.seconds:g} s per run, {args.keys} keys, "
-        f"{args.value_bytes}-byte values, one node (durable: data_dir in the temp dir, "
+        f"{args.value_bytes}-byte values, {nodes} (durable: data_dir in the temp dir, "
         "durability sync)"
         + (", alternating with the floor (scripts/bench_floor.py)" if floor else ""),
         f"note: {CLIENT_NOTE}",
@@ -2051,20 +2148,27 @@ def resident_memory(pid: int) -> dict[str, int]:
     return found
 
 
-async def wait_idle(s: Session, node: NodeHandle) -> float | None:
+async def wait_idle(
+    s: Session,
+    node: NodeHandle,
+    timeout: float = IDLE_TIMEOUT,
+    cpu_seconds: Callable[[int], float | None] = process_cpu_seconds,
+) -> float | None:
     """Until the node's CPU stays under IDLE_CPU for two readings; the seconds that took.
 
-    None when it never did within IDLE_TIMEOUT (the figures are then taken anyway).
+    None when it never did within `timeout` (the figures are then taken anyway).
+    `cpu_seconds` says what counts as the node's CPU: its process alone, or
+    with its children (`tree_cpu_seconds`).
     """
     assert node.process is not None
     pid = node.process.pid
     started = time.monotonic()
-    before = process_cpu_seconds(pid)
+    before = cpu_seconds(pid)
     idle = 0
-    while time.monotonic() - started < IDLE_TIMEOUT:
+    while time.monotonic() - started < timeout:
         await asyncio.sleep(IDLE_INTERVAL)
-        s.check_alive()
-        after = process_cpu_seconds(pid)
+        s.check_alive(node)
+        after = cpu_seconds(pid)
         if before is None or after is None:
             return None
         idle = idle + 1 if after - before < IDLE_CPU * IDLE_INTERVAL else 0
@@ -2569,8 +2673,9 @@ def _add_throughput(commands: argparse._SubParsersAction, common: argparse.Argum
         help="one node under C connections x P requests in flight: ops/s and latency",
         description="Start one node and keep CONNECTIONS x IN_FLIGHT pre-encoded requests "
         "of the op mix in flight for SECONDS; report ops/s, p50/p99/p999 latency and "
-        "error replies (any error fails the run). --both measures a durable node, then a "
-        "fresh in-memory one, and holds mv_write to durable >= 0.8x in memory. --floor "
+        "error replies (any error fails the run). --both runs a durable and an in-memory node "
+        "side by side, alternates their timed rounds (each while the other node idles) and "
+        "holds mv_write to durable >= 0.8x in memory. --floor "
         "runs the same load against a bare uvloop + orjson server too, alternately with "
         "the node, and reports node / floor, holding a durable node to mv_write >= 0.40x "
         "and mv_read >= 0.50x the floor, p99 <= 10 ms and no errors. --depths sweeps the "
@@ -2607,7 +2712,9 @@ def _add_throughput(commands: argparse._SubParsersAction, common: argparse.Argum
     )
     storage.add_argument("--memory", action="store_true", help="the node runs with --memory")
     storage.add_argument(
-        "--both", action="store_true", help="durable, then in memory on a fresh node"
+        "--both",
+        action="store_true",
+        help="a durable and an in-memory node side by side, their rounds alternating",
     )
     throughput.add_argument(
         "--floor",
@@ -2620,7 +2727,7 @@ def _add_throughput(commands: argparse._SubParsersAction, common: argparse.Argum
         type=_at_least(1),
         metavar="R",
         help="timed runs per depth (default: 2 with --floor, each a floor run then a node "
-        "run; 1 without)",
+        "run; 3 with --both, each a durable run then an in-memory run; 1 otherwise)",
     )
     throughput.add_argument(
         "--depths",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,29 +15,46 @@ from replica.config import ConfigError, parse_cluster
 from replica.crdt.mv_register import MVRegister
 from replica.durability import Durability, NotDurable
 from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
+from replica.log_link import Done
 from replica.node import Node
-from replica.storage import CheckpointFailed, LmdbStore, MemoryStore, Record, open_store
+from replica.records import log_entries
+from replica.storage import CheckpointFailed, LmdbStore, MemoryStore, open_store
 from replica.tcp import serve_tcp
 from tests.harness import LOOPBACK, JsonClient, NodeProcess, free_ports
 
 
 class SlowStore(MemoryStore):
-    """A store whose commits take a while, and can be made to fail, like a full disk."""
+    """A store whose commits take a while, and can be made to fail, like a full disk.
+
+    A commit's result comes `delay` seconds after it was submitted, as the
+    log writer's would, and the loop goes on meanwhile.
+    """
 
     def __init__(self, delay: float = 0.01) -> None:
         super().__init__()
         self.delay = delay
         self.fail_with: Exception | None = None
+        self.fail_keys: set[str] = set()  # a commit carrying one of them fails
         self.batch_sizes: list[int] = []
-        self.threads: set[str] = set()
+        self.in_flight = 0
+        self.most_in_flight = 0
 
-    def store_batch(self, items: list[Record]) -> None:
-        self.threads.add(threading.current_thread().name)
-        time.sleep(self.delay)
+    def submit(self, record: bytes, done: Done) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        asyncio.get_running_loop().call_later(self.delay, self._finish, record, done)
+
+    def _finish(self, record: bytes, done: Done) -> None:
+        self.in_flight -= 1
+        entries = log_entries(record)
         if self.fail_with is not None:
-            raise self.fail_with
-        self.batch_sizes.append(len(items))
-        super().store_batch(items)
+            done(f"{type(self.fail_with).__name__}: {self.fail_with}")
+        elif any(key in self.fail_keys for _, key, _ in entries):
+            done("OSError: [Errno 5] Input/output error")
+        else:
+            self.batch_sizes.append(len(entries))
+            self.store_record(record)
+            done(None)
 
 
 def keyspaces() -> Keyspaces:
@@ -61,7 +77,6 @@ async def test_a_barrier_resolves_once_the_change_is_stored() -> None:
     await barrier
     assert (LWW, "k") in store.records
     assert durability.barrier() is None
-    assert store.threads and threading.current_thread().name not in store.threads
     await durability.close()
 
 
@@ -91,7 +106,10 @@ async def test_changes_of_one_turn_are_one_commit() -> None:
     await durability.close()
 
 
-async def test_changes_during_a_commit_gather_for_the_next_one() -> None:
+async def test_changes_during_a_commit_gather_for_the_next_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(durability_module, "MAX_IN_FLIGHT", 3)
     ks, store = keyspaces(), SlowStore(delay=0.01)
     durability = Durability(ks, store)
     barriers = []
@@ -102,6 +120,37 @@ async def test_changes_during_a_commit_gather_for_the_next_one() -> None:
     await asyncio.gather(*barriers)
     assert sum(store.batch_sizes) == 300
     assert len(store.batch_sizes) < 30, store.batch_sizes
+    assert store.most_in_flight == 3  # commits follow each other without waiting, up to 3
+    await durability.close()
+
+
+async def test_a_failed_commit_fails_the_commits_started_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Their barriers promise that every change before them is durable: the failed ones are not."""
+    monkeypatch.setattr(durability_module, "RETRY_AFTER_FAILURE_S", 0.01)
+    monkeypatch.setattr(durability_module, "MAX_IN_FLIGHT", 2)
+    ks, store = keyspaces(), SlowStore(delay=0.02)
+    store.fail_keys = {"a"}
+    durability = Durability(ks, store)
+    ks.lww_write("a", "v", 1)
+    first = durability.barrier()
+    await asyncio.sleep(0)
+    ks.lww_write("b", "v", 1)
+    second = durability.barrier()
+    await asyncio.sleep(0)
+    assert store.in_flight == 2
+    assert first is not None and second is not None and second is not first
+    with pytest.raises(NotDurable, match="Input/output error"):
+        await first
+    with pytest.raises(NotDurable, match="an earlier commit failed"):
+        await second  # its own commit went through, but the change to a did not
+    assert store.records.keys() == {(LWW, "b")}
+    store.fail_keys = set()
+    later = durability.barrier()  # both keys are still to be stored
+    assert later is not None
+    await later
+    assert store.records.keys() == {(LWW, "a"), (LWW, "b")}
     await durability.close()
 
 
@@ -525,41 +574,45 @@ async def test_a_full_lmdb_map_fails_commits_once_a_checkpoint_fails(tmp_path: P
         store.close()
 
 
-def checkpointer_pids(data_dir: Path) -> list[int]:
-    """The checkpointer processes working on `data_dir`, found by their command lines."""
-    pids = []
+def helper_pids(data_dir: Path) -> dict[str, list[int]]:
+    """The log writer and checkpointer processes working on `data_dir`, by their command lines."""
+    pids: dict[str, list[int]] = {"replica.log_writer": [], "replica.checkpointer": []}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"replica.checkpointer" in argv and str(data_dir).encode() in argv:
-                pids.append(int(proc.name))
+            for module, found in pids.items():
+                if module.encode() in argv and str(data_dir).encode() in argv:
+                    found.append(int(proc.name))
     return pids
 
 
-async def test_the_checkpointer_goes_when_its_node_is_killed_and_nothing_is_lost(
+async def test_the_log_writer_and_checkpointer_go_when_their_node_is_killed(
     scratch_dir: Path,
 ) -> None:
+    """And nothing acknowledged is lost, though they were working when it died."""
     (port,) = free_ports(1)
     node = durable_node(scratch_dir, port)
     data_dir = (scratch_dir / "data" / "n1").resolve()
+    none: dict[str, list[int]] = {"replica.log_writer": [], "replica.checkpointer": []}
     try:
         node.start().wait_ready()
         acked = await pipelined_writes(node, 0, 200)
         deadline = time.monotonic() + 20  # a checkpoint runs every 5 s
-        while not checkpointer_pids(data_dir) and time.monotonic() < deadline:
+        while not all(helper_pids(data_dir).values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        (pid,) = checkpointer_pids(data_dir)
+        helpers = helper_pids(data_dir)
+        assert all(len(found) == 1 for found in helpers.values()), helpers
         acked += await pipelined_writes(node, 1000, 200)
         node.kill()
         deadline = time.monotonic() + 20
-        while pid in checkpointer_pids(data_dir) and time.monotonic() < deadline:
+        while helper_pids(data_dir) != none and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert checkpointer_pids(data_dir) == [], "the checkpointer outlived its node"
+        assert helper_pids(data_dir) == none, "a helper outlived its node"
         node.start().wait_ready()
         await assert_present(node, acked)
     finally:
         node.stop()
-    assert checkpointer_pids(data_dir) == []  # a clean stop ends it too
+    assert helper_pids(data_dir) == none  # a clean stop ends them too

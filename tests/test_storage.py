@@ -24,19 +24,19 @@ from replica.crdt.version_vector import Dot, VersionVector
 from replica.digest import BUCKETS
 from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
 from replica.node import Node
-from replica.storage import (
-    FORMAT_MARKER,
+from replica.records import (
+    BATCH_HEADER,
     FORMAT_VERSION,
     TYPE_TAGS,
-    LmdbStore,
-    MemoryStore,
-    StorageError,
     decode_state,
+    encode_batch,
+    encode_commit,
     encode_removal,
     encode_state,
-    log_record_key,
-    open_store,
+    log_entries,
+    state_of,
 )
+from replica.storage import FORMAT_MARKER, LmdbStore, MemoryStore, StorageError, open_store
 from tests.harness import free_ports, replica_command
 from tests.strategies_mv import mv_registers
 from tests.strategies_types import clocked_siblings, lww_registers, version_chains
@@ -62,7 +62,7 @@ def sample_states() -> dict[tuple[str, str], Any]:
 
 
 def store_all(store: Any, states: dict[tuple[str, str], Any]) -> None:
-    store.store_batch([(ks, key, encode_state(ks, key, s)) for (ks, key), s in states.items()])
+    store.store_batch([(ks, key, s) for (ks, key), s in states.items()])
 
 
 def loaded(store: Any) -> dict[tuple[str, str], Any]:
@@ -92,10 +92,10 @@ def test_every_keyspace_round_trips_through_memory() -> None:
 def test_a_later_batch_replaces_a_key_and_remove_forgets_it(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path)
     first, second = LWWRegister("a", 1, "n1"), LWWRegister("b", 2, "n1")
-    store.store_batch([(LWW, "k", encode_state(LWW, "k", first))])
-    store.store_batch([(LWW, "k", encode_state(LWW, "k", second))])
+    store.store_batch([(LWW, "k", first)])
+    store.store_batch([(LWW, "k", second)])
     assert loaded(store) == {(LWW, "k"): second}
-    store.remove([(LWW, "k"), (MV, "absent")])
+    store.store_batch([(LWW, "k", None), (MV, "absent", None)])
     assert loaded(store) == {}
     store.close()
 
@@ -232,11 +232,24 @@ def test_trusted_decoding_still_checks_the_tag_version_and_framing(data: bytes) 
         decode_state(MV, data, trusted=True)
 
 
-def corrupt_one_record(path: Path) -> None:
+def put_raw(path: Path, db: bytes, key: bytes, value: bytes) -> None:
+    """Put a value into the store's LMDB behind its back."""
     env = lmdb.open(str(path), max_dbs=8)
     with env.begin(write=True) as txn:
-        txn.put(b"k", b"\x01\x01{broken", db=env.open_db(b"mv", txn=txn))
+        txn.put(key, value, db=env.open_db(db, txn=txn))
     env.close()
+
+
+def format_of(path: Path) -> bytes | None:
+    env = lmdb.open(str(path), max_dbs=8)
+    with env.begin() as txn:
+        marker = txn.get(b"format", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    return marker
+
+
+def corrupt_one_record(path: Path) -> None:
+    put_raw(path, b"mv", b"k", b"\x01\x01{broken")
 
 
 def test_a_corrupt_record_stops_loading(tmp_path: Path) -> None:
@@ -253,8 +266,18 @@ def test_a_corrupt_record_stops_loading(tmp_path: Path) -> None:
 def test_a_record_of_the_wrong_shape_stops_loading(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path)
     store_all(store, sample_states())
-    store.store_batch([(MV, "bad", record(MV, [{"value": 1, "dot": "ab", "past": {}}]))])
     store.close()
+    put_raw(tmp_path, b"mv", b"bad", record(MV, [{"value": 1, "dot": "ab", "past": {}}]))
+    store = LmdbStore(tmp_path)
+    with pytest.raises(StorageError, match="undecodable"):
+        list(store.load_all())
+    store.close()
+
+
+def test_a_logged_state_of_the_wrong_shape_stops_loading(tmp_path: Path) -> None:
+    shape = orjson.dumps([[TYPE_TAGS[MV], "bad", [{"value": 1, "dot": "ab", "past": {}}]]])
+    record = BATCH_HEADER + shape
+    write_then_crash(tmp_path, f"store.begin_writes()\nstore._link.request(1, {record!r})")
     store = LmdbStore(tmp_path)
     with pytest.raises(StorageError, match="undecodable"):
         list(store.load_all())
@@ -295,10 +318,7 @@ def test_an_lmdb_store_of_someone_else_is_refused(tmp_path: Path) -> None:
 
 def test_a_store_of_another_format_is_refused(tmp_path: Path) -> None:
     LmdbStore(tmp_path).close()
-    env = lmdb.open(str(tmp_path), max_dbs=8)
-    with env.begin(write=True) as txn:
-        txn.put(b"format", b"replica-store/9", db=env.open_db(b"meta", txn=txn))
-    env.close()
+    put_raw(tmp_path, b"meta", b"format", b"replica-store/9")
     with pytest.raises(StorageError, match="format"):
         LmdbStore(tmp_path)
 
@@ -423,12 +443,12 @@ CRASHING_WRITER = """
 import os, sys
 from replica.crdt.lww import LWWRegister
 from replica.keyspaces import LWW
-from replica.storage import LmdbStore, encode_state
+from replica.storage import LmdbStore
 
 store = LmdbStore(sys.argv[1])
 
 def put(*pairs):
-    store.store_batch([(LWW, k, encode_state(LWW, k, LWWRegister(v, 1, "n1"))) for k, v in pairs])
+    store.store_batch([(LWW, k, LWWRegister(v, 1, "n1")) for k, v in pairs])
 
 {body}
 os._exit(0)  # no close, so no checkpoint: what a kill -9 leaves
@@ -450,7 +470,7 @@ def segments_in(path: Path) -> list[str]:
 
 
 def put(store: LmdbStore, *pairs: tuple[str, Any]) -> None:
-    store.store_batch([(LWW, k, encode_state(LWW, k, LWWRegister(v, 1, "n1"))) for k, v in pairs])
+    store.store_batch([(LWW, k, LWWRegister(v, 1, "n1")) for k, v in pairs])
 
 
 def test_a_crash_before_any_checkpoint_loses_no_commit(tmp_path: Path) -> None:
@@ -474,7 +494,7 @@ def test_the_log_replaces_what_lmdb_holds(tmp_path: Path) -> None:
     put(store, ("a", "old"), ("b", "old"), ("gone", "old"))
     store.close()  # in LMDB now
     assert segments_in(tmp_path) == []  # a clean close leaves nothing to replay
-    write_then_crash(tmp_path, 'put(("a", "new"))\nstore.remove([("lww", "gone")])')
+    write_then_crash(tmp_path, 'put(("a", "new"))\nstore.store_batch([("lww", "gone", None)])')
     store = LmdbStore(tmp_path)
     try:
         assert lww_values(store) == {"a": "new", "b": "old"}
@@ -483,7 +503,9 @@ def test_the_log_replaces_what_lmdb_holds(tmp_path: Path) -> None:
 
 
 def test_a_removal_then_a_write_of_the_same_key_keeps_the_write(tmp_path: Path) -> None:
-    write_then_crash(tmp_path, 'put(("k", 1))\nstore.remove([("lww", "k")])\nput(("k", 2))')
+    write_then_crash(
+        tmp_path, 'put(("k", 1))\nstore.store_batch([("lww", "k", None)])\nput(("k", 2))'
+    )
     store = LmdbStore(tmp_path)
     try:
         assert lww_values(store) == {"k": 2}
@@ -498,7 +520,7 @@ def test_a_torn_tail_is_cut_and_every_whole_batch_loads(tmp_path: Path) -> None:
     end = parse(path.read_bytes())[1]
     with path.open("r+b") as file:  # the next batch was being written when the node died
         file.seek(end)
-        file.write(frame([encode_state(LWW, "late", LWWRegister(9, 1, "n1"))])[:-7])
+        file.write(frame([encode_batch([(LWW, "late", LWWRegister(9, 1, "n1"))])])[:-7])
     store = LmdbStore(tmp_path)
     try:
         assert lww_values(store) == {**{f"k{i}": i for i in range(50)}, "x": 49}
@@ -541,7 +563,7 @@ def test_segments_a_crash_left_after_their_checkpoint_are_not_replayed(tmp_path:
     (first,) = segments_in(tmp_path)
     kept = (tmp_path / first).read_bytes()
     store.checkpoint()
-    store.remove([(LWW, "k")])
+    store.store_batch([(LWW, "k", None)])
     store.checkpoint()
     store.close()
     (tmp_path / first).write_bytes(kept)  # as if its deletion had never reached the disk
@@ -557,12 +579,14 @@ def test_checkpoints_run_on_their_own_while_commits_go_on(tmp_path: Path) -> Non
     store = LmdbStore(tmp_path, segment_bytes=4096, checkpoint_interval_s=0.01)
     try:
         deadline = time.monotonic() + 30
-        i = 0
-        while (i < 300 or store.checkpoints < 3) and time.monotonic() < deadline:
+        i, segments = 0, set()
+        while (i < 300 or store.count() < 120) and time.monotonic() < deadline:
             put(store, (f"k{i % 120}", i))
+            segments.update(segments_in(tmp_path))
             i += 1
             time.sleep(0.001)
-        assert store.checkpoints >= 3
+        assert store.count() == 120  # in LMDB, and no checkpoint was asked for
+        assert len(segments) >= 3  # the log moved on to new segments as it went
         assert lww_values(store) == {f"k{j % 120}": j for j in range(i - 120, i)}
     finally:
         store.close()
@@ -600,10 +624,7 @@ def test_a_store_of_the_format_before_the_log_is_read_and_upgraded(tmp_path: Pat
     env.close()
     store = LmdbStore(tmp_path)
     store.close()
-    env = lmdb.open(str(tmp_path), max_dbs=8)
-    with env.begin() as txn:
-        assert txn.get(b"format", db=env.open_db(b"meta", txn=txn)) == FORMAT_MARKER
-    env.close()
+    assert format_of(tmp_path) == FORMAT_MARKER
     store = LmdbStore(tmp_path)
     try:
         assert lww_values(store) == {"k": 1}
@@ -611,12 +632,74 @@ def test_a_store_of_the_format_before_the_log_is_read_and_upgraded(tmp_path: Pat
         store.close()
 
 
-def test_log_records_name_their_key_without_decoding_the_state() -> None:
+def test_a_log_record_gives_its_entries_in_order() -> None:
+    states = sample_states()
+    record = encode_batch(
+        [*((ks, key, state) for (ks, key), state in states.items()), (KV, "gone", None)]
+    )
+    entries = log_entries(record)
+    assert [(ks, key) for ks, key, _ in entries] == [*states, (KV, "gone")]
+    assert [state_of(ks, key, stored) for ks, key, stored in entries[:-1]] == list(states.values())
+    assert entries[-1][2] is None
+    spaces = {
+        space: {key: state for (ks, key), state in states.items() if ks == space}
+        for space in (MV, KV, MVCC, LWW)
+    }
+    assert encode_commit([*states, (KV, "gone")], spaces) == record
+
+
+@given(keyed_state=keyed_states)
+def test_a_logged_state_decodes_to_itself(keyed_state: tuple[str, Any]) -> None:
+    keyspace, state = keyed_state
+    ((space, key, stored),) = log_entries(encode_batch([(keyspace, "k", state)]))
+    assert (space, key) == (keyspace, "k")
+    assert state_of(keyspace, key, stored) == state
+    assert state_of(keyspace, key, stored, trusted=False) == state
+    only = {keyspace: {"k": state}}
+    assert encode_commit([(keyspace, "k")], only) == encode_batch([(keyspace, "k", state)])
+
+
+def test_the_per_key_log_records_of_format_2_still_read() -> None:
     for (keyspace, key), state in sample_states().items():
-        assert log_record_key(encode_state(keyspace, key, state)) == (keyspace, key.encode())
-    for key in ['q"uote', "back\\slash", "\x01control", "é", ""]:
-        data = encode_state(LWW, key, LWWRegister(1, 1, "n1"))
-        assert log_record_key(data) == (LWW, key.encode())
-    assert log_record_key(encode_removal(MVCC, "gone")) == (MVCC, b"gone")
-    with pytest.raises(StorageError, match="unknown type tag"):
-        log_record_key(b"\x09\x01[]")
+        ((space, name, stored),) = log_entries(encode_state(keyspace, key, state))
+        assert (space, name, state_of(space, name, stored)) == (keyspace, key, state)
+    assert log_entries(encode_removal(MVCC, "gone")) == [(MVCC, "gone", None)]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"\x09\x01[]",
+        b"\x10\x02[]",
+        BATCH_HEADER + b"nope",
+        BATCH_HEADER + b"{}",
+        BATCH_HEADER + b"[[1]]",
+        BATCH_HEADER + b'[[9, "k", 1]]',
+        BATCH_HEADER + b'[[true, "k", 1]]',
+        BATCH_HEADER + b"[[1, 2, 1]]",
+        bytes([0x7F, FORMAT_VERSION, 0x09]) + b"k",
+    ],
+)
+def test_a_log_record_that_is_not_ours_is_a_storage_error(record: bytes) -> None:
+    with pytest.raises(StorageError):
+        log_entries(record)
+
+
+def test_a_log_of_format_2_is_replayed_and_upgraded(tmp_path: Path) -> None:
+    LmdbStore(tmp_path).close()
+    put_raw(tmp_path, b"meta", b"format", b"replica-store/2")
+    put_raw(tmp_path, b"lww", b"gone", encode_state(LWW, "gone", LWWRegister(1, 1, "n1")))
+    records = [encode_state(LWW, "k", LWWRegister(7, 1, "n1")), encode_removal(LWW, "gone")]
+    (tmp_path / "log.000001").write_bytes(frame(records))
+    store = LmdbStore(tmp_path)
+    try:
+        assert lww_values(store) == {"k": 7}
+    finally:
+        store.close()
+    assert format_of(tmp_path) == FORMAT_MARKER
+    store = LmdbStore(tmp_path)
+    try:
+        assert lww_values(store) == {"k": 7}
+        assert store.count() == 1
+    finally:
+        store.close()
