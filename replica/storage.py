@@ -85,8 +85,8 @@ DEFAULT_MAP_SIZE = 64 << 30  # address space only: the file grows as data does
 LMDB_FILES = {"data.mdb", "lock.mdb"}
 LOCK_FILE = "replica.lock"
 LOCK_WAIT_S = 10.0  # for the log writer of a holder that is gone
-SEGMENT_BYTES = int(__import__("os").environ.get("SEGB", 32 << 20))
-CHECKPOINT_INTERVAL_S = float(__import__("os").environ.get("CKI", 5.0))
+SEGMENT_BYTES = 32 << 20
+CHECKPOINT_INTERVAL_S = 5.0
 
 KeyRef = tuple[str, str]
 
