@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -616,3 +618,38 @@ async def test_the_log_writer_and_checkpointer_go_when_their_node_is_killed(
     finally:
         node.stop()
     assert helper_pids(data_dir) == none  # a clean stop ends them too
+
+
+async def test_a_killed_log_writer_fails_its_commits_and_a_new_one_takes_over(
+    scratch_dir: Path,
+) -> None:
+    (port,) = free_ports(1)
+    node = durable_node(scratch_dir, port)
+    data_dir = (scratch_dir / "data" / "n1").resolve()
+    try:
+        node.start().wait_ready()
+        acked = await pipelined_writes(node, 0, 100)
+        (writer,) = helper_pids(data_dir)["replica.log_writer"]
+        os.kill(writer, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        replies: list[dict[str, Any]] = []
+        async with await node.connect() as client:
+            while time.monotonic() < deadline:  # until writes are durable again
+                reply = await client.request({"type": "lww_write", "key": "after", "value": 1})
+                replies.append(reply)
+                if reply["type"] == "lww_write_ok":
+                    break
+                assert reply["code"] == 13, reply  # not durable: an error, never an ack
+                await asyncio.sleep(0.05)
+        assert replies[-1]["type"] == "lww_write_ok", replies
+        (successor,) = helper_pids(data_dir)["replica.log_writer"]
+        assert successor != writer
+        acked += await pipelined_writes(node, 1000, 100)
+        node.kill()
+        node.start().wait_ready()
+        await assert_present(node, acked)
+        async with await node.connect() as client:
+            assert (await client.request({"type": "lww_read", "key": "after"}))["value"] == 1
+    finally:
+        node.stop()
+        print(node.stderr_text())
