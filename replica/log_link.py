@@ -5,8 +5,9 @@ blocking (what the pipe cannot take waits in a buffer for the loop to say it
 can) and its `done` callback is called, on the loop, when the writer's
 result for it comes back, in the order the commits were sent.  Without a
 loop (`request`), a call writes one request and blocks for its result: what
-tests, tools and a closing store use.  The two never mix: a link that has
-served the loop is handed back to blocking use only by `close`.
+tests, tools and a closing store use.  On a link that serves a loop a
+blocking request waits for nothing else: it is refused while commits are on
+their way, whose results the pipe holds.
 
 A writer that exits unexpectedly fails every commit still waiting for it;
 the next commit starts a new one, which opens a new segment and takes over

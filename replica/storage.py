@@ -40,6 +40,7 @@ previous incarnation already gave to a different write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -455,7 +456,7 @@ def _lock_dir(path: Path, wait_s: float) -> int:
         except OSError as exc:
             os.close(fd)
             raise StorageError(f"cannot lock data dir {path}: {exc.strerror or exc}") from None
-    with _suppressed_os_errors():  # the pid is a courtesy to the next opener
+    with contextlib.suppress(OSError):  # the pid is a courtesy to the next opener
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -473,14 +474,6 @@ def _holder_alive(fd: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")  # a zombie holds no lock: its files are closed
-
-
-class _suppressed_os_errors:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool:
-        return kind is not None and issubclass(kind, OSError)
 
 
 # -- opening -------------------------------------------------------------------------------

@@ -607,6 +607,38 @@ def test_a_data_dir_is_opened_by_one_store_at_a_time(tmp_path: Path) -> None:
     LmdbStore(tmp_path).close()  # closing lets it go
 
 
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(0.5)
+"""
+
+
+def test_a_lock_left_to_a_dead_nodes_log_writer_is_waited_for(tmp_path: Path) -> None:
+    """The pid in the lock file is gone, so the holder is its log writer, about to exit."""
+    LmdbStore(tmp_path).close()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout
+    lock = tmp_path / "replica.lock"
+    lock.write_text(gone)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        store = LmdbStore(tmp_path)
+        assert holder.poll() == 0  # it had let go: the store waited for it
+        store.close()
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
 def test_log_segments_without_a_database_are_refused(tmp_path: Path) -> None:
     LmdbStore(tmp_path).close()
     write_then_crash(tmp_path, 'put(("k", 1))')
