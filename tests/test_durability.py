@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import random
 import signal
+import struct
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -650,6 +653,59 @@ async def test_a_killed_log_writer_fails_its_commits_and_a_new_one_takes_over(
         await assert_present(node, acked)
         async with await node.connect() as client:
             assert (await client.request({"type": "lww_read", "key": "after"}))["value"] == 1
+    finally:
+        node.stop()
+        print(node.stderr_text())
+
+
+def pipe_bytes(reader_pid: int) -> int:
+    """How many bytes wait in the pipe a process reads as its standard input."""
+    fd = os.open(f"/proc/{reader_pid}/fd/0", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    finally:
+        os.close(fd)
+
+
+def blocked_in(pid: int) -> str:
+    """Where in the kernel a process's main thread waits (`/proc/PID/wchan`)."""
+    return Path(f"/proc/{pid}/wchan").read_text()
+
+
+async def test_writes_wait_for_a_stalled_log_writer_and_lose_nothing(scratch_dir: Path) -> None:
+    """A stopped writer fills the pipe; the node keeps what the pipe cannot take, and serves on."""
+    (port,) = free_ports(1)
+    node = durable_node(scratch_dir, port)
+    data_dir = (scratch_dir / "data" / "n1").resolve()
+    value, count = "v" * 30_000, 400  # 12 MB of commits: many times what a pipe holds
+    try:
+        node.start().wait_ready()
+        (writer,) = helper_pids(data_dir)["replica.log_writer"]
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            async with await node.connect() as client:
+                for i in range(count):
+                    body = {"type": "lww_write", "key": f"s{i}", "value": value, "msg_id": i}
+                    await client.send(body)
+                deadline = time.monotonic() + 20
+                while pipe_bytes(writer) < 60_000 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                assert pipe_bytes(writer) >= 60_000  # full: the rest waits in the node
+                assert "pipe" not in blocked_in(node.pid), blocked_in(node.pid)
+                await client.send({"type": "status", "msg_id": -1})
+                os.kill(writer, signal.SIGCONT)
+                replies = [await client.read_json() for _ in range(count + 1)]
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        assert [r["in_reply_to"] for r in replies] == [*range(count), -1]
+        assert {r["type"] for r in replies[:-1]} == {"lww_write_ok"}
+        assert replies[-1]["durability"]["failures"] == 0
+        node.kill()
+        node.start().wait_ready()
+        async with await node.connect() as client:
+            for i in (0, count // 2, count - 1):
+                reply = await client.request({"type": "lww_read", "key": f"s{i}"})
+                assert reply["value"] == value, reply
     finally:
         node.stop()
         print(node.stderr_text())
