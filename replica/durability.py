@@ -105,6 +105,11 @@ class Durability:
     def holds_replies(self) -> bool:
         return self.mode == SYNC
 
+    @property
+    def in_flight(self) -> int:
+        """Commits handed to the store whose results have not come back."""
+        return len(self._in_flight)
+
     # -- changes -------------------------------------------------------------------------
 
     def _changed(self, keyspace: str, key: str, local: bool) -> None:

@@ -293,6 +293,8 @@ def _durability_status(node: Node) -> Body:
         "mode": durability.mode,
         "commits": durability.commits,
         "keys_committed": durability.keys_committed,
+        "commits_in_flight": durability.in_flight,
         "failures": durability.failures,
         "last_error": durability.last_error,
+        **durability.store.status(),
     }

@@ -115,6 +115,10 @@ class Store(Protocol):
 
     def set_meta(self, name: str, value: bytes) -> None: ...
 
+    def status(self) -> dict[str, Any]:
+        """What `status` shows of the store, beyond the commits."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -162,6 +166,9 @@ class MemoryStore:
 
     def set_meta(self, name: str, value: bytes) -> None:
         self.meta[name] = value
+
+    def status(self) -> dict[str, Any]:
+        return {}
 
     def close(self) -> None:
         pass
@@ -370,6 +377,10 @@ class LmdbStore:
     def set_meta(self, name: str, value: bytes) -> None:
         with self.env.begin(write=True) as txn:
             txn.put(name.encode(), value, db=self._meta)
+
+    def status(self) -> dict[str, Any]:
+        """The log writer's restarts: a writer that dies is replaced at the next commit."""
+        return {"log_writer_restarts": 0 if self._link is None else self._link.restarts}
 
     def count(self) -> int:
         """The keys in LMDB, as of the last checkpoint (closing checkpoints everything)."""

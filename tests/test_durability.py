@@ -551,7 +551,8 @@ async def test_status_reports_the_actor_and_the_commits() -> None:
     assert status is not None
     assert status["actor"] == "n1~0a0b0c"
     assert status["durability"] == {
-        "mode": "sync", "commits": 1, "keys_committed": 1, "failures": 0, "last_error": None
+        "mode": "sync", "commits": 1, "keys_committed": 1, "commits_in_flight": 0,
+        "failures": 0, "last_error": None,
     }  # fmt: skip
     await node.durability.close()
 
@@ -647,6 +648,9 @@ async def test_a_killed_log_writer_fails_its_commits_and_a_new_one_takes_over(
         assert replies[-1]["type"] == "lww_write_ok", replies
         (successor,) = helper_pids(data_dir)["replica.log_writer"]
         assert successor != writer
+        async with await node.connect() as client:
+            status = await client.request({"type": "status"})
+            assert status["durability"]["log_writer_restarts"] == 1, status
         acked += await pipelined_writes(node, 1000, 100)
         node.kill()
         node.start().wait_ready()
@@ -700,6 +704,7 @@ async def test_writes_wait_for_a_stalled_log_writer_and_lose_nothing(scratch_dir
         assert [r["in_reply_to"] for r in replies] == [*range(count), -1]
         assert {r["type"] for r in replies[:-1]} == {"lww_write_ok"}
         assert replies[-1]["durability"]["failures"] == 0
+        assert replies[-1]["durability"]["log_writer_restarts"] == 0
         node.kill()
         node.start().wait_ready()
         async with await node.connect() as client:
