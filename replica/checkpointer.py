@@ -118,6 +118,24 @@ def _pipes(process: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
 # -- the process -----------------------------------------------------------------------------
 
 
+def open_environment(path: Path, map_size: int) -> Any:
+    """A data dir's LMDB environment, opened the same way by the node and its checkpointer.
+
+    Synced commits: a checkpoint must be on disk before its segments are deleted.
+    """
+    import lmdb
+
+    return lmdb.open(
+        str(path),
+        map_size=map_size,
+        max_dbs=len(KEYSPACES) + 1,
+        subdir=True,
+        sync=True,
+        metasync=True,
+        readahead=False,
+    )
+
+
 def write_sealed(env: Any, path: Path, seqs: list[int]) -> None:
     """The records of segments `seqs` into LMDB, in log order, in one synced transaction.
 
@@ -139,20 +157,11 @@ def write_sealed(env: Any, path: Path, seqs: list[int]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    import lmdb
 
     with contextlib.suppress(OSError):
         os.nice(CHECKPOINT_NICENESS)  # background work: the node and its log writer come first
     path, map_size = Path(argv[0]), int(argv[1])
-    env = lmdb.open(
-        str(path),
-        map_size=map_size,
-        max_dbs=len(KEYSPACES) + 1,
-        subdir=True,
-        sync=True,
-        metasync=True,
-        readahead=False,
-    )
+    env = open_environment(path, map_size)
     try:
         for line in sys.stdin.buffer:
             try:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from replica.log_writer import APPEND, CLOSE, READY, LogSettings, encode_request
+from replica.log_writer import APPEND, CLOSE, READY, LogSettings, encode_request, write_all
 
 log = logging.getLogger("replica.log_link")
 
@@ -120,7 +120,7 @@ class LogLink:
     def _request(self, kind: int, body: bytes) -> None:
         self.start()
         try:
-            _write_all(self._stdin(), encode_request(kind, body))
+            write_all(self._stdin(), encode_request(kind, body))
             line = self._read_line(CLOSE_TIMEOUT_S)
         except OSError as exc:
             self._reap()
@@ -299,10 +299,3 @@ def _parse_result(line: bytes) -> tuple[int | None, str | None]:
     if status not in ("ok", "error") or not count.isdigit():
         return None, None
     return int(count), (why or "the log writer failed") if status == "error" else None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    with memoryview(data) as view:
-        written = 0
-        while written < len(data):
-            written += os.write(fd, view[written:])

@@ -87,7 +87,6 @@ class Log:
     def __init__(self, path: Path, checkpointed: int, settings: LogSettings) -> None:
         self.path = path
         self.settings = settings
-        self.checkpoints = 0
         seqs = list_segments(path)
         remove_segments(path, (seq for seq in seqs if seq <= checkpointed))
         self._sealed = [seq for seq in seqs if seq > checkpointed]
@@ -139,7 +138,6 @@ class Log:
                 self._rotate(final)
                 if self._sealed:
                     self._checkpointer.checkpoint(self._sealed)
-                    self.checkpoints += 1
                     remove_segments(self.path, self._sealed)
                     self._sealed = []
             except Exception as exc:
@@ -268,12 +266,13 @@ def serve(log_: Log, source: int = 0, sink: int = 1) -> bool:
         del buffer[:used]
         if requests:
             results, closed = answer(log_, requests)
-            _write_all(sink, results.encode())
+            write_all(sink, results.encode())
             if closed:
                 return True
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd`, however many writes a pipe takes."""
     with memoryview(data) as view:
         written = 0
         while written < len(data):
@@ -296,9 +295,9 @@ def main(argv: list[str]) -> int:
     try:
         log_ = Log(args.data_dir, args.checkpointed, settings)
     except Exception as exc:
-        _write_all(1, _result_line(f"error {type(exc).__name__}: {exc}", 1))
+        write_all(1, _result_line(f"error {type(exc).__name__}: {exc}", 1))
         return 1
-    _write_all(1, READY)
+    write_all(1, READY)
     log_.start()
     if serve(log_):
         return 0

@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from replica.checkpointer import CHECKPOINT_KEY, CheckpointFailed
+from replica.checkpointer import CHECKPOINT_KEY, CheckpointFailed, open_environment
 from replica.commit_log import (
     CorruptLog,
     list_segments,
@@ -249,15 +249,7 @@ class LmdbStore:
     def _open_lmdb(self, fresh: bool, map_size: int) -> None:
         lmdb = self._lmdb
         try:
-            self.env = lmdb.open(
-                str(self.path),
-                map_size=map_size,
-                max_dbs=len(KEYSPACES) + 1,
-                subdir=True,
-                sync=True,
-                metasync=True,
-                readahead=False,
-            )
+            self.env = open_environment(self.path, map_size)
         except lmdb.Error as exc:
             raise StorageError(f"cannot open data dir {self.path}: {exc}") from None
         try:
