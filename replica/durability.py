@@ -55,10 +55,10 @@ class NotDurable(Exception):
 class _Commit:
     """A commit on its way: its keys, the changes it covers, and its result once known."""
 
-    __slots__ = ("done", "failure", "refs", "upto")
+    __slots__ = ("changes", "done", "failure", "upto")
 
-    def __init__(self, refs: list[KeyRef], upto: int) -> None:
-        self.refs = refs
+    def __init__(self, changes: dict[KeyRef, Any], upto: int) -> None:
+        self.changes = changes
         self.upto = upto
         self.done = False
         self.failure: str | None = None
@@ -84,7 +84,7 @@ class Durability:
         self.mode = mode
         self.flush_interval = flush_interval_ms / 1000
         self.loop = loop or asyncio.get_running_loop()
-        self._dirty: dict[KeyRef, None] = {}  # an ordered set
+        self._dirty: dict[KeyRef, Any] = {}  # each changed key's state at its latest change
         self._changes = 0  # changes seen so far
         self._started = 0  # changes the latest commit to start carries
         self._durable = 0  # changes the last successful commit covered
@@ -113,7 +113,9 @@ class Durability:
     # -- changes -------------------------------------------------------------------------
 
     def _changed(self, keyspace: str, key: str, local: bool) -> None:
-        self._dirty[(keyspace, key)] = None
+        # The state is taken now, while it is in the CPU's caches; states are
+        # immutable values, so a later change replaces it here, never mutates it.
+        self._dirty[(keyspace, key)] = self._states[keyspace].get(key)
         self._changes += 1
         if self._scheduled is None:
             self._schedule(self.flush_interval if self.mode == ASYNC else 0.0)
@@ -161,13 +163,12 @@ class Durability:
 
     def _begin_commit(self) -> None:
         """Take every dirty key into a commit and hand its states to the store."""
-        refs = list(self._dirty)
-        self._dirty = {}
+        changes, self._dirty = self._dirty, {}
         self._started = upto = self._changes
-        commit = _Commit(refs, upto)
+        commit = _Commit(changes, upto)
         self._in_flight.append(commit)
         try:
-            record = encode_commit(refs, self._states)
+            record = encode_commit(changes)
             self.store.submit(record, lambda failure: self._finished(commit, failure))
         except Exception as exc:  # it fails its commit, as the disk would, not the loop
             self.loop.call_soon(self._finished, commit, _describe(exc))
@@ -201,7 +202,7 @@ class Durability:
     def _succeeded(self, commit: _Commit) -> None:
         self._durable = commit.upto
         self.commits += 1
-        self.keys_committed += len(commit.refs)
+        self.keys_committed += len(commit.changes)
         while self._waiters and self._waiters[0][0] <= commit.upto:
             future = self._waiters.popleft()[1]
             if not future.done():
@@ -211,11 +212,11 @@ class Durability:
         error = commit.failure or "an earlier commit failed"
         self.failures += 1
         self.last_error = error
-        log.error("commit of %d keys failed: %s", len(commit.refs), error)
+        log.error("commit of %d keys failed: %s", len(commit.changes), error)
         for later in self._in_flight:  # they cannot make this commit's changes durable
             later.failure = later.failure or f"an earlier commit failed: {error}"
-        for ref in commit.refs:  # still in memory, still to be stored
-            self._dirty.setdefault(ref, None)
+        for keyspace, key in commit.changes:  # still in memory, still to be stored
+            self._dirty.setdefault((keyspace, key), self._states[keyspace].get(key))
         while self._waiters and self._waiters[0][0] <= commit.upto:
             future = self._waiters.popleft()[1]
             if not future.done():

@@ -673,11 +673,7 @@ def test_a_log_record_gives_its_entries_in_order() -> None:
     assert [(ks, key) for ks, key, _ in entries] == [*states, (KV, "gone")]
     assert [state_of(ks, key, stored) for ks, key, stored in entries[:-1]] == list(states.values())
     assert entries[-1][2] is None
-    spaces = {
-        space: {key: state for (ks, key), state in states.items() if ks == space}
-        for space in (MV, KV, MVCC, LWW)
-    }
-    assert encode_commit([*states, (KV, "gone")], spaces) == record
+    assert encode_commit({**states, (KV, "gone"): None}) == record
 
 
 @given(keyed_state=keyed_states)
@@ -687,8 +683,7 @@ def test_a_logged_state_decodes_to_itself(keyed_state: tuple[str, Any]) -> None:
     assert (space, key) == (keyspace, "k")
     assert state_of(keyspace, key, stored) == state
     assert state_of(keyspace, key, stored, trusted=False) == state
-    only = {keyspace: {"k": state}}
-    assert encode_commit([(keyspace, "k")], only) == encode_batch([(keyspace, "k", state)])
+    assert encode_commit({(keyspace, "k"): state}) == encode_batch([(keyspace, "k", state)])
 
 
 def test_the_per_key_log_records_of_format_2_still_read() -> None:
