@@ -25,11 +25,8 @@ checkpoint are deleted, not replayed.  A clean close checkpoints everything,
 so the next start replays nothing.  How states and log records are encoded
 is `replica.records`.
 
-A data dir is locked while a store has it open (the lock file holds the
-holder's pid): two processes appending to one log would each overwrite the
-other's records.  The log writer keeps the lock until it exits, so a node
-restarted right after a kill -9 waits the moment its previous writer takes
-to go.
+A data dir is locked while a store has it open (`replica.data_dir`): two
+processes appending to one log would each overwrite the other's records.
 
 Each incarnation of a data dir has an actor id, made when the store is
 created empty.  MV dots carry it instead of the bare node id, so a node whose
@@ -40,8 +37,6 @@ previous incarnation already gave to a different write.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -57,8 +52,8 @@ from replica.commit_log import (
     read_segment,
     remove_segments,
     segment_name,
-    segment_seq,
 )
+from replica.data_dir import LOCK_WAIT_S, check_dir, lock_dir
 from replica.log_link import Done, LogFailed, LogLink
 from replica.log_writer import APPEND, CHECKPOINT, LogSettings
 from replica.records import (
@@ -83,9 +78,6 @@ READABLE_MARKERS = {b"replica-store/1", b"replica-store/2", FORMAT_MARKER}
 instead of one per commit.  Opening either writes /3, which a replica that
 cannot read commit batches refuses rather than misread."""
 DEFAULT_MAP_SIZE = 64 << 30  # address space only: the file grows as data does
-LMDB_FILES = {"data.mdb", "lock.mdb"}
-LOCK_FILE = "replica.lock"
-LOCK_WAIT_S = 10.0  # for the log writer of a holder that is gone
 SEGMENT_BYTES = 32 << 20
 CHECKPOINT_INTERVAL_S = 5.0
 
@@ -235,10 +227,10 @@ class LmdbStore:
         self._link: LogLink | None = None
         self._closed = False
         self.env: Any = None
-        _check_dir(self.path)  # before the lock file is made in a dir that is not ours
-        self._lock_fd = _lock_dir(self.path, lock_wait_s)
+        check_dir(self.path)  # before the lock file is made in a dir that is not ours
+        self._lock_fd = lock_dir(self.path, lock_wait_s)
         try:
-            self._open_lmdb(_check_dir(self.path), map_size)  # what it holds, now it is ours
+            self._open_lmdb(check_dir(self.path), map_size)  # what it holds, now it is ours
             self._read_log()
         except BaseException:
             self._release()
@@ -417,66 +409,6 @@ def _load_database(
         if db_key not in shadowed:
             key, state = decode_state(keyspace, data, trusted=True)
             yield keyspace, key, state
-
-
-def _check_dir(path: Path) -> bool:
-    """Make sure `path` is a directory we may use; True when it holds no store yet."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        entries = set(os.listdir(path))
-    except OSError as exc:
-        raise StorageError(f"cannot use data dir {path}: {exc.strerror or exc}") from None
-    if "data.mdb" in entries:
-        return False
-    if any(segment_seq(name) is not None for name in entries):
-        raise StorageError(f"data dir {path} holds log segments but no database")
-    if entries - LMDB_FILES - {LOCK_FILE}:
-        raise StorageError(f"data dir {path} holds other files and no replica store")
-    return True
-
-
-def _lock_dir(path: Path, wait_s: float) -> int:
-    """An exclusive lock on the data dir, held as long as the returned descriptor is open.
-
-    A lock held while the pid in the file is gone belongs to the log writer
-    of a node that was killed, which exits as soon as it sees its node go:
-    that is waited for, up to `wait_s`.
-    """
-    try:
-        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StorageError(f"cannot use data dir {path}: {exc.strerror or exc}") from None
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if _holder_alive(fd) or time.monotonic() >= deadline:
-                os.close(fd)
-                raise StorageError(f"data dir {path} is in use by another process") from None
-            time.sleep(0.01)
-        except OSError as exc:
-            os.close(fd)
-            raise StorageError(f"cannot lock data dir {path}: {exc.strerror or exc}") from None
-    with contextlib.suppress(OSError):  # the pid is a courtesy to the next opener
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _holder_alive(fd: int) -> bool:
-    """Whether the pid the lock's holder wrote is a live process (unknown counts as alive)."""
-    try:
-        pid = int(os.pread(fd, 32, 0).decode().strip())
-    except (OSError, ValueError):
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")  # a zombie holds no lock: its files are closed
 
 
 # -- opening -------------------------------------------------------------------------------
