@@ -52,8 +52,6 @@ OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
 NULL3 = b"_\r\n"  # RESP3's null, for clients that said HELLO 3
 EMPTY_ARRAY = b"*0\r\n"
-_BYTES = {bytes}
-"""The element types of a command: an array whose every element is a bulk string."""
 
 Args = list[bytes]
 
@@ -124,9 +122,10 @@ class Commands:
 
     def execute(self, request: Args) -> bytes:
         """The reply to one command (its name first); errors become error replies."""
-        handler = self.table.get(request[0].upper())
+        name = request[0]
+        handler = self.table.get(name) or self.table.get(name.upper())
         if handler is None:
-            return error(f"ERR unknown command '{_name(request[0])}'")
+            return error(f"ERR unknown command '{_name(name)}'")
         try:
             return handler(request[1:])
         except RespError as exc:
@@ -136,18 +135,17 @@ class Commands:
 
     def mvreg(self, args: Args) -> bytes:
         sub = args[0].upper() if args else b""
+        if sub == b"SET":  # first: the command of every write
+            _arity("mvreg|set", args, 3)
+            key, value = _text(args[1], "key"), _text(args[2], "value")
+            self.node.keyspaces.mv_write(key, value, None)
+            return OK
         if sub == b"GET":
             _arity("mvreg|get", args, 2)
             register = self.node.keyspaces.mv.get(_text(args[1], "key"))
             if register is None:
                 return EMPTY_ARRAY
             return array([bulk(_value_bytes(v)) for v in register.values()])
-        if sub == b"SET":
-            _arity("mvreg|set", args, 3)
-            key = _text(args[1], "key")
-            value = _text(args[2], "value")
-            self.node.keyspaces.mv_write(key, value, None)
-            return OK
         if not args:
             raise RespError("ERR wrong number of arguments for 'mvreg' command")
         raise RespError(f"ERR unknown subcommand '{_name(args[0])}' for 'MVREG'")
@@ -275,7 +273,7 @@ class RespConnection(ServedConnection):
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         """The replies to every complete command in the input so far; True to close after."""
         replies: list[bytes] = []
-        execute = self.commands.execute
+        execute, join = self.commands.execute, b"".join
         self.reader.feed(data)
         completed = False
         while True:
@@ -287,10 +285,14 @@ class RespConnection(ServedConnection):
                 return replies, True
             if request is None:
                 break
-            if type(request) is not list or not request or {*map(type, request)} != _BYTES:
+            try:  # joining is the one check of both shape and size: anything but bytes fails
+                size = len(join(request)) if type(request) is list and request else -1
+            except TypeError:
+                size = -1
+            if size < 0:
                 replies.append(error("ERR Protocol error: expected an array of bulk strings"))
                 continue
-            if max(map(len, request)) > self.limit:
+            if size > self.limit:
                 replies.append(self._too_long())
                 return replies, True
             completed = True

@@ -243,6 +243,36 @@ async def test_pipelined_commands_then_quit_closes(cluster: RespCluster) -> None
     assert reply == b"+OK\r\n*1\r\n$1\r\nv\r\n$2\r\nhi\r\n+OK\r\n"
 
 
+async def test_a_request_that_is_not_an_array_of_bulk_strings_gets_an_error(
+    cluster: RespCluster,
+) -> None:
+    shape_error = b"-ERR Protocol error: expected an array of bulk strings\r\n"
+    commands = [
+        b"*4\r\n$5\r\nMVREG\r\n$3\r\nSET\r\n$5\r\nshape\r\n:5\r\n",  # an integer
+        b"*3\r\n$5\r\nMVREG\r\n$3\r\nSET\r\n*1\r\n$5\r\nshape\r\n",  # an array
+        b"*4\r\n$5\r\nMVREG\r\n$3\r\nSET\r\n$5\r\nshape\r\n$-1\r\n",  # a null
+        b"*0\r\n",  # nothing
+        b"*3\r\n$5\r\nMVREG\r\n$3\r\nGET\r\n$5\r\nshape\r\n",
+        b"*1\r\n$4\r\nQUIT\r\n",
+    ]
+    reply = await raw_exchange(cluster.resp_ports["n1"], b"".join(commands))
+    assert reply == shape_error * 4 + b"*0\r\n+OK\r\n"
+
+
+async def test_arguments_over_the_limit_together_are_refused_and_close(
+    cluster: RespCluster,
+) -> None:
+    half = b"x" * (MAX_LINE_BYTES // 2 + 1)  # each under the limit, both over it
+    command = b"*4\r\n$5\r\nMVREG\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(half),
+        half,
+        len(half),
+        half,
+    )
+    reply = await raw_exchange(cluster.resp_ports["n1"], command)
+    assert reply.startswith(b"-ERR request over max_line_bytes")
+
+
 async def test_a_bulk_string_over_the_limit_is_refused_and_closes(cluster: RespCluster) -> None:
     big = b"x" * (MAX_LINE_BYTES + 1)
     command = b"*4\r\n$5\r\nMVREG\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n%s\r\n" % (len(big), big)
