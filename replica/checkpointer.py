@@ -9,9 +9,10 @@ writer it would delay the writer's acknowledgements the same way.  As a
 separate process it runs on the machine's other core instead.
 
 The log writer (`replica.log_writer`) talks to it over a pipe: one line per checkpoint, the
-sequence numbers of the sealed segments separated by spaces; the answer is
-`ok` once the LMDB transaction carrying all of them is synced (it also
-records the newest segment covered), or `error <text>`.  The checkpointer
+sequence numbers of the sealed segments separated by spaces, after the word
+`paced` for a background checkpoint (see `write_sealed`); the answer is `ok`
+once the last LMDB transaction carrying them is synced (it also records the
+newest segment covered), or `error <text>`.  The checkpointer
 never deletes a segment, the writer does after `ok`, and it exits when its
 input ends: a node killed with SIGKILL leaves at most one transaction
 finishing behind it, which a restarted node finds either done (and replays
@@ -26,6 +27,8 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +36,10 @@ from replica.commit_log import iter_segment, segment_name
 from replica.records import KEYSPACES, db_key_of, encode_stored, log_entries
 
 STOP_TIMEOUT_S = 30.0
+CHUNK_KEYS = 10_000
+"""Keys a checkpoint puts in one LMDB transaction: about a megabyte of pages to sync."""
+PACED = "paced"
+"""The first word of a checkpoint request that should leave the disk to appends."""
 CHECKPOINT_NICENESS = 10
 CHECKPOINT_KEY = b"checkpointed_segment"
 """The meta key of the newest segment LMDB holds, written by each checkpoint's transaction."""
@@ -50,12 +57,13 @@ class Checkpointer:
         self.map_size = map_size
         self._process: subprocess.Popen[bytes] | None = None
 
-    def checkpoint(self, seqs: list[int]) -> None:
-        """Have `seqs` written to LMDB in one synced transaction; CheckpointFailed if not."""
+    def checkpoint(self, seqs: list[int], *, paced: bool = False) -> None:
+        """Have `seqs` written to LMDB (see `write_sealed`); CheckpointFailed if not."""
         process = self._running()
         stdin, stdout = _pipes(process)
+        words = [PACED] * paced + [str(seq) for seq in seqs]
         try:
-            stdin.write(" ".join(map(str, seqs)).encode() + b"\n")
+            stdin.write(" ".join(words).encode() + b"\n")
             stdin.flush()
             reply = stdout.readline()
         except OSError as exc:
@@ -94,6 +102,7 @@ class Checkpointer:
                 "replica.checkpointer",
                 str(self.path),
                 str(self.map_size),
+                str(os.getpid()),
             ]
             self._process = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
@@ -136,36 +145,100 @@ def open_environment(path: Path, map_size: int) -> Any:
     )
 
 
-def write_sealed(env: Any, path: Path, seqs: list[int]) -> None:
-    """The records of segments `seqs` into LMDB, in log order, in one synced transaction.
+def write_sealed(
+    env: Any,
+    path: Path,
+    seqs: list[int],
+    *,
+    paced: bool = False,
+    chunk_keys: int = CHUNK_KEYS,
+    writer_alive: Callable[[], bool] = lambda: True,
+) -> None:
+    """The latest state of each key in segments `seqs` into LMDB, `chunk_keys` keys a transaction.
 
-    In log order, the latest record of a key is the one that stays.
+    Only a key's latest state is written, in key order, so a key written a
+    hundred times since the last checkpoint costs one put.  The transactions
+    are paced: after each one the checkpointer waits as long as its commit
+    took, when `paced` (the log writer's periodic checkpoints), so the
+    writer's synced appends never queue behind more than one chunk's pages
+    (one transaction for everything put 20-60 ms bursts into the node's
+    commit latency).  Checkpoints at start and at close go at full speed.
+    Only the last transaction records the newest segment covered; a crash
+    before it leaves LMDB holding some states the segments also hold, which
+    the next start replays over them, harmlessly.
+
+    Each transaction first checks `writer_alive`, holding LMDB's write lock:
+    once the log writer is gone a restarted node may be checkpointing the
+    same segments with newer ones after them, and a chunk of this older
+    checkpoint committed after that would put older states back.
     """
-    max_key = env.max_key_size()
-    with env.begin(write=True) as txn:
-        dbs = {keyspace: env.open_db(keyspace.encode(), txn=txn) for keyspace in KEYSPACES}
-        for seq in seqs:
-            for payload in iter_segment(path / segment_name(seq)):
-                for keyspace, key, stored in log_entries(payload):
-                    db_key = db_key_of(key.encode(), max_key)
-                    if stored is None:
-                        txn.delete(db_key, db=dbs[keyspace])
-                    else:
-                        txn.put(db_key, encode_stored(keyspace, key, stored), db=dbs[keyspace])
-        meta = env.open_db(b"meta", txn=txn)
-        txn.put(CHECKPOINT_KEY, str(seqs[-1]).encode(), db=meta)
+    latest = _latest_states(path, seqs, env.max_key_size())
+    chunks = [chunk for keyspace in KEYSPACES for chunk in _chunks(keyspace, latest, chunk_keys)]
+    if not chunks:
+        chunks = [(KEYSPACES[0], [])]
+    for i, (keyspace, items) in enumerate(chunks):
+        started = time.monotonic()
+        with env.begin(write=True) as txn:
+            if not writer_alive():
+                raise CheckpointFailed("the log writer is gone: checkpoint abandoned")
+            db = env.open_db(keyspace.encode(), txn=txn)
+            puts = [(db_key, value) for db_key, value in items if value is not None]
+            if puts:
+                with txn.cursor(db=db) as cursor:
+                    cursor.putmulti(puts)
+            for db_key, value in items:
+                if value is None:
+                    txn.delete(db_key, db=db)
+            if i == len(chunks) - 1:
+                meta = env.open_db(b"meta", txn=txn)
+                txn.put(CHECKPOINT_KEY, str(seqs[-1]).encode(), db=meta)
+        if paced and i < len(chunks) - 1:
+            time.sleep(time.monotonic() - started)
+
+
+def _latest_states(
+    path: Path, seqs: list[int], max_key: int
+) -> dict[str, dict[bytes, bytes | None]]:
+    """{keyspace: {LMDB key: LMDB value, None when the key is gone}} of each key's last entry.
+
+    Read newest first, so only the entry that stays is encoded.
+    """
+    latest: dict[str, dict[bytes, bytes | None]] = {keyspace: {} for keyspace in KEYSPACES}
+    for seq in reversed(seqs):
+        for payload in reversed(list(iter_segment(path / segment_name(seq)))):
+            for keyspace, key, stored in reversed(log_entries(payload)):
+                seen = latest[keyspace]
+                db_key = db_key_of(key.encode(), max_key)
+                if db_key not in seen:
+                    seen[db_key] = None if stored is None else encode_stored(keyspace, key, stored)
+    return latest
+
+
+def _chunks(
+    keyspace: str, latest: dict[str, dict[bytes, bytes | None]], size: int
+) -> Iterator[tuple[str, list[tuple[bytes, bytes | None]]]]:
+    items = sorted(latest[keyspace].items())
+    for start in range(0, len(items), size):
+        yield keyspace, items[start : start + size]
 
 
 def main(argv: list[str]) -> int:
 
     with contextlib.suppress(OSError):
         os.nice(CHECKPOINT_NICENESS)  # background work: the node and its log writer come first
-    path, map_size = Path(argv[0]), int(argv[1])
+    path, map_size, writer = Path(argv[0]), int(argv[1]), int(argv[2])
+
+    def writer_alive() -> bool:
+        return os.getppid() == writer  # a process whose parent exits gets a new one
+
     env = open_environment(path, map_size)
     try:
         for line in sys.stdin.buffer:
             try:
-                write_sealed(env, path, [int(seq) for seq in line.split()])
+                words = line.decode().split()
+                paced = words[:1] == [PACED]
+                seqs = [int(seq) for seq in words[paced:]]
+                write_sealed(env, path, seqs, paced=paced, writer_alive=writer_alive)
             except Exception as exc:
                 reply = f"error {type(exc).__name__}: {exc}".replace("\n", " ")
             else:

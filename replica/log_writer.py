@@ -127,7 +127,7 @@ class Log:
         if full:
             self._wake.set()
 
-    def checkpoint(self, *, final: bool = False) -> None:
+    def checkpoint(self, *, final: bool = False, paced: bool = False) -> None:
         """Move appends to a new segment, write the closed ones to LMDB, delete them.
 
         `final` closes the log without opening a new segment.  A failure is
@@ -135,9 +135,9 @@ class Log:
         """
         with self._checkpoint_lock:
             try:
-                self._rotate(final)
+                self._rotate(final, paced)
                 if self._sealed:
-                    self._checkpointer.checkpoint(self._sealed)
+                    self._checkpointer.checkpoint(self._sealed, paced=paced)
                     remove_segments(self.path, self._sealed)
                     self._sealed = []
             except Exception as exc:
@@ -156,13 +156,13 @@ class Log:
         finally:
             self._checkpointer.close()
 
-    def _rotate(self, final: bool) -> None:
+    def _rotate(self, final: bool, paced: bool) -> None:
         current = self._segment
         if current is None or (not final and current.size == 0 and not current.broken):
             return
         following = None
         if not final:  # made outside the lock: appends go on meanwhile
-            following = Segment.create(self.path, current.seq + 1, self._preallocate)
+            following = Segment.create(self.path, current.seq + 1, self._preallocate, paced=paced)
         with self._append_lock:
             self._segment = following
         current.close()
@@ -175,7 +175,7 @@ class Log:
             if self._stopping:
                 return
             try:
-                self.checkpoint()
+                self.checkpoint(paced=True)  # the node is serving: leave the disk to appends
             except Exception:
                 why = self._failure
                 log.error("checkpoint failed; appends refused until one succeeds: %s", why)
