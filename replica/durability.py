@@ -4,10 +4,11 @@ Making a write durable costs a sync of the store's commit log (see
 `replica.storage`), and a sync costs about as much for one key as for a few
 hundred, so committing every write on its own would cap a node at a few
 thousand writes a second.  Instead the node applies writes in memory, notes
-which keys changed, and commits them together: the first change of a loop
-turn schedules a commit, which takes every key changed so far, encodes their
-states (on the loop: a key written ten times between two commits is stored
-once) and hands them to the store.  The store's log writer is a process of
+which keys changed (with the state each change left, while it is in the
+CPU's caches), and commits them together: the first change of a loop turn
+schedules a commit, which takes every key changed so far, encodes their
+latest states (on the loop: a key written ten times between two commits is
+stored once) and hands them to the store.  The store's log writer is a process of
 its own, so the loop goes on serving while the disk syncs, and the next
 commit need not wait for this one: up to `MAX_IN_FLIGHT` are on their way at
 once, and the writer appends whatever has arrived with one sync.  Results
