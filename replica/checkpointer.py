@@ -174,26 +174,36 @@ def write_sealed(
     """
     latest = _latest_states(path, seqs, env.max_key_size())
     chunks = [chunk for keyspace in KEYSPACES for chunk in _chunks(keyspace, latest, chunk_keys)]
-    if not chunks:
-        chunks = [(KEYSPACES[0], [])]
+    chunks = chunks or [(KEYSPACES[0], [])]
     for i, (keyspace, items) in enumerate(chunks):
+        last = i == len(chunks) - 1
         started = time.monotonic()
-        with env.begin(write=True) as txn:
-            if not writer_alive():
-                raise CheckpointFailed("the log writer is gone: checkpoint abandoned")
-            db = env.open_db(keyspace.encode(), txn=txn)
-            puts = [(db_key, value) for db_key, value in items if value is not None]
-            if puts:
-                with txn.cursor(db=db) as cursor:
-                    cursor.putmulti(puts)
-            for db_key, value in items:
-                if value is None:
-                    txn.delete(db_key, db=db)
-            if i == len(chunks) - 1:
-                meta = env.open_db(b"meta", txn=txn)
-                txn.put(CHECKPOINT_KEY, str(seqs[-1]).encode(), db=meta)
-        if paced and i < len(chunks) - 1:
+        _write_chunk(env, keyspace, items, seqs[-1] if last else None, writer_alive)
+        if paced and not last:
             time.sleep(time.monotonic() - started)
+
+
+def _write_chunk(
+    env: Any,
+    keyspace: str,
+    items: list[tuple[bytes, bytes | None]],
+    covered: int | None,
+    writer_alive: Callable[[], bool],
+) -> None:
+    """One synced transaction: `items` into `keyspace`, and the newest segment `covered`."""
+    with env.begin(write=True) as txn:
+        if not writer_alive():
+            raise CheckpointFailed("the log writer is gone: checkpoint abandoned")
+        db = env.open_db(keyspace.encode(), txn=txn)
+        puts = [(db_key, value) for db_key, value in items if value is not None]
+        if puts:
+            with txn.cursor(db=db) as cursor:
+                cursor.putmulti(puts)
+        for db_key, value in items:
+            if value is None:
+                txn.delete(db_key, db=db)
+        if covered is not None:
+            txn.put(CHECKPOINT_KEY, str(covered).encode(), db=env.open_db(b"meta", txn=txn))
 
 
 def _latest_states(
