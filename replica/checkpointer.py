@@ -10,9 +10,9 @@ separate process it runs on the machine's other core instead.
 
 The log writer (`replica.log_writer`) talks to it over a pipe: one line per checkpoint, the
 sequence numbers of the sealed segments separated by spaces, after the word
-`paced` for a background checkpoint (see `write_sealed`); the answer is `ok`
-once the last LMDB transaction carrying them is synced (it also records the
-newest segment covered), or `error <text>`.  The checkpointer
+`paced` for a background checkpoint (see `write_sealed`); the answer is
+`ok <keys written>` once the last LMDB transaction carrying them is synced
+(it also records the newest segment covered), or `error <text>`.  The checkpointer
 never deletes a segment, the writer does after `ok`, and it exits when its
 input ends: a node killed with SIGKILL leaves at most one transaction
 finishing behind it, which a restarted node finds either done (and replays
@@ -57,8 +57,8 @@ class Checkpointer:
         self.map_size = map_size
         self._process: subprocess.Popen[bytes] | None = None
 
-    def checkpoint(self, seqs: list[int], *, paced: bool = False) -> None:
-        """Have `seqs` written to LMDB (see `write_sealed`); CheckpointFailed if not."""
+    def checkpoint(self, seqs: list[int], *, paced: bool = False) -> int:
+        """Have `seqs` written to LMDB (see `write_sealed`): the keys written; CheckpointFailed."""
         process = self._running()
         stdin, stdout = _pipes(process)
         words = [PACED] * paced + [str(seq) for seq in seqs]
@@ -71,8 +71,8 @@ class Checkpointer:
             failure = f"cannot reach the checkpointer: {exc}"
         else:
             failure = "the checkpointer exited"
-        if reply == b"ok\n":
-            return
+        if reply.startswith(b"ok"):
+            return int(reply.split()[1]) if reply.split()[1:] else 0
         if not reply:
             self._reap()
             raise CheckpointFailed(failure)
@@ -153,8 +153,10 @@ def write_sealed(
     paced: bool = False,
     chunk_keys: int = CHUNK_KEYS,
     writer_alive: Callable[[], bool] = lambda: True,
-) -> None:
+) -> int:
     """The latest state of each key in segments `seqs` into LMDB, `chunk_keys` keys a transaction.
+
+    Returns how many keys it wrote (or removed).
 
     Only a key's latest state is written, in key order, so a key written a
     hundred times since the last checkpoint costs one put.  The transactions
@@ -181,6 +183,7 @@ def write_sealed(
         _write_chunk(env, keyspace, items, seqs[-1] if last else None, writer_alive)
         if paced and not last:
             time.sleep(time.monotonic() - started)
+    return sum(len(items) for _, items in chunks)
 
 
 def _write_chunk(
@@ -248,11 +251,11 @@ def main(argv: list[str]) -> int:
                 words = line.decode().split()
                 paced = words[:1] == [PACED]
                 seqs = [int(seq) for seq in words[paced:]]
-                write_sealed(env, path, seqs, paced=paced, writer_alive=writer_alive)
+                keys = write_sealed(env, path, seqs, paced=paced, writer_alive=writer_alive)
             except Exception as exc:
                 reply = f"error {type(exc).__name__}: {exc}".replace("\n", " ")
             else:
-                reply = "ok"
+                reply = f"ok {keys}"
             sys.stdout.buffer.write(reply.encode() + b"\n")
             sys.stdout.buffer.flush()
     finally:

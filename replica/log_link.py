@@ -26,8 +26,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from replica.log_writer import APPEND, CLOSE, READY, LogSettings, encode_request, write_all
+import orjson
+
+from replica.log_writer import (
+    APPEND,
+    CHECKPOINT_LINE,
+    CLOSE,
+    READY,
+    LogSettings,
+    encode_request,
+    write_all,
+)
 
 log = logging.getLogger("replica.log_link")
 
@@ -62,6 +73,9 @@ class LogLink:
         self._inbox = bytearray()  # results read, not yet a whole line
         self._outbox = bytearray()  # requests the pipe could not take yet
         self.restarts = 0
+        self.checkpoints = 0  # that wrote something, by every writer this link started
+        self.checkpoint_failures = 0
+        self.last_checkpoint: dict[str, Any] | None = None  # {"keys", "ms", "error"}
 
     # -- starting ----------------------------------------------------------------------------
 
@@ -125,6 +139,9 @@ class LogLink:
         except OSError as exc:
             self._reap()
             raise LogFailed(f"cannot reach the log writer: {exc}") from None
+        while line.startswith(CHECKPOINT_LINE):
+            self._note_checkpoint(line)
+            line = self._read_line(CLOSE_TIMEOUT_S)
         status, why = _parse_result(line)
         if status is None:
             self._reap()
@@ -226,9 +243,25 @@ class LogLink:
         del self._inbox[:end]
         waiting = self._waiting
         for line in lines:
+            if line.startswith(CHECKPOINT_LINE):
+                self._note_checkpoint(line)
+                continue
             status, why = _parse_result(line)
             for _ in range(status or 0):
                 waiting.popleft()(why)
+
+    def _note_checkpoint(self, line: bytes) -> None:
+        try:
+            report = orjson.loads(line[len(CHECKPOINT_LINE) :])
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(report, dict):
+            return
+        self.last_checkpoint = report
+        if report.get("error") is None:
+            self.checkpoints += 1
+        else:
+            self.checkpoint_failures += 1
 
     def _died(self, why: str) -> None:
         """Fail every commit still waiting; the next submit starts a new writer."""

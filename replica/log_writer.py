@@ -24,7 +24,9 @@ Protocol.  The node sends requests, each `u32 LE length | kind | body`:
 The writer answers `ready` once it has its segment (or `error 1 <why>` and
 exits), then one result per request, in order, consecutive ones folded into
 a line: `ok <n>` or `error <n> <why>`.  After `CLOSE` it checkpoints
-everything, answers, and exits.
+everything, answers, and exits.  Between results it may send a line of its
+own after each checkpoint, `checkpoint {"keys", "ms", "error"}`, which the
+node counts for `status`.
 
 Lifetime.  When its input ends without `CLOSE` the node is gone, so it exits
 at once: nothing it had not acknowledged was promised to anyone.  It inherits
@@ -42,9 +44,12 @@ import os
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 from replica.checkpointer import Checkpointer, CheckpointFailed
 from replica.commit_log import Segment, frame, list_segments, remove_segments
@@ -55,6 +60,8 @@ REQUEST = struct.Struct("<IB")
 """A request's header: the body's length, then its kind."""
 APPEND, CHECKPOINT, CLOSE = 1, 2, 3
 READY = b"ready\n"
+CHECKPOINT_LINE = b"checkpoint "
+"""Starts a line the writer sends of its own after a checkpoint: JSON `{keys, ms, error}`."""
 READ_BYTES = 1 << 20
 
 
@@ -78,15 +85,28 @@ def encode_request(kind: int, body: bytes = b"") -> bytes:
     return REQUEST.pack(len(body), kind) + body
 
 
+def checkpoint_line(keys: int, started: float, failure: str | None) -> bytes:
+    """What the writer tells the node of a checkpoint, between its results."""
+    ms = round((time.monotonic() - started) * 1000, 1)
+    return CHECKPOINT_LINE + orjson.dumps({"keys": keys, "ms": ms, "error": failure}) + b"\n"
+
+
 # -- the log ---------------------------------------------------------------------------------
 
 
 class Log:
     """The segments of a data dir: appends go to the newest, checkpoints take the others."""
 
-    def __init__(self, path: Path, checkpointed: int, settings: LogSettings) -> None:
+    def __init__(
+        self,
+        path: Path,
+        checkpointed: int,
+        settings: LogSettings,
+        report: Callable[[bytes], None] = lambda line: None,
+    ) -> None:
         self.path = path
         self.settings = settings
+        self._report = report  # a `checkpoint` line after each checkpoint that wrote or failed
         seqs = list_segments(path)
         remove_segments(path, (seq for seq in seqs if seq <= checkpointed))
         self._sealed = [seq for seq in seqs if seq > checkpointed]
@@ -134,14 +154,17 @@ class Log:
         remembered, and refuses appends, until a checkpoint succeeds.
         """
         with self._checkpoint_lock:
+            started = time.monotonic()
             try:
                 self._rotate(final, paced)
                 if self._sealed:
-                    self._checkpointer.checkpoint(self._sealed, paced=paced)
+                    keys = self._checkpointer.checkpoint(self._sealed, paced=paced)
                     remove_segments(self.path, self._sealed)
                     self._sealed = []
+                    self._report(checkpoint_line(keys, started, None))
             except Exception as exc:
                 self._failure = f"{type(exc).__name__}: {exc}"
+                self._report(checkpoint_line(0, started, self._failure))
                 raise
             self._failure = None
 
@@ -254,7 +277,7 @@ def _failure(action: Callable[[], None]) -> str | None:
     return None
 
 
-def serve(log_: Log, source: int = 0, sink: int = 1) -> bool:
+def serve(log_: Log, output: Callable[[bytes], None], source: int = 0) -> bool:
     """Answer requests from `source` until CLOSE (True) or until the input ends (False)."""
     buffer = bytearray()
     while True:
@@ -266,7 +289,7 @@ def serve(log_: Log, source: int = 0, sink: int = 1) -> bool:
         del buffer[:used]
         if requests:
             results, closed = answer(log_, requests)
-            write_all(sink, results.encode())
+            output(results.encode())
             if closed:
                 return True
 
@@ -292,14 +315,20 @@ def main(argv: list[str]) -> int:
     settings = LogSettings(
         args.map_size, args.segment_bytes, args.checkpoint_interval, bool(args.preallocate)
     )
+    lock = threading.Lock()  # results and checkpoint lines, each whole
+
+    def output(data: bytes) -> None:
+        with lock:
+            write_all(1, data)
+
     try:
-        log_ = Log(args.data_dir, args.checkpointed, settings)
+        log_ = Log(args.data_dir, args.checkpointed, settings, output)
     except Exception as exc:
-        write_all(1, _result_line(f"error {type(exc).__name__}: {exc}", 1))
+        output(_result_line(f"error {type(exc).__name__}: {exc}", 1))
         return 1
-    write_all(1, READY)
+    output(READY)
     log_.start()
-    if serve(log_):
+    if serve(log_, output):
         return 0
     os._exit(0)  # the node is gone: leave a checkpoint in flight unfinished, as a kill would
 

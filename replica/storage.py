@@ -363,8 +363,26 @@ class LmdbStore:
             txn.put(name.encode(), value, db=self._meta)
 
     def status(self) -> dict[str, Any]:
-        """The log writer's restarts: a writer that dies is replaced at the next commit."""
-        return {"log_writer_restarts": 0 if self._link is None else self._link.restarts}
+        """The log writer's restarts, and its checkpoints since the store opened.
+
+        A writer that dies is replaced at the next commit; checkpoints count
+        those that wrote something and those that failed, and the last says
+        how many keys it wrote in how many ms, or why it failed.
+        """
+        link = self._link
+        if link is None:
+            return {
+                "log_writer_restarts": 0,
+                "checkpoints": 0,
+                "checkpoint_failures": 0,
+                "last_checkpoint": None,
+            }
+        return {
+            "log_writer_restarts": link.restarts,
+            "checkpoints": link.checkpoints,
+            "checkpoint_failures": link.checkpoint_failures,
+            "last_checkpoint": link.last_checkpoint,
+        }
 
     def count(self) -> int:
         """The keys in LMDB, as of the last checkpoint (closing checkpoints everything)."""

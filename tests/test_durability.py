@@ -567,6 +567,9 @@ async def test_a_full_lmdb_map_fails_commits_once_a_checkpoint_fails(tmp_path: P
     await durability.barrier()  # type: ignore[misc]
     with pytest.raises(CheckpointFailed, match="MapFullError"):  # in the checkpointer process
         store.checkpoint()
+    status = store.status()
+    assert (status["checkpoints"], status["checkpoint_failures"]) == (0, 1)
+    assert "MapFullError" in status["last_checkpoint"]["error"]
     ks.lww_write("late", "x", 1)
     barrier = durability.barrier()
     assert barrier is not None

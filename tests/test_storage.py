@@ -556,6 +556,23 @@ def test_a_checkpoint_moves_the_log_into_lmdb(tmp_path: Path) -> None:
         store.close()
 
 
+def test_status_counts_the_checkpoints_that_wrote(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path)
+    try:
+        assert store.status()["checkpoints"] == 0
+        put(store, ("a", 1), ("b", 1))
+        put(store, ("a", 2))
+        store.checkpoint()
+        store.checkpoint()  # nothing new: no checkpoint to count
+        status = store.status()
+        assert (status["checkpoints"], status["checkpoint_failures"]) == (1, 0)
+        last = status["last_checkpoint"]
+        assert (last["keys"], last["error"]) == (2, None)  # "a" once: its latest state
+        assert last["ms"] >= 0
+    finally:
+        store.close()
+
+
 def test_segments_a_crash_left_after_their_checkpoint_are_not_replayed(tmp_path: Path) -> None:
     """The crash came between a checkpoint's commit and its deletion of the segments."""
     store = LmdbStore(tmp_path)
