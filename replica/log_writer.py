@@ -52,7 +52,7 @@ from pathlib import Path
 import orjson
 
 from replica.checkpointer import Checkpointer, CheckpointFailed
-from replica.commit_log import Segment, frame, list_segments, remove_segments
+from replica.commit_log import FILL_CHUNK, Segment, frame, list_segments, remove_segments
 
 log = logging.getLogger("replica.log_writer")
 
@@ -63,6 +63,8 @@ READY = b"ready\n"
 CHECKPOINT_LINE = b"checkpoint "
 """Starts a line the writer sends of its own after a checkpoint: JSON `{keys, ms, error}`."""
 READ_BYTES = 1 << 20
+FIRST_PREALLOCATION = 4 << 20
+"""Zeros for the segment a writer starts with, before it has seen the load."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class LogSettings:
     map_size: int  # LMDB's, for the checkpointer
     segment_bytes: int  # a segment this large is closed at once
     checkpoint_interval_s: float
-    preallocate: bool  # zero-fill new segments (halves the cost of a sync)
+    preallocate: bool  # zero-fill new segments (halves the cost of a sync); see _preallocation
 
     def to_args(self) -> list[str]:
         return [
@@ -110,9 +112,9 @@ class Log:
         seqs = list_segments(path)
         remove_segments(path, (seq for seq in seqs if seq <= checkpointed))
         self._sealed = [seq for seq in seqs if seq > checkpointed]
-        self._preallocate = settings.segment_bytes if settings.preallocate else 0
         seq = max([checkpointed, *seqs]) + 1
-        self._segment: Segment | None = Segment.create(path, seq, self._preallocate)
+        first = min(FIRST_PREALLOCATION, settings.segment_bytes) if settings.preallocate else 0
+        self._segment: Segment | None = Segment.create(path, seq, first)
         self._checkpointer = Checkpointer(path, settings.map_size)
         self._append_lock = threading.Lock()  # the current segment
         self._checkpoint_lock = threading.Lock()  # one checkpoint at a time
@@ -144,7 +146,8 @@ class Log:
                 self._wake.set()
                 raise
             full = segment.size >= self.settings.segment_bytes
-        if full:
+            outgrown = 0 < segment.preallocated <= segment.size
+        if full or outgrown:  # past its zeros every sync also writes the file's block map
             self._wake.set()
 
     def checkpoint(self, *, final: bool = False, paced: bool = False) -> None:
@@ -185,11 +188,25 @@ class Log:
             return
         following = None
         if not final:  # made outside the lock: appends go on meanwhile
-            following = Segment.create(self.path, current.seq + 1, self._preallocate, paced=paced)
+            size = self._preallocation(current.size)
+            following = Segment.create(self.path, current.seq + 1, size, paced=paced)
         with self._append_lock:
             self._segment = following
         current.close()
         self._sealed.append(current.seq)
+
+    def _preallocation(self, used: int) -> int:
+        """Zeros for a segment that follows one that took `used` bytes: twice that.
+
+        Whole megabytes, at least one, at most a segment: a lightly loaded
+        node does not write 32 MiB of zeros every checkpoint interval, and
+        one under load rarely outgrows its segment's zeros (an outgrown
+        segment is closed at the next check).
+        """
+        if not self.settings.preallocate:
+            return 0
+        wanted = -(-2 * used // FILL_CHUNK) * FILL_CHUNK
+        return min(self.settings.segment_bytes, max(FILL_CHUNK, wanted))
 
     def _checkpoint_forever(self) -> None:
         while True:

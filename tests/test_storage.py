@@ -747,3 +747,37 @@ def test_a_log_of_format_2_is_replayed_and_upgraded(tmp_path: Path) -> None:
         assert store.count() == 1
     finally:
         store.close()
+
+
+def segment_sizes(path: Path) -> list[int]:
+    return [(path / name).stat().st_size for name in segments_in(path)]
+
+
+def test_zeros_for_each_segment_follow_what_the_last_one_took(tmp_path: Path) -> None:
+    mib = 1 << 20
+    store = LmdbStore(tmp_path)
+    try:
+        put(store, ("small", 1))
+        assert segment_sizes(tmp_path) == [4 * mib]  # a writer's first segment
+        store.checkpoint()
+        assert segment_sizes(tmp_path) == [mib]  # it took a few bytes: the least
+        put(store, ("big", "x" * 1_600_000))
+        store.checkpoint()
+        assert segment_sizes(tmp_path) == [4 * mib]  # twice 1.6 MB, in whole MiB
+    finally:
+        store.close()
+
+
+def test_a_segment_that_outgrows_its_zeros_is_closed_without_waiting(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path, checkpoint_interval_s=3600)
+    try:
+        put(store, ("small", 1))
+        (first,) = segments_in(tmp_path)
+        put(store, ("big", "x" * (5 << 20)))  # past its 4 MiB of zeros
+        deadline = time.monotonic() + 20
+        while first in segments_in(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert first not in segments_in(tmp_path)  # checkpointed long before the hour
+        assert lww_values(store) == {"small": 1, "big": "x" * (5 << 20)}
+    finally:
+        store.close()
