@@ -95,10 +95,9 @@ def frame(payloads: Iterable[bytes]) -> bytes:
 class Segment:
     """The segment being appended to; one thread appends at a time."""
 
-    def __init__(self, path: Path, seq: int, fd: int, preallocated: int = 0) -> None:
+    def __init__(self, path: Path, seq: int, fd: int) -> None:
         self.path = path
         self.seq = seq
-        self.preallocated = preallocated  # bytes zero-filled at creation
         self.size = 0  # bytes of records written
         self.broken = False
         self._fd = fd
@@ -126,7 +125,7 @@ class Segment:
             raise
         finally:
             os.close(fd)
-        return cls(path, seq, appends, preallocate)
+        return cls(path, seq, appends)
 
     def append(self, data: bytes) -> None:
         """Write framed records after the last ones; on return they are on disk.

@@ -63,8 +63,6 @@ READY = b"ready\n"
 CHECKPOINT_LINE = b"checkpoint "
 """Starts a line the writer sends of its own after a checkpoint: JSON `{keys, ms, error}`."""
 READ_BYTES = 1 << 20
-FIRST_PREALLOCATION = 4 << 20
-"""Zeros for the segment a writer starts with, before it has seen the load."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,7 @@ class Log:
         remove_segments(path, (seq for seq in seqs if seq <= checkpointed))
         self._sealed = [seq for seq in seqs if seq > checkpointed]
         seq = max([checkpointed, *seqs]) + 1
-        first = min(FIRST_PREALLOCATION, settings.segment_bytes) if settings.preallocate else 0
+        first = settings.segment_bytes if settings.preallocate else 0  # the load is unknown yet
         self._segment: Segment | None = Segment.create(path, seq, first)
         self._checkpointer = Checkpointer(path, settings.map_size)
         self._append_lock = threading.Lock()  # the current segment
@@ -146,8 +144,7 @@ class Log:
                 self._wake.set()
                 raise
             full = segment.size >= self.settings.segment_bytes
-            outgrown = 0 < segment.preallocated <= segment.size
-        if full or outgrown:  # past its zeros every sync also writes the file's block map
+        if full:
             self._wake.set()
 
     def checkpoint(self, *, final: bool = False, paced: bool = False) -> None:
@@ -200,8 +197,11 @@ class Log:
 
         Whole megabytes, at least one, at most a segment: a lightly loaded
         node does not write 32 MiB of zeros every checkpoint interval, and
-        one under load rarely outgrows its segment's zeros (an outgrown
-        segment is closed at the next check).
+        one under steady load gets a whole segment's.  A load that grows
+        faster appends past the zeros until the next checkpoint, each sync
+        then also writing the file's block map.  (Closing such a segment at
+        once made more checkpoints, each rewriting most of LMDB's pages:
+        0.41-0.43 CPU outside the node instead of 0.24-0.27.)
         """
         if not self.settings.preallocate:
             return 0

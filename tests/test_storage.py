@@ -755,29 +755,18 @@ def segment_sizes(path: Path) -> list[int]:
 
 def test_zeros_for_each_segment_follow_what_the_last_one_took(tmp_path: Path) -> None:
     mib = 1 << 20
-    store = LmdbStore(tmp_path)
+    store = LmdbStore(tmp_path, segment_bytes=8 * mib)
     try:
         put(store, ("small", 1))
-        assert segment_sizes(tmp_path) == [4 * mib]  # a writer's first segment
+        assert segment_sizes(tmp_path) == [8 * mib]  # a writer's first: a whole segment
         store.checkpoint()
         assert segment_sizes(tmp_path) == [mib]  # it took a few bytes: the least
         put(store, ("big", "x" * 1_600_000))
         store.checkpoint()
         assert segment_sizes(tmp_path) == [4 * mib]  # twice 1.6 MB, in whole MiB
-    finally:
-        store.close()
-
-
-def test_a_segment_that_outgrows_its_zeros_is_closed_without_waiting(tmp_path: Path) -> None:
-    store = LmdbStore(tmp_path, checkpoint_interval_s=3600)
-    try:
-        put(store, ("small", 1))
-        (first,) = segments_in(tmp_path)
-        put(store, ("big", "x" * (5 << 20)))  # past its 4 MiB of zeros
-        deadline = time.monotonic() + 20
-        while first in segments_in(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert first not in segments_in(tmp_path)  # checkpointed long before the hour
-        assert lww_values(store) == {"small": 1, "big": "x" * (5 << 20)}
+        put(store, ("bigger", "x" * 6_000_000))
+        store.checkpoint()
+        assert segment_sizes(tmp_path) == [8 * mib]  # at most a segment
+        assert lww_values(store) == {"small": 1, "big": "x" * 1_600_000, "bigger": "x" * 6_000_000}
     finally:
         store.close()
