@@ -44,11 +44,20 @@ async def cluster_status(config: ClusterConfig) -> list[tuple[str, dict[str, Any
 
 
 def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
-    header = ("node", "mv", "kv", "mvcc", "lww", "max sib", "peers (connected, last ack, pending)")
+    header = (
+        "node",
+        "mv",
+        "kv",
+        "mvcc",
+        "lww",
+        "max sib",
+        "disk",
+        "peers (connected, last ack, pending)",
+    )
     lines = [header]
     for node_id, status in rows:
         if isinstance(status, str):
-            lines.append((node_id, "-", "-", "-", "-", "-", status))
+            lines.append((node_id, "-", "-", "-", "-", "-", "-", status))
             continue
         keys = status.get("keys", {})
         siblings = status.get("max_siblings", {})
@@ -60,6 +69,7 @@ def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
                 str(keys.get("mvcc", 0)),
                 str(keys.get("lww", 0)),
                 str(max(siblings.values(), default=0)),
+                _disk(status.get("durability", {})),
                 "  ".join(_peer(p) for p in status.get("peers", [])) or "none",
             )
         )
@@ -67,6 +77,15 @@ def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in lines
     )
+
+
+def _disk(durability: dict[str, Any]) -> str:
+    """The durability mode, and the failures an operator must see: commits, checkpoints."""
+    cell = str(durability.get("mode", "?"))
+    for field, name in (("failures", "commits"), ("checkpoint_failures", "checkpoints")):
+        if durability.get(field):
+            cell += f",{name}-FAILED:{durability[field]}"
+    return cell
 
 
 def _peer(peer: dict[str, Any]) -> str:

@@ -94,6 +94,7 @@ async def test_cluster_up_runs_every_node_replicates_and_stops_them_all(cluster)
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     assert sorted(rows) == ["n1", "n2", "n3"]
     assert all(row[1] == "1" for row in rows.values())  # one mv key everywhere
+    assert all(row[6] == "sync" for row in rows.values())  # durable, nothing failed
 
     children = children_of(process.pid)
     assert len(children) == 3
@@ -112,3 +113,21 @@ def test_status_reports_a_down_node_and_fails(scratch_dir: Path) -> None:
     )
     assert status.returncode == 1
     assert "down" in status.stdout.decode()
+
+
+def test_the_status_table_shows_each_nodes_disk_and_its_failures() -> None:
+    from replica.status_table import format_table
+
+    durable = {"mode": "sync", "failures": 2, "checkpoint_failures": 1, "checkpoints": 4}
+    table = format_table(
+        [
+            ("n1", {"keys": {"mv": 3}, "durability": {"mode": "memory"}, "peers": []}),
+            ("n2", {"keys": {"mv": 3}, "durability": durable, "peers": []}),
+            ("n3", "down (ConnectionRefusedError)"),
+        ]
+    )
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    assert table.splitlines()[0].split()[7] == "disk"  # after "max sib"
+    assert rows["n1"][6] == "memory"
+    assert rows["n2"][6] == "sync,commits-FAILED:2,checkpoints-FAILED:1"
+    assert rows["n3"][6] == "-"
