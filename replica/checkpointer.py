@@ -71,8 +71,8 @@ class Checkpointer:
             failure = f"cannot reach the checkpointer: {exc}"
         else:
             failure = "the checkpointer exited"
-        if reply.startswith(b"ok"):
-            return int(reply.split()[1]) if reply.split()[1:] else 0
+        if reply.startswith(b"ok "):
+            return int(reply.split()[1])
         if not reply:
             self._reap()
             raise CheckpointFailed(failure)

@@ -151,17 +151,16 @@ def db_key_of(raw: bytes, max_key: int) -> bytes:
 
 def encode_batch(entries: Iterable[Entry]) -> bytes:
     """One commit's log record: every entry's stored form in one JSON array."""
-    tags, forms = TYPE_TAGS, STORED_FORMS
-    return BATCH_HEADER + orjson.dumps(
-        [
-            (tags[keyspace], key, None if state is None else forms[keyspace](state))
-            for keyspace, key, state in entries
-        ]
-    )
+    return _encode_record(((keyspace, key), state) for keyspace, key, state in entries)
 
 
 def encode_commit(changes: Mapping[tuple[str, str], Any]) -> bytes:
-    """`encode_batch` of `{(keyspace, key): state}`, the states a commit carries.
+    """`encode_batch` of `{(keyspace, key): state}`, the states a commit carries."""
+    return _encode_record(changes.items())
+
+
+def _encode_record(changes: Iterable[tuple[tuple[str, str], Any]]) -> bytes:
+    """The record of `((keyspace, key), state)` pairs, in their order.
 
     Every commit of the node comes through here, on its event loop, so the
     entries are built in one pass from the states `Durability` noted at each
@@ -172,7 +171,7 @@ def encode_commit(changes: Mapping[tuple[str, str], Any]) -> bytes:
     tags, forms, compact = TYPE_TAGS, STORED_FORMS, _COMPACT_SIBLING
     entries: list[tuple[int, str, Any]] = []
     add = entries.append
-    for (keyspace, key), state in changes.items():
+    for (keyspace, key), state in changes:
         if state is None:
             add((tags[keyspace], key, None))
         elif keyspace == MV:
