@@ -370,18 +370,11 @@ class LmdbStore:
         how many keys it wrote in how many ms, or why it failed.
         """
         link = self._link
-        if link is None:
-            return {
-                "log_writer_restarts": 0,
-                "checkpoints": 0,
-                "checkpoint_failures": 0,
-                "last_checkpoint": None,
-            }
         return {
-            "log_writer_restarts": link.restarts,
-            "checkpoints": link.checkpoints,
-            "checkpoint_failures": link.checkpoint_failures,
-            "last_checkpoint": link.last_checkpoint,
+            "log_writer_restarts": link.restarts if link else 0,
+            "checkpoints": link.checkpoints if link else 0,
+            "checkpoint_failures": link.checkpoint_failures if link else 0,
+            "last_checkpoint": link.last_checkpoint if link else None,
         }
 
     def count(self) -> int:

@@ -25,7 +25,7 @@ from replica.node import Node
 from replica.records import log_entries
 from replica.storage import CheckpointFailed, LmdbStore, MemoryStore, open_store
 from replica.tcp import serve_tcp
-from tests.harness import LOOPBACK, JsonClient, NodeProcess, free_ports
+from tests.harness import LOOPBACK, JsonClient, NodeProcess, eventually, free_ports
 
 
 class SlowStore(MemoryStore):
@@ -609,17 +609,18 @@ async def test_the_log_writer_and_checkpointer_go_when_their_node_is_killed(
     try:
         node.start().wait_ready()
         acked = await pipelined_writes(node, 0, 200)
-        deadline = time.monotonic() + 20  # a checkpoint runs every 5 s
-        while not all(helper_pids(data_dir).values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        helpers = helper_pids(data_dir)
-        assert all(len(found) == 1 for found in helpers.values()), helpers
+
+        async def helpers() -> dict[str, list[int]]:
+            return helper_pids(data_dir)
+
+        def one_each(found: dict[str, list[int]]) -> bool:
+            return all(len(pids) == 1 for pids in found.values())
+
+        # the checkpointer starts with the first checkpoint, within 5 s
+        await eventually(helpers, one_each, "one log writer and one checkpointer", 20)
         acked += await pipelined_writes(node, 1000, 200)
         node.kill()
-        deadline = time.monotonic() + 20
-        while helper_pids(data_dir) != none and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert helper_pids(data_dir) == none, "a helper outlived its node"
+        await eventually(helpers, lambda found: found == none, "no helper outliving its node", 20)
         node.start().wait_ready()
         await assert_present(node, acked)
     finally:
