@@ -52,6 +52,16 @@ def alive(pid: int) -> bool:
     return True
 
 
+def status_table(config: Path) -> tuple[str, dict[str, list[str]]]:
+    """`replica status`'s table, and its rows split into columns by node id."""
+    status = subprocess.run(
+        replica_command("status", "--config", str(config)), capture_output=True, timeout=30
+    )
+    table = status.stdout.decode()
+    assert status.returncode == 0, table + status.stderr.decode()
+    return table, {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+
+
 @pytest.fixture
 def cluster(scratch_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], list[int], Path]]:
     ports = free_ports(3)
@@ -86,15 +96,16 @@ async def test_cluster_up_runs_every_node_replicates_and_stops_them_all(cluster)
             assert time.monotonic() < deadline, "the write never reached n3"
             await asyncio.sleep(0.05)
 
-    status = subprocess.run(
-        replica_command("status", "--config", str(config)), capture_output=True, timeout=30
-    )
-    table = status.stdout.decode()
-    assert status.returncode == 0, table + status.stderr.decode()
-    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
-    assert sorted(rows) == ["n1", "n2", "n3"]
-    assert all(row[1] == "1" for row in rows.values())  # one mv key everywhere
-    assert all(row[6] == "sync" for row in rows.values())  # durable, nothing failed
+    # n2 hears of the write by gossip too, maybe after n3 did: ask until it has
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        table, rows = status_table(config)
+        if all(row[1] == "1" for row in rows.values()) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert sorted(rows) == ["n1", "n2", "n3"], table
+    assert all(row[1] == "1" for row in rows.values()), table  # one mv key everywhere
+    assert all(row[6] == "sync" for row in rows.values()), table  # durable, nothing failed
 
     children = children_of(process.pid)
     assert len(children) == 3
