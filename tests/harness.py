@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import pprint
 import random
@@ -104,9 +105,13 @@ class NodeProcess:
             )
         return self
 
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        """Return once the node accepts connections; fail with its log if it never does."""
+    def wait_ready(self, timeout: float = START_TIMEOUT, port: int | None = None) -> None:
+        """Return once the node accepts connections; fail with its log if it never does.
+
+        On its JSON port, or on `port` (a RESP port listens a moment after the JSON one).
+        """
         assert self.process is not None
+        port = self.port if port is None else port
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
@@ -114,12 +119,12 @@ class NodeProcess:
                     f"{self.node_id} exited with {self.process.returncode}:\n{self.stderr_text()}"
                 )
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
+                with socket.create_connection((self.host, port), timeout=0.5):
                     return
             except OSError:
                 if time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"{self.node_id} not accepting on {self.host}:{self.port} "
+                        f"{self.node_id} not accepting on {self.host}:{port} "
                         f"after {timeout}s:\n{self.stderr_text()}"
                     ) from None
                 time.sleep(0.02)
@@ -355,6 +360,29 @@ def write_cluster_view(
     return path
 
 
+def wait_unlocked(data_dir: Path, timeout: float = 20.0) -> None:
+    """Until no process holds `data_dir`'s lock, before the dir is wiped.
+
+    A killed node's log writer exits a moment after its node and may still
+    be writing into the dir; a restarted node waits for it, but a wipe
+    would not.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(data_dir / "replica.lock", os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            assert time.monotonic() < deadline, f"{data_dir} still locked after {timeout}s"
+        finally:
+            os.close(fd)
+        time.sleep(0.02)
+
+
 def without_ids(reply: dict[str, Any]) -> dict[str, Any]:
     """A reply body without `msg_id` and `in_reply_to`: what replicas can agree on."""
     return {k: v for k, v in reply.items() if k not in ("msg_id", "in_reply_to")}
@@ -460,7 +488,9 @@ class ProxiedCluster:
         if node.process is not None and node.process.poll() is None:
             raise RuntimeError(f"{node_id} is still running")
         if wipe:
-            shutil.rmtree(self.directory / "data" / node_id, ignore_errors=True)
+            data_dir = self.directory / "data" / node_id
+            await asyncio.to_thread(wait_unlocked, data_dir)
+            shutil.rmtree(data_dir, ignore_errors=True)
         node.start()
         await node_ready(node)
 

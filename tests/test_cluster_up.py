@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -79,8 +80,12 @@ def cluster(scratch_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], list[i
         yield process, ports, config
     finally:
         if process.poll() is None:
+            nodes = children_of(process.pid)  # each in a session of its own
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            for pid in nodes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
         log.close()
         print((scratch_dir / "cluster.log").read_text(errors="replace"))
 

@@ -63,8 +63,9 @@ def cluster() -> Iterator[RespCluster]:
         try:
             for node in nodes.values():
                 node.start()
-            for node in nodes.values():
+            for node_id, node in nodes.items():
                 node.wait_ready()
+                node.wait_ready(port=resp_ports[node_id])
             yield RespCluster(nodes, resp_ports)
         finally:
             for node in nodes.values():

@@ -445,7 +445,7 @@ from replica.crdt.lww import LWWRegister
 from replica.keyspaces import LWW
 from replica.storage import LmdbStore
 
-store = LmdbStore(sys.argv[1])
+store = LmdbStore(sys.argv[1], checkpoint_interval_s=3600)  # none before the crash
 
 def put(*pairs):
     store.store_batch([(LWW, k, LWWRegister(v, 1, "n1")) for k, v in pairs])
@@ -647,7 +647,7 @@ def test_a_lock_left_to_a_dead_nodes_log_writer_is_waited_for(tmp_path: Path) ->
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         store = LmdbStore(tmp_path)
-        assert holder.poll() == 0  # it had let go: the store waited for it
+        assert holder.wait(timeout=5) == 0  # it had let go: the store waited for it
         store.close()
     finally:
         holder.kill()
