@@ -26,6 +26,7 @@ from replica.records import log_entries
 from replica.storage import CheckpointFailed, LmdbStore, MemoryStore, open_store
 from replica.tcp import serve_tcp
 from tests.harness import (
+    CONVERGE_TIMEOUT,
     LOOPBACK,
     JsonClient,
     NodeProcess,
@@ -472,7 +473,7 @@ def two_durable_nodes(directory: Path) -> dict[str, NodeProcess]:
 
 
 async def read_until(
-    node: NodeProcess, body: dict[str, Any], done: Any, timeout: float = 10.0
+    node: NodeProcess, body: dict[str, Any], done: Any, timeout: float = CONVERGE_TIMEOUT
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     async with await node.connect() as client:
