@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import LOOPBACK, JsonClient, free_ports, replica_command, write_cluster
+from tests.harness import (
+    LOOPBACK,
+    JsonClient,
+    eventually,
+    free_ports,
+    replica_command,
+    write_cluster,
+)
 
 DEADLINE = 15.0
 
@@ -101,13 +108,13 @@ async def test_cluster_up_runs_every_node_replicates_and_stops_them_all(cluster)
             assert time.monotonic() < deadline, "the write never reached n3"
             await asyncio.sleep(0.05)
 
+    async def status() -> tuple[str, dict[str, list[str]]]:
+        return status_table(config)
+
     # n2 hears of the write by gossip too, maybe after n3 did: ask until it has
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        table, rows = status_table(config)
-        if all(row[1] == "1" for row in rows.values()) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
+    table, rows = await eventually(
+        status, lambda seen: all(row[1] == "1" for row in seen[1].values()), "the key on every node"
+    )
     assert sorted(rows) == ["n1", "n2", "n3"], table
     assert all(row[1] == "1" for row in rows.values()), table  # one mv key everywhere
     assert all(row[6] == "sync" for row in rows.values()), table  # durable, nothing failed
