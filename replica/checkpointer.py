@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from replica.commit_log import iter_segment, segment_name
+from replica.commit_log import read_segment, segment_name
 from replica.records import KEYSPACES, db_key_of, encode_stored, log_entries
 
 STOP_TIMEOUT_S = 30.0
@@ -218,7 +218,7 @@ def _latest_states(
     """
     latest: dict[str, dict[bytes, bytes | None]] = {keyspace: {} for keyspace in KEYSPACES}
     for seq in reversed(seqs):
-        for payload in reversed(list(iter_segment(path / segment_name(seq)))):
+        for payload in reversed(read_segment(path / segment_name(seq), cut_tail=False)):
             for keyspace, key, stored in reversed(log_entries(payload)):
                 seen = latest[keyspace]
                 db_key = db_key_of(key.encode(), max_key)

@@ -42,7 +42,7 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 HEADER = struct.Struct("<II")
@@ -182,10 +182,12 @@ def remove_segments(directory: Path, seqs: Iterable[int]) -> None:
 # -- reading -------------------------------------------------------------------------------
 
 
-def read_segment(path: Path) -> list[bytes]:
-    """The payloads of a segment in order; a torn tail is cut off the file.
+def read_segment(path: Path, *, cut_tail: bool = True) -> list[bytes]:
+    """The payloads of a segment in order; a torn tail is cut off the file when `cut_tail`.
 
-    Raises `CorruptLog` when a damaged record has a valid one anywhere after it.
+    Raises `CorruptLog` when a damaged record has a valid one anywhere after
+    it.  The checkpointer reads sealed segments with `cut_tail=False`: the
+    log writer owns the files.
     """
     data = path.read_bytes()
     payloads, end = parse(data)
@@ -198,33 +200,15 @@ def read_segment(path: Path) -> list[bytes]:
             f"log segment {path.name} has a damaged record at byte {end}"
             f" and a valid one at byte {after} after it"
         )
-    _truncate(path, end)
+    if cut_tail:
+        _truncate(path, end)
     return payloads
 
 
 def parse(data: bytes) -> tuple[list[bytes], int]:
     """The whole, valid records at the start of `data`, and the offset where they end."""
-    end = [0]
-    return list(_records(data, end)), end[0]
-
-
-def iter_segment(path: Path) -> Iterator[bytes]:
-    """The payloads of a sealed segment one at a time, so they are never all held at once.
-
-    After the last valid record, raises `CorruptLog` when a damaged record has
-    a valid one after it (as `read_segment` does); a torn tail just ends it.
-    """
-    data = path.read_bytes()
-    end = [0]
-    yield from _records(data, end)
-    written = written_end(data, end[0])
-    if written != end[0] and next_valid_record(data, end[0] + 1, written) is not None:
-        raise CorruptLog(f"log segment {path.name} has a damaged record at byte {end[0]}")
-
-
-def _records(data: bytes, end: list[int]) -> Iterator[bytes]:
-    """The whole, valid records at the start of `data`; `end[0]` follows where they end."""
     unpack, crc32 = HEADER.unpack_from, zlib.crc32
+    payloads: list[bytes] = []
     pos, size, head = 0, len(data), HEADER.size
     while pos + head <= size:
         length, crc = unpack(data, pos)
@@ -234,8 +218,9 @@ def _records(data: bytes, end: list[int]) -> Iterator[bytes]:
         payload = data[pos + head : stop]
         if crc32(payload) != crc:
             break
-        pos = end[0] = stop
-        yield payload
+        payloads.append(payload)
+        pos = stop
+    return payloads, pos
 
 
 def written_end(data: bytes, start: int) -> int:
