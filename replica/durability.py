@@ -147,6 +147,19 @@ class Durability:
         self._waiters.append([target, future])
         return future
 
+    def settled(self, keyspace: str, key: str) -> bool:
+        """True when no change to the key is still on its way to disk.
+
+        Always True in "async" mode, which acknowledges before durability by
+        contract.  At most `MAX_IN_FLIGHT` dict lookups: it is asked per key.
+        """
+        if self.mode == ASYNC:
+            return True
+        ref = (keyspace, key)
+        if ref in self._dirty:
+            return False
+        return not any(ref in commit.changes for commit in self._in_flight)
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call `callback` once, right after the next commit ends, whatever its end.
 
