@@ -61,11 +61,16 @@ of keys must read back exactly what was written, and the node must hold all N.
 `resp` starts one node with a `resp_port` (durable unless --memory) and a
 `redis-server --appendonly yes --appendfsync always` in the temporary
 directory, and runs `redis-benchmark -P 16 -r 100000` with
-`MVREG SET key:__rand_int__ v` against the node and `SET key:__rand_int__ v`
-against redis-server, alternately, against the target: the node at least 0.5x
-redis-server's requests/s.  After each node run a sample of the keys must read
-back `[v]` with MVREG GET.  It needs redis-benchmark and redis-server on PATH
-(Debian packages redis-tools and redis-server); without them it exits 3.
+`MVREG SET r<R>:key:__rand_int__ v` against the node and
+`SET r<R>:key:__rand_int__ v` against redis-server, alternately (R the
+round), against the target: the node at least 0.5x redis-server's
+requests/s.  After each node run a sample of the round's keys must read back
+`[v]` with MVREG GET, and the node must hold about as many keys as the rounds
+so far reach.  Each round has keys of its own because redis-benchmark seeds
+its key generator with `time(NULL) ^ getpid()`: two runs a few seconds and a
+few pids apart can draw the very same keys.  It needs redis-benchmark and
+redis-server on PATH (Debian packages redis-tools and redis-server); without
+them it exits 3.
 
 Every subcommand runs in a `Session`: a temporary directory, N `replica serve`
 processes whose peer links all pass through TCP proxies (scripts/bench_proxy.py,
@@ -2434,13 +2439,28 @@ def expected_distinct(requests: int, keyspace: int) -> float:
     return keyspace * (1 - (1 - 1 / keyspace) ** requests)
 
 
-async def check_resp_writes(s: Session, node: NodeHandle, written: int) -> list[str]:
-    """Problems with what the benchmark wrote: sampled keys must read back [v] over MVREG GET,
-    and the node must hold about as many mv keys as `written` random SETs reach."""
+def resp_key_pattern(round_no: int) -> str:
+    """Round `round_no`'s keys for redis-benchmark, a namespace of their own.
+
+    redis-benchmark draws `__rand_int__` from `random()` seeded with
+    `time(NULL) ^ getpid()`, so two runs whose second and pid differ in the
+    same bits draw the same keys; in a shared namespace such a round would add
+    no key and the check after it would fail.
+    """
+    return f"r{round_no}:key:__rand_int__"
+
+
+async def check_resp_writes(
+    s: Session, node: NodeHandle, round_no: int, requests: int
+) -> list[str]:
+    """Problems with what the benchmark wrote: sampled keys of round `round_no` must read back
+    [v] over MVREG GET, and the node must hold about as many mv keys as `round_no` rounds of
+    `requests` random SETs, each in its own namespace, reach."""
     assert node.resp_port is not None
-    rng = random.Random(written)
+    rng = random.Random(round_no)
     sample = rng.sample(range(RESP_KEYSPACE), RESP_SAMPLE)
-    keys = [b"key:%012d" % i for i in sample]
+    pattern = resp_key_pattern(round_no).encode()
+    keys = [pattern.replace(b"__rand_int__", b"%012d" % i) for i in sample]
     replies = await resp_commands(node.resp_port, [[b"MVREG", b"GET", key] for key in keys])
     wrong = [
         f"{key.decode()}: {reply!r:.100}"
@@ -2449,17 +2469,20 @@ async def check_resp_writes(s: Session, node: NodeHandle, written: int) -> list[
     ]
     present = sum(reply == [b"v"] for reply in replies)
     stored = (await s.status())[node.id]["keys"]["mv"]
-    expected = expected_distinct(written, RESP_KEYSPACE)
+    per_round = expected_distinct(requests, RESP_KEYSPACE)
+    expected = round_no * per_round
     problems = []
     if wrong:
         problems.append(f"{len(wrong)} of {len(keys)} sampled keys read back wrong: {wrong[0]}")
-    if present < RESP_KEY_SHORTFALL * expected / RESP_KEYSPACE * len(keys):
+    if present < RESP_KEY_SHORTFALL * per_round / RESP_KEYSPACE * len(keys):
         problems.append(
-            f"only {present} of {len(keys)} sampled keys are set; about "
-            f"{expected / RESP_KEYSPACE * len(keys):.0f} expected"
+            f"round {round_no}: only {present} of {len(keys)} sampled keys are set; about "
+            f"{per_round / RESP_KEYSPACE * len(keys):.0f} expected"
         )
-    if not RESP_KEY_SHORTFALL * expected <= stored <= RESP_KEYSPACE:
-        problems.append(f"the node holds {stored} mv keys; about {expected:.0f} expected")
+    if not RESP_KEY_SHORTFALL * expected <= stored <= round_no * RESP_KEYSPACE:
+        problems.append(
+            f"after round {round_no} the node holds {stored} mv keys; about {expected:.0f} expected"
+        )
     return problems
 
 
@@ -2474,8 +2497,8 @@ async def run_resp(args: argparse.Namespace, s: Session) -> Report:
         raise BenchError(f"{node.id} does not answer PING on its resp_port {node.resp_port}")
     runs: list[BenchmarkRun] = []
     problems: list[str] = []
-    written = 0
     for round_no in range(1, args.rounds + 1):
+        keys = resp_key_pattern(round_no)
         s.phase = f"round {round_no}: redis-benchmark MVREG SET against {node.id}"
         runs.append(
             await redis_benchmark(
@@ -2484,14 +2507,13 @@ async def run_resp(args: argparse.Namespace, s: Session) -> Report:
                 tools["redis-benchmark"],
                 "node",
                 node.resp_port,
-                ["MVREG", "SET", "key:__rand_int__", "v"],
+                ["MVREG", "SET", keys, "v"],
                 node.process.pid,
             )
         )
         s.check_alive()
-        written += args.requests
         s.phase = f"round {round_no}: reading back a sample of the keys"
-        problems += await check_resp_writes(s, node, written)
+        problems += await check_resp_writes(s, node, round_no, args.requests)
         s.phase = f"round {round_no}: redis-benchmark SET against redis-server"
         runs.append(
             await redis_benchmark(
@@ -2500,7 +2522,7 @@ async def run_resp(args: argparse.Namespace, s: Session) -> Report:
                 tools["redis-benchmark"],
                 "redis",
                 redis_port,
-                ["SET", "key:__rand_int__", "v"],
+                ["SET", keys, "v"],
                 redis_process.pid,
             )
         )
@@ -2521,8 +2543,8 @@ def resp_report(args: argparse.Namespace, runs: list[BenchmarkRun], durability: 
     lines = [
         f"resp: redis-benchmark -n {args.requests} -c {args.clients} -P {args.pipeline} "
         f"-r {RESP_KEYSPACE}, alternately against one node {mode} (MVREG SET "
-        f"key:__rand_int__ v) and redis-server --appendonly yes --appendfsync always "
-        f"(SET key:__rand_int__ v); redis-benchmark shares the machine's CPUs with both",
+        f"r<round>:key:__rand_int__ v) and redis-server --appendonly yes --appendfsync always "
+        f"(SET r<round>:key:__rand_int__ v); redis-benchmark shares the machine's CPUs with both",
         "",
         f"  {'round  server':<24}{'requests/s':>12}{'avg ms':>9}{'p50 ms':>9}"
         f"{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'CPU':>7}",
@@ -2817,10 +2839,10 @@ def _add_resp(commands: argparse._SubParsersAction, common: argparse.ArgumentPar
         "resp",
         help="redis-benchmark: MVREG SET on a node's RESP port against SET on redis-server",
         description="Start one node with a resp_port and a redis-server with appendfsync "
-        "always, run redis-benchmark with MVREG SET key:__rand_int__ v against the node and "
-        "SET key:__rand_int__ v against redis-server, alternately, and hold the node to at "
-        "least 0.5x redis-server's requests/s. Needs redis-benchmark and redis-server on "
-        "PATH (Debian: redis-tools, redis-server).",
+        "always, run redis-benchmark with MVREG SET r<R>:key:__rand_int__ v against the node "
+        "and SET r<R>:key:__rand_int__ v against redis-server, alternately (R the round), "
+        "and hold the node to at least 0.5x redis-server's requests/s. Needs "
+        "redis-benchmark and redis-server on PATH (Debian: redis-tools, redis-server).",
     )
     resp.add_argument(
         "--requests",
