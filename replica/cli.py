@@ -132,6 +132,7 @@ async def _serve_until(
                 store,
                 mode=config.durability,
                 flush_interval_ms=config.flush_interval_ms,
+                commit_timeout_ms=config.commit_timeout_ms,
             )
         except StorageError as exc:
             store.close()

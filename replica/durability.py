@@ -22,6 +22,12 @@ is on disk.  In "async" mode replies go out at once and commits run every
 `flush_interval_ms`, so a crash can lose that window of acknowledged writes
 (Redis's `appendfsync everysec` makes the same trade).
 
+A barrier not resolved within `commit_timeout_ms` (a stuck disk) fails with
+"disk stalled", so the replies it held become error 13, which means unknown:
+the changes stay in memory and their commit may still succeed later.  Only
+keys with a change still on its way to disk are unsafe to show or to send a
+peer (`settled` tells them apart), so reads of other keys need no barrier.
+
 A commit that fails (a full disk, or a store whose checkpoints fail) fails
 every barrier waiting on it, so their replies become errors; the keys stay
 dirty and are retried.  Commits started after it fail with it, whatever the
@@ -47,6 +53,8 @@ SYNC, ASYNC = "sync", "async"
 MODES = (SYNC, ASYNC)
 RETRY_AFTER_FAILURE_S = 1.0
 MAX_IN_FLIGHT = 4
+DEFAULT_COMMIT_TIMEOUT_MS = 5_000
+STALLED = "disk stalled"
 
 
 class NotDurable(Exception):
@@ -56,11 +64,12 @@ class NotDurable(Exception):
 class _Commit:
     """A commit on its way: its keys, the changes it covers, and its result once known."""
 
-    __slots__ = ("changes", "done", "failure", "upto")
+    __slots__ = ("changes", "done", "failure", "started", "upto")
 
-    def __init__(self, changes: dict[KeyRef, Any], upto: int) -> None:
+    def __init__(self, changes: dict[KeyRef, Any], upto: int, started: float) -> None:
         self.changes = changes
         self.upto = upto
+        self.started = started
         self.done = False
         self.failure: str | None = None
 
@@ -75,21 +84,27 @@ class Durability:
         *,
         mode: str = SYNC,
         flush_interval_ms: int = 10,
+        commit_timeout_ms: int = DEFAULT_COMMIT_TIMEOUT_MS,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"durability mode must be one of {MODES}, not {mode!r}")
+        if commit_timeout_ms <= 0:
+            raise ValueError(f"commit_timeout_ms must be greater than 0, not {commit_timeout_ms}")
         self.keyspaces = keyspaces
         self._states = {ks: getattr(keyspaces, ks) for ks in KEYSPACES}  # never replaced
         self.store = store
         self.mode = mode
         self.flush_interval = flush_interval_ms / 1000
+        self.commit_timeout = commit_timeout_ms / 1000
         self.loop = loop or asyncio.get_running_loop()
         self._dirty: dict[KeyRef, Any] = {}  # each changed key's state at its latest change
         self._changes = 0  # changes seen so far
         self._started = 0  # changes the latest commit to start carries
         self._durable = 0  # changes the last successful commit covered
-        self._waiters: collections.deque[list[Any]] = collections.deque()  # [target, future]
+        # [target, future, deadline]: futures in order of target, and so of deadline
+        self._waiters: collections.deque[list[Any]] = collections.deque()
+        self._expiry: asyncio.TimerHandle | None = None  # at the oldest waiter's deadline
         self._after_commit: dict[Callable[[], None], None] = {}
         self._in_flight: collections.deque[_Commit] = collections.deque()
         self._drained: asyncio.Future[None] | None = None  # close waits on it
@@ -97,7 +112,9 @@ class Durability:
         self.commits = 0
         self.keys_committed = 0
         self.failures = 0
+        self.timeouts = 0  # barriers failed because the disk took longer than the timeout
         self.last_error: str | None = None
+        self._failing = False  # the latest commit to end failed
         self._closed = False
         store.begin_writes()
         keyspaces.listeners.append(self._changed)
@@ -110,6 +127,38 @@ class Durability:
     def in_flight(self) -> int:
         """Commits handed to the store whose results have not come back."""
         return len(self._in_flight)
+
+    @property
+    def changes(self) -> int:
+        """Changes seen so far: a transport compares it to tell whether a request changed state."""
+        return self._changes
+
+    def all_settled(self) -> bool:
+        """True when no change at all is on its way to disk (or in "async" mode)."""
+        return self.mode == ASYNC or not (self._dirty or self._in_flight)
+
+    def status(self) -> dict[str, Any]:
+        """The counters `status` shows, and the disk's state: "ok", "stalled" or "failing".
+
+        "stalled": the oldest commit on its way has taken longer than the
+        timeout; "failing": the latest commit to end failed.
+        """
+        oldest = self.loop.time() - self._in_flight[0].started if self._in_flight else 0.0
+        disk = "failing" if self._failing else "ok"
+        if oldest >= self.commit_timeout:
+            disk = "stalled"
+        return {
+            "mode": self.mode,
+            "disk": disk,
+            "oldest_commit_ms": round(oldest * 1000),
+            "commit_timeout_ms": round(self.commit_timeout * 1000),
+            "commits": self.commits,
+            "keys_committed": self.keys_committed,
+            "commits_in_flight": len(self._in_flight),
+            "failures": self.failures,
+            "timeouts": self.timeouts,
+            "last_error": self.last_error,
+        }
 
     # -- changes -------------------------------------------------------------------------
 
@@ -144,7 +193,10 @@ class Durability:
             waiter[0] = target
             return cast("asyncio.Future[None]", waiter[1])
         future: asyncio.Future[None] = self.loop.create_future()
-        self._waiters.append([target, future])
+        deadline = self.loop.time() + self.commit_timeout
+        self._waiters.append([target, future, deadline])
+        if self._expiry is None:
+            self._expiry = self.loop.call_at(deadline, self._expire)
         return future
 
     def settled(self, keyspace: str, key: str) -> bool:
@@ -168,6 +220,40 @@ class Durability:
         """
         self._after_commit[callback] = None
 
+    def _expire(self) -> None:
+        """Fail the barriers past their deadline: the disk did not answer in time.
+
+        Their commits stay on their way and their changes in memory; what
+        comes back later still counts, for `settled` and later barriers.
+        """
+        self._expiry = None
+        now = self.loop.time()
+        expired = 0
+        while self._waiters and self._waiters[0][2] <= now:
+            future = self._waiters.popleft()[1]
+            if not future.done():
+                future.set_exception(NotDurable(STALLED))
+                future.exception()
+                expired += 1
+        if expired:
+            self.timeouts += expired
+            age = now - self._in_flight[0].started if self._in_flight else 0.0
+            log.error(
+                "disk stalled: %d commits on their way, the oldest for %.1f s; "
+                "writes waiting over %d ms answered with error 13",
+                len(self._in_flight),
+                age,
+                round(self.commit_timeout * 1000),
+            )
+            self._run_after_commit()
+        if self._waiters and not self._closed:
+            self._expiry = self.loop.call_at(self._waiters[0][2], self._expire)
+
+    def _run_after_commit(self) -> None:
+        callbacks, self._after_commit = self._after_commit, {}
+        for callback in callbacks:
+            callback()
+
     # -- commits -------------------------------------------------------------------------
 
     def _start_commit(self) -> None:
@@ -179,7 +265,7 @@ class Durability:
         """Take every dirty key into a commit and hand its states to the store."""
         changes, self._dirty = self._dirty, {}
         self._started = upto = self._changes
-        commit = _Commit(changes, upto)
+        commit = _Commit(changes, upto, self.loop.time())
         self._in_flight.append(commit)
         try:
             record = encode_commit(changes)
@@ -200,9 +286,7 @@ class Durability:
             else:
                 self._failed(oldest)
                 failed = True
-        callbacks, self._after_commit = self._after_commit, {}
-        for callback in callbacks:
-            callback()
+        self._run_after_commit()
         if not self._in_flight and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         if failed:
@@ -215,6 +299,7 @@ class Durability:
 
     def _succeeded(self, commit: _Commit) -> None:
         self._durable = commit.upto
+        self._failing = False
         self.commits += 1
         self.keys_committed += len(commit.changes)
         while self._waiters and self._waiters[0][0] <= commit.upto:
@@ -225,6 +310,7 @@ class Durability:
     def _failed(self, commit: _Commit) -> None:
         error = commit.failure or "an earlier commit failed"
         self.failures += 1
+        self._failing = True
         self.last_error = error
         log.error("commit of %d keys failed: %s", len(commit.changes), error)
         for later in self._in_flight:  # they cannot make this commit's changes durable
@@ -243,6 +329,9 @@ class Durability:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         await self._drain()
         if self._dirty:
             before = self.failures

@@ -289,12 +289,4 @@ def _durability_status(node: Node) -> Body:
     durability = node.durability
     if durability is None:
         return {"mode": "memory"}
-    return {
-        "mode": durability.mode,
-        "commits": durability.commits,
-        "keys_committed": durability.keys_committed,
-        "commits_in_flight": durability.in_flight,
-        "failures": durability.failures,
-        "last_error": durability.last_error,
-        **durability.store.status(),
-    }
+    return {**durability.status(), **durability.store.status()}

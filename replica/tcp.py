@@ -8,13 +8,18 @@ produced leave in a single `transport.write`.
 When the node commits synchronously, a chunk's replies wait for the commit
 that makes its writes durable (`Durability.barrier`), and a later chunk's
 replies wait behind an earlier one's, so a connection sees its replies in
-order.  If that commit fails, every reply of the chunk becomes error 13: a
-write that is not on disk is never acknowledged, to a client or to a peer.
+order.  If that commit fails (or takes longer than the commit timeout),
+every reply of the chunk becomes error 13: a write that is not on disk is
+never acknowledged, to a client or to a peer.  A chunk that changed nothing
+and only read keys with no change on its way to disk (or asked `status`)
+needs no barrier, so reads and `status` answer while the disk is stuck.
 
 A client that sends and never reads cannot grow the node's memory: once a
-connection's unsent replies pass the write buffer's high-water mark the node
-stops reading from it (`pause_writing` pauses reading), so the client's own
-sends block in its kernel buffers until it reads.  A line over
+connection's unsent replies, in the transport's buffer or held for their
+commit, pass the high-water mark, the node stops reading from it until they
+fall below the low-water mark, so the client's own sends block in its kernel
+buffers.  A client that half-closes (EOF) still gets the replies to all it
+sent, held ones included, before the node closes the connection.  A line over
 `max_line_bytes` gets error 12 and closes its connection; no other input
 closes one, and no connection error reaches beyond its own connection.
 """
@@ -31,15 +36,17 @@ from typing import Any, cast
 
 import orjson
 
-from replica.durability import barrier_failure
+from replica.durability import Durability, barrier_failure
 from replica.errors import ErrorCode
 from replica.framing import LineFramer
+from replica.keyspaces import KV, LWW, MV, MVCC
 from replica.node import Node
 
 log = logging.getLogger("replica.tcp")
 
 WRITE_HIGH_WATER = 256 * 1024  # unsent reply bytes at which a connection stops being read
 WRITE_LOW_WATER = 64 * 1024
+SHOWS_NO_STATE = frozenset({"error", "status_ok", "init_ok"})  # kept when a commit fails
 
 
 class ServedConnection(asyncio.Protocol):
@@ -49,7 +56,8 @@ class ServedConnection(asyncio.Protocol):
     reads when its writes could not be made durable (`not_durable`); this
     class sends each read's replies in one write, holds them until their
     commit when the node commits synchronously (in order per connection),
-    and stops reading while the client does not read its replies.
+    and stops reading while the client does not read its replies, or while
+    the replies held for commits pass the same high-water mark.
     """
 
     kind = "connection"
@@ -60,7 +68,10 @@ class ServedConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.reading_paused = False
+        self.writing_blocked = False  # the transport's buffer passed its high-water mark
+        self.holding_too_much = False  # the held replies did
         self.held: collections.deque[_Held] = collections.deque()
+        self.held_bytes = 0
         self.input_done = False
 
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
@@ -70,6 +81,15 @@ class ServedConnection(asyncio.Protocol):
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         """The held replies, rewritten as errors because their commit failed."""
         raise NotImplementedError
+
+    def reads_settled(self, durability: Durability) -> bool:
+        """True when the requests `replies_to` last answered only read settled keys.
+
+        Asked only of input that changed nothing while some change is on its
+        way to disk: such replies go out at once, with no barrier.  False,
+        the default, makes them wait for every change so far.
+        """
+        return False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -89,32 +109,41 @@ class ServedConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing() or self.input_done:
             return
-        replies, close = self.replies_to(data)
+        durability = self.node.durability
+        barrier = None
+        if durability is None or not durability.holds_replies:
+            replies, close = self.replies_to(data)
+        else:
+            changes = durability.changes
+            replies, close = self.replies_to(data)
+            if replies and (
+                durability.changes != changes
+                or not (durability.all_settled() or self.reads_settled(durability))
+            ):
+                barrier = durability.barrier()
         if close:
             self.input_done = True
-        barrier = self._barrier() if replies else None
         if barrier is None and not self.held:
             self._send(replies, close)
             return
-        self.held.append((barrier, replies, close))
-        if barrier is not None and self.node.durability is not None:
-            self.node.durability.after_commit(self._release)
-
-    def _barrier(self) -> asyncio.Future[None] | None:
-        durability = self.node.durability
-        if durability is None or not durability.holds_replies:
-            return None
-        return durability.barrier()
+        size = sum(map(len, replies))
+        self.held.append((barrier, replies, close, size))
+        self.held_bytes += size
+        if barrier is not None and durability is not None:
+            durability.after_commit(self._release)
+        if self.held_bytes > WRITE_HIGH_WATER:
+            self._update_reading()
 
     def _release(self) -> None:
         """Send the held replies whose commits are done, oldest first."""
         while self.held:
-            barrier, replies, close = self.held[0]
+            barrier, replies, close, size = self.held[0]
             if barrier is not None and not barrier.done():
                 if self.node.durability is not None:
                     self.node.durability.after_commit(self._release)
-                return
+                break
             self.held.popleft()
+            self.held_bytes -= size
             failure = barrier_failure(barrier)
             if failure is not None:
                 log.error(
@@ -125,6 +154,7 @@ class ServedConnection(asyncio.Protocol):
                 )
                 replies = self.not_durable(replies, failure)
             self._send(replies, close)
+        self._update_reading()
 
     def _send(self, replies: list[bytes], close: bool) -> None:
         transport = self.transport
@@ -136,29 +166,52 @@ class ServedConnection(asyncio.Protocol):
             transport.close()  # after the replies above are flushed
 
     def eof_received(self) -> bool:
-        # The client is done sending; replies already written still go out
-        # before the transport closes.
-        return False
+        # The client is done sending: the replies it is owed still go out,
+        # those held for their commit too, and then the transport closes.
+        self.input_done = True
+        if not self.held:
+            return False
+        self.held.append((None, [], True, 0))
+        return True
 
     def pause_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.reading_paused = True
-            self.transport.pause_reading()
+        self.writing_blocked = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing() and self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
+        self.writing_blocked = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read only while the client takes its replies and the held ones stay under the mark."""
+        if self.held_bytes > WRITE_HIGH_WATER:
+            self.holding_too_much = True
+        elif self.held_bytes <= WRITE_LOW_WATER:
+            self.holding_too_much = False
+        pause = self.writing_blocked or self.holding_too_much
+        transport = self.transport
+        if pause == self.reading_paused or transport is None or transport.is_closing():
+            return
+        self.reading_paused = pause
+        if self.input_done:
+            return
+        if pause:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
         self.held.clear()
+        self.held_bytes = 0
         if exc is not None:
             log.debug("%s from %s lost: %s", self.kind, self.peer, exc)
 
 
 class Connection(ServedConnection):
     """One JSON-lines connection: framed lines in, the node's replies out."""
+
+    lines: list[bytes]  # those `replies_to` last answered
 
     def __init__(self, node: Node, connections: set[Any]) -> None:
         super().__init__(node, connections)
@@ -167,7 +220,8 @@ class Connection(ServedConnection):
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         handle_line = self.node.handle_line
         replies = []
-        for line in self.framer.feed(data):
+        self.lines = lines = self.framer.feed(data)
+        for line in lines:
             try:
                 reply = handle_line(line)
             except Exception:  # the node answers every request itself; this is a bug
@@ -184,9 +238,46 @@ class Connection(ServedConnection):
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         return [_not_durable(reply, failure) for reply in replies]
 
+    def reads_settled(self, durability: Durability) -> bool:
+        # Decoded a second time, only while some change is on its way to disk.
+        return all(_reads_settled(line, durability) for line in self.lines)
 
-_Held = tuple["asyncio.Future[None] | None", list[bytes], bool]
-"""A chunk's replies waiting for its commit, and whether the connection closes after them."""
+
+_Held = tuple["asyncio.Future[None] | None", list[bytes], bool, int]
+"""A chunk's replies waiting for its commit, whether the connection closes after them, and
+their size in bytes."""
+
+
+SINGLE_KEY_READS = {"mv_read": MV, "kv_get": KV, "lww_read": LWW, "mvcc_get": MVCC}
+READ_NO_KEY = frozenset({"status", "init"})
+
+
+def _reads_settled(line: bytes, durability: Durability) -> bool:
+    """False when the request may show or change a key's state not yet on disk.
+
+    Any request but a read, `status` or `init` counts as one that may; a
+    request the node cannot read answers with an error and shows nothing.
+    """
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return True
+    if type(message) is not dict:
+        return True
+    body = message["body"] if "type" not in message and "body" in message else message
+    kind = body.get("type") if type(body) is dict else None
+    if type(kind) is not str:
+        return True
+    keyspace = SINGLE_KEY_READS.get(kind)
+    if keyspace is not None:
+        key = body.get("key")
+        return type(key) is not str or durability.settled(keyspace, key)
+    if kind == "mvcc_snapshot":
+        keys = body.get("keys")
+        return type(keys) is not list or all(
+            type(key) is not str or durability.settled(MVCC, key) for key in keys
+        )
+    return kind in READ_NO_KEY
 
 
 def _not_durable(reply: bytes, failure: str) -> bytes:
@@ -194,8 +285,8 @@ def _not_durable(reply: bytes, failure: str) -> bytes:
     message: Any = orjson.loads(reply)
     envelope = "type" not in message and isinstance(message.get("body"), dict)
     body = message["body"] if envelope else message
-    if body.get("type") == "error":
-        return reply  # the request changed nothing
+    if body.get("type") in SHOWS_NO_STATE:
+        return reply  # the request changed nothing and shows no key's state
     error = {"type": "error", "code": int(ErrorCode.CRASH), "text": f"write not durable: {failure}"}
     for field in ("in_reply_to", "msg_id"):
         if field in body:

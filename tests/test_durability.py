@@ -560,8 +560,9 @@ async def test_status_reports_the_actor_and_the_commits() -> None:
     assert status is not None
     assert status["actor"] == "n1~0a0b0c"
     assert status["durability"] == {
-        "mode": "sync", "commits": 1, "keys_committed": 1, "commits_in_flight": 0,
-        "failures": 0, "last_error": None,
+        "mode": "sync", "disk": "ok", "oldest_commit_ms": 0, "commit_timeout_ms": 5000,
+        "commits": 1, "keys_committed": 1, "commits_in_flight": 0, "failures": 0,
+        "timeouts": 0, "last_error": None,
     }  # fmt: skip
     await node.durability.close()
 
