@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -79,6 +80,13 @@ def _add_serve(commands: Commands) -> None:
         action="store_true",
         help="keep everything in memory, ignoring the node's data_dir",
     )
+    serve.add_argument(
+        "--watch-fd",
+        type=_open_descriptor,
+        metavar="FD",
+        help="for supervisors: stop cleanly once descriptor FD, the read end of a pipe "
+        "whose write end the supervisor holds, reaches end of file (the supervisor died)",
+    )
     _log_level_argument(serve)
     serve.set_defaults(run=_run_serve)
 
@@ -105,12 +113,23 @@ def _run_serve(args: argparse.Namespace) -> int:
         store, actor = open_store(data_dir, me.id)
     except StorageError as exc:
         return _storage_error(exc)
-    return uvloop.run(_serve(config, me, store if data_dir is not None else None, actor))
+    return uvloop.run(
+        _serve(config, me, store if data_dir is not None else None, actor, args.watch_fd)
+    )
 
 
-async def _serve(config: ClusterConfig, me: NodeConfig, store: Store | None, actor: str) -> int:
-    """Recover from `store` (None: a node in memory), then listen, dial peers, and serve."""
-    with _stop_on_signals() as stop:  # from the start: a signal never finds the default action
+async def _serve(
+    config: ClusterConfig,
+    me: NodeConfig,
+    store: Store | None,
+    actor: str,
+    watch_fd: int | None = None,
+) -> int:
+    """Recover from `store` (None: a node in memory), then listen, dial peers, and serve.
+
+    Until a stop signal, or end of file on `watch_fd` (a supervisor that died).
+    """
+    with _stop_on_signals() as stop, _stop_at_end_of(watch_fd, stop):  # from the start
         return await _serve_until(stop, config, me, store, actor)
 
 
@@ -310,7 +329,8 @@ def _add_cluster(commands: Commands) -> None:
         "up",
         help="every node of the cluster file as child processes",
         description="Start every node of the cluster file as a child process, with one "
-        "log stream prefixed by node id; Ctrl-C or SIGTERM stops them all.",
+        "log stream whose lines name their node; Ctrl-C, SIGTERM or SIGHUP stops them all, "
+        "and if it is killed its nodes stop by themselves.",
     )
     _config_argument(up)
     _log_level_argument(up)
@@ -414,3 +434,46 @@ def _stop_on_signals() -> Iterator[asyncio.Event]:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+@contextlib.contextmanager
+def _stop_at_end_of(fd: int | None, stop: asyncio.Event) -> Iterator[None]:
+    """Set `stop` once `fd` reaches end of file, for as long as the block runs.
+
+    The supervisor holds the only write end of the pipe `fd` reads; the
+    kernel closes it however the supervisor dies, SIGKILL included, so its
+    node stops cleanly instead of outliving it and keeping its data dir.
+    """
+    if fd is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            if os.read(fd, 4096):
+                return  # a supervisor never writes: ignored
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        loop.remove_reader(fd)
+        if not stop.is_set():
+            log.warning("supervisor gone (end of file on --watch-fd %d): stopping", fd)
+            stop.set()
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+
+
+def _open_descriptor(text: str) -> int:
+    fd = _non_negative_int(text)
+    try:
+        os.fstat(fd)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"descriptor {fd}: {exc.strerror}") from None
+    return fd

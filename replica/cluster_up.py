@@ -1,15 +1,24 @@
 """`replica cluster up`: every node of a cluster file as child processes, one log.
 
-The supervisor prints each node's address, prefixes each child's log lines
-with its node id, and stops every child together on Ctrl-C or SIGTERM.  If one
-node dies on its own the others are stopped too and the exit code says so:
-a local cluster that silently lost a member would make every test run on it lie.
+The supervisor prints each node's address and stops every child together on
+SIGINT (Ctrl-C), SIGTERM or SIGHUP (its terminal closed).  If one node dies
+on its own the others are stopped too and the exit code says so: a local
+cluster that silently lost a member would make every test run on it lie.
+
+A supervisor killed outright (SIGKILL, the OOM killer) can stop nothing, so
+each node also gets the read end of a pipe whose write end only the
+supervisor holds (`replica serve --watch-fd`): the kernel closes that end
+however the supervisor dies, and the node, seeing end of file, stops as
+cleanly as on SIGTERM.  The nodes write their logs, whose lines name their
+node, straight to the supervisor's stdout rather than through it, so what a
+node logs while stopping after its supervisor's death is still seen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,40 +26,27 @@ from pathlib import Path
 from replica.config import ClusterConfig
 
 STOP_GRACE_SECONDS = 5.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def cluster_up(config_path: Path, config: ClusterConfig, log_level: str) -> int:
     children: dict[str, asyncio.subprocess.Process] = {}
+    lifelines: list[int] = []  # the write end of each node's --watch-fd pipe, never written
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    width = max(len(n.id) for n in config.nodes)
-    pumps: list[asyncio.Task[None]] = []
     died: list[str] = []
     try:
         for node in config.nodes:
-            children[node.id] = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "replica",
-                "serve",
-                "--config",
-                str(config_path),
-                "--node",
-                node.id,
-                "--log-level",
-                log_level,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them in order
-            )
+            watch, lifeline = os.pipe()  # neither end inheritable but through pass_fds
+            lifelines.append(lifeline)
+            try:
+                children[node.id] = await _start_node(config_path, node.id, log_level, watch)
+            finally:
+                os.close(watch)
             print(f"{node.id} at {node.host}:{node.port}", flush=True)
-        pumps = [
-            asyncio.create_task(_pump(node_id.ljust(width), child))
-            for node_id, child in children.items()
-        ]
-        waits = [asyncio.create_task(stop.wait())]
+        waits: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
         waits += [asyncio.create_task(child.wait()) for child in children.values()]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waits:
@@ -60,17 +56,32 @@ async def cluster_up(config_path: Path, config: ClusterConfig, log_level: str) -
             print(f"cluster: {', '.join(died)} exited; stopping the others", flush=True)
     finally:
         await _stop_all(children)
-    for pump in pumps:
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
+        for fd in lifelines:
+            os.close(fd)
     return 0 if stop.is_set() and not died else 1
 
 
-async def _pump(prefix: str, child: asyncio.subprocess.Process) -> None:
-    assert child.stdout is not None
-    async for raw in child.stdout:
-        line = raw.decode("utf-8", "replace").rstrip("\n")
-        print(f"{prefix} | {line}", flush=True)
+async def _start_node(
+    config_path: Path, node_id: str, log_level: str, watch: int
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "replica",
+        "serve",
+        "--config",
+        str(config_path),
+        "--node",
+        node_id,
+        "--log-level",
+        log_level,
+        "--watch-fd",
+        str(watch),
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.STDOUT,  # one log stream, on the supervisor's stdout
+        pass_fds=(watch,),
+        start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them in order
+    )
 
 
 async def _stop_all(children: dict[str, asyncio.subprocess.Process]) -> None:

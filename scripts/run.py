@@ -7,6 +7,11 @@
 Only python3 is assumed.  The environment lives in `.venv` beside this
 repository and is reinstalled only when pyproject.toml changed since the last
 install, so the second run starts at once.
+
+`cluster` and `node` then become the command they start (exec, the same
+process): a signal sent to run.py is a signal to the cluster's supervisor or
+the node itself, so SIGTERM, SIGINT and SIGHUP stop it cleanly, and a run.py
+killed with SIGKILL is a killed supervisor, whose nodes notice and stop.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
@@ -53,6 +59,14 @@ def run(argv: list[str]) -> int:
             process.send_signal(signal.SIGINT)  # a terminal sent it the same; once more is harmless
 
 
+def become(argv: list[str]) -> NoReturn:
+    """Replace this process with `argv`, run from the repository (as `run` does)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(ROOT)
+    os.execv(argv[0], argv)
+
+
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else "help"
     extra = sys.argv[2:]
@@ -64,10 +78,10 @@ def main() -> int:
     if command == "cluster":
         ensure_environment()
         config = extra or ["--config", "cluster.toml"]
-        return run([str(BIN / "replica"), "cluster", "up", *config])
+        become([str(BIN / "replica"), "cluster", "up", *config])
     if command == "node":
         ensure_environment()
-        return run([str(BIN / "replica"), "serve", "--config", "cluster.toml", *extra])
+        become([str(BIN / "replica"), "serve", "--config", "cluster.toml", *extra])
     print(__doc__, file=sys.stderr)
     return 0 if command in ("help", "-h", "--help") else 2
 
