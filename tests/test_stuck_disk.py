@@ -201,6 +201,32 @@ async def test_status_and_reads_answer_while_commits_fail_or_hang(
         await node.durability.close()
 
 
+async def test_a_read_never_overtakes_the_held_reply_to_an_earlier_write() -> None:
+    store = StuckStore()
+    node = Node("n1", ["n1"])
+    node.durability = Durability(node.keyspaces, store)
+    server = await serve_tcp(node, LOOPBACK, 0)
+    client = await JsonClient.connect(*server.addresses[0])
+    try:
+        await client.send({"type": "lww_write", "key": "a", "value": 1, "msg_id": 1})
+        await eventually(_async(lambda: len(store.waiting)), bool, "the write's commit", 5)
+        await client.send({"type": "lww_read", "key": "b", "msg_id": 2})  # settled: absent
+        other = await JsonClient.connect(*server.addresses[0])
+        async with other:  # the same read on another connection answers at once
+            assert (await other.request({"type": "lww_read", "key": "b"}, timeout=2))["code"] == 20
+        with pytest.raises(TimeoutError):
+            await client.read_json(timeout=0.2)
+        store.finish_all()
+        replies = [await client.read_json(timeout=5) for _ in range(2)]
+        assert [r["in_reply_to"] for r in replies] == [1, 2]
+        assert replies[0]["type"] == "lww_write_ok"
+    finally:
+        await client.close()
+        await server.close()
+        store.finish_all()
+        await node.durability.close()
+
+
 # -- real processes ------------------------------------------------------------------------------
 
 
@@ -317,10 +343,19 @@ async def test_a_client_that_pipelines_writes_and_never_reads_cannot_grow_a_dura
                 reply, took = await timed(other, {"type": "lww_write", "key": "o", "value": 1})
                 assert reply["type"] == "lww_write_ok", reply
                 assert took < 5, took
+            assert blocked, f"the node read {sent >> 20} MiB from a client that reads nothing"
+            assert growth < limit_growth, f"RSS grew by {growth >> 20} MiB: {sent >> 20} MiB sent"
+            # Once the client reads, the node reads again: every whole line gets its reply.
+            sock.setblocking(True)
+            sock.settimeout(30)
+            expected, replies = sent // len(line), 0
+            while replies < expected:
+                data = sock.recv(1 << 20)
+                assert data, f"closed after {replies} of {expected} replies"
+                replies += data.count(b"\n")
+            assert replies == expected
         finally:
             sock.close()
-        assert blocked, f"the node read {sent >> 20} MiB from a client that reads nothing"
-        assert growth < limit_growth, f"RSS grew by {growth >> 20} MiB for {sent >> 20} MiB sent"
     finally:
         node.stop()
         print(node.stderr_text())
