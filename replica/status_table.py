@@ -80,8 +80,10 @@ def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
 
 
 def _disk(durability: dict[str, Any]) -> str:
-    """The durability mode, and the failures an operator must see: commits, checkpoints."""
+    """The durability mode, a disk that is not "ok", and the failed commits and checkpoints."""
     cell = str(durability.get("mode", "?"))
+    if durability.get("disk", "ok") != "ok":
+        cell += f",disk-{str(durability['disk']).upper()}"
     for field, name in (("failures", "commits"), ("checkpoint_failures", "checkpoints")):
         if durability.get(field):
             cell += f",{name}-FAILED:{durability[field]}"

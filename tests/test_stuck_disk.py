@@ -227,6 +227,22 @@ async def test_a_read_never_overtakes_the_held_reply_to_an_earlier_write() -> No
         await node.durability.close()
 
 
+def test_the_status_table_shows_a_stalled_or_failing_disk() -> None:
+    from replica.status_table import format_table
+
+    stalled = {"mode": "sync", "disk": "stalled", "failures": 0}
+    failing = {"mode": "sync", "disk": "failing", "failures": 3}
+    table = format_table(
+        [
+            ("n1", {"durability": {"mode": "sync", "disk": "ok"}, "peers": []}),
+            ("n2", {"durability": stalled, "peers": []}),
+            ("n3", {"durability": failing, "peers": []}),
+        ]
+    )
+    cells = [line.split()[6] for line in table.splitlines()[1:]]
+    assert cells == ["sync", "sync,disk-STALLED", "sync,disk-FAILING,commits-FAILED:3"]
+
+
 # -- real processes ------------------------------------------------------------------------------
 
 
