@@ -288,6 +288,14 @@ def _add_stdio(commands: Commands) -> None:
         "(default: %(default)s)",
     )
     stdio.add_argument(
+        "--max-clock-skew-ms",
+        type=_non_negative_int,
+        default=60_000,
+        metavar="N",
+        help="how far past the wall clock a client's timestamp may be; further gets error 22 "
+        "(default: %(default)s)",
+    )
+    stdio.add_argument(
         "--gossip-interval-ms",
         type=_positive_int,
         default=200,
@@ -301,7 +309,9 @@ def _run_stdio(args: argparse.Namespace) -> int:
     from replica.node import Node, NodeSettings
 
     settings = NodeSettings(
-        max_line_bytes=args.max_line_bytes, mvcc_retention_ms=args.mvcc_retention_ms
+        max_line_bytes=args.max_line_bytes,
+        mvcc_retention_ms=args.mvcc_retention_ms,
+        max_clock_skew_ms=args.max_clock_skew_ms,
     )
     node = Node(settings=settings)
     configure_logging(args.log_level, lambda: node.node_id)

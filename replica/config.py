@@ -11,6 +11,7 @@ mistyped field stops the node at once instead of being silently ignored.
     mvcc_retention_ms = 3600000   # optional, >= 0 (0: no automatic GC horizon)
     durability = "sync"           # optional: "sync" (reply once on disk) or "async"
     flush_interval_ms = 10        # optional, > 0: how often "async" commits
+    max_clock_skew_ms = 60000     # optional, >= 0: how far ahead a client timestamp may be
     commit_timeout_ms = 5000      # optional, > 0: a "sync" write not on disk by then gets error 13
 
     [[nodes]]                     # one or more
@@ -37,6 +38,7 @@ DEFAULT_MVCC_RETENTION_MS = 3_600_000
 DEFAULT_DURABILITY = "sync"
 DURABILITY_MODES = ("sync", "async")
 DEFAULT_FLUSH_INTERVAL_MS = 10
+DEFAULT_MAX_CLOCK_SKEW_MS = 60_000
 DEFAULT_COMMIT_TIMEOUT_MS = 5_000
 
 TOP_LEVEL_FIELDS = ("cluster", "nodes")
@@ -46,6 +48,7 @@ CLUSTER_FIELDS = (
     "mvcc_retention_ms",
     "durability",
     "flush_interval_ms",
+    "max_clock_skew_ms",
     "commit_timeout_ms",
 )
 NODE_FIELDS = ("id", "host", "port", "data_dir", "resp_port")
@@ -79,6 +82,7 @@ class ClusterConfig:
     mvcc_retention_ms: int = DEFAULT_MVCC_RETENTION_MS
     durability: str = DEFAULT_DURABILITY
     flush_interval_ms: int = DEFAULT_FLUSH_INTERVAL_MS
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
     commit_timeout_ms: int = DEFAULT_COMMIT_TIMEOUT_MS
     nodes: tuple[NodeConfig, ...] = ()
 
@@ -102,7 +106,9 @@ class ClusterConfig:
         from replica.node import NodeSettings
 
         return NodeSettings(
-            max_line_bytes=self.max_line_bytes, mvcc_retention_ms=self.mvcc_retention_ms
+            max_line_bytes=self.max_line_bytes,
+            mvcc_retention_ms=self.mvcc_retention_ms,
+            max_clock_skew_ms=self.max_clock_skew_ms,
         )
 
 
@@ -140,6 +146,9 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
     if durability not in DURABILITY_MODES:
         raise ConfigError(f'[cluster] durability must be "sync" or "async", not {durability!r}')
     flush_interval_ms = _positive(cluster, "flush_interval_ms", DEFAULT_FLUSH_INTERVAL_MS)
+    max_clock_skew_ms = _integer(cluster, "max_clock_skew_ms", DEFAULT_MAX_CLOCK_SKEW_MS)
+    if max_clock_skew_ms < 0:
+        raise ConfigError(f"[cluster] max_clock_skew_ms must be 0 or more, not {max_clock_skew_ms}")
     commit_timeout_ms = _positive(cluster, "commit_timeout_ms", DEFAULT_COMMIT_TIMEOUT_MS)
 
     raw_nodes = document.get("nodes")
@@ -169,6 +178,7 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
         mvcc_retention_ms=mvcc_retention_ms,
         durability=durability,
         flush_interval_ms=flush_interval_ms,
+        max_clock_skew_ms=max_clock_skew_ms,
         commit_timeout_ms=commit_timeout_ms,
         nodes=nodes,
     )

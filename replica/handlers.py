@@ -19,6 +19,7 @@ from replica.crdt import version_vector
 from replica.crdt.clocked_siblings import ClockedSiblings, NotCovered, clock_from_wire
 from replica.crdt.lww import LWWRegister
 from replica.crdt.malformed import (
+    MAX_COUNTER,
     Malformed,
     optional_count,
     require_count,
@@ -26,10 +27,12 @@ from replica.crdt.malformed import (
     require_list,
     require_object,
     require_str,
+    require_value,
 )
 from replica.crdt.mv_register import MVRegister, Sibling
 from replica.crdt.mvcc import TimestampConflict, Version, VersionChain
 from replica.errors import ErrorCode, RequestError
+from replica.keyspaces import KV, MV, TooFarAhead
 
 if TYPE_CHECKING:
     from replica.node import Node
@@ -60,9 +63,13 @@ def init(node: Node, body: Body, src: str | None) -> Body:
 
 def mv_write(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
-    value = require_field(body, "value")
+    value = require_value(body, "value")
     raw_context = body.get("context")
-    context = None if raw_context is None else version_vector.from_wire(raw_context, "context")
+    context = (
+        None
+        if raw_context is None
+        else version_vector.from_wire(raw_context, "context", MAX_COUNTER)
+    )
     register, sibling = node.keyspaces.mv_write(key, value, context)
     values, register_context = register.read_view()
     # Alone, the new sibling's vclock is the register's context: one dict serves both.
@@ -95,8 +102,8 @@ def mv_merge(node: Node, body: Body, src: str | None) -> Body | None:
 
 def kv_put(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
-    value = require_field(body, "value")
-    clock = clock_from_wire(require_field(body, "clock"))
+    value = require_value(body, "value")
+    clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER)
     result = node.keyspaces.kv_put(key, value, clock)
     reply: Body = {"type": "kv_put_ok", "status": result.status}
     if result.status == "conflict":
@@ -113,8 +120,8 @@ def kv_get(node: Node, body: Body, src: str | None) -> Body:
 
 def kv_resolve(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
-    value = require_field(body, "value")
-    clock = clock_from_wire(require_field(body, "clock"))
+    value = require_value(body, "value")
+    clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER)
     try:
         node.keyspaces.kv_resolve(key, value, clock)
     except NotCovered as exc:
@@ -137,7 +144,7 @@ def kv_merge(node: Node, body: Body, src: str | None) -> Body | None:
 
 def mvcc_put(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
-    value = require_field(body, "value")
+    value = require_value(body, "value")
     timestamp = optional_count(body, "timestamp")
     try:
         version, ts = node.keyspaces.mvcc_put(key, value, timestamp)
@@ -146,6 +153,8 @@ def mvcc_put(node: Node, body: Body, src: str | None) -> Body:
             ErrorCode.TXN_CONFLICT,
             f"timestamp {timestamp} is at or below the key's newest version ({exc.newest})",
         ) from None
+    except TooFarAhead as exc:
+        raise _too_far_ahead(node, exc) from None
     return {"type": "mvcc_put_ok", "version": version, "timestamp": ts}
 
 
@@ -194,6 +203,15 @@ def _check_horizon(node: Node, read_timestamp: int | None) -> None:
         )
 
 
+def _too_far_ahead(node: Node, exc: TooFarAhead) -> RequestError:
+    skew = node.keyspaces.max_clock_skew_ms
+    return RequestError(
+        ErrorCode.PRECONDITION_FAILED,
+        f"timestamp {exc.timestamp} is more than max_clock_skew_ms ({skew}) ahead of "
+        f"this node's hybrid clock: the largest it accepts now is {exc.bound}",
+    )
+
+
 def _version_view(version: Version, number: int) -> Body:
     return {"value": version.value, "version": number, "as_of_timestamp": version.timestamp}
 
@@ -203,9 +221,12 @@ def _version_view(version: Version, number: int) -> Body:
 
 def lww_write(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
-    value = require_field(body, "value")
+    value = require_value(body, "value")
     timestamp = optional_count(body, "timestamp")
-    ts = node.keyspaces.lww_write(key, value, timestamp)
+    try:
+        ts = node.keyspaces.lww_write(key, value, timestamp)
+    except TooFarAhead as exc:
+        raise _too_far_ahead(node, exc) from None
     return {"type": "lww_write_ok", "timestamp": ts, "replica": node.node_id}
 
 
@@ -266,8 +287,6 @@ def _replicator(node: Node) -> Replicator:
 
 def status(node: Node, body: Body, src: str | None) -> Body:
     keyspaces = node.keyspaces
-    largest = max((len(r.siblings) for r in keyspaces.mv.values()), default=0)
-    largest_kv = max((len(s.siblings) for s in keyspaces.kv.values()), default=0)
     return {
         "type": "status_ok",
         "node_id": node.node_id,
@@ -278,7 +297,7 @@ def status(node: Node, body: Body, src: str | None) -> Body:
             "mvcc": len(keyspaces.mvcc),
             "lww": len(keyspaces.lww),
         },
-        "max_siblings": {"mv": largest, "kv": largest_kv},
+        "max_siblings": {"mv": keyspaces.max_siblings(MV), "kv": keyspaces.max_siblings(KV)},
         "gossip_bytes_sent": 0 if node.replicator is None else node.replicator.bytes_sent,
         "actor": keyspaces.actor,
         "durability": _durability_status(node),

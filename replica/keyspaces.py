@@ -6,6 +6,15 @@ operations and merges to them, keeps the hybrid logical clock above every
 timestamp the node has seen, and tells listeners which keys changed: that
 single notification is what replication and durable storage hook into, so the
 handlers never need to know either exists.
+
+No timestamp from outside can carry the clock far into the future: a client's
+timestamp beyond `HybridLogicalClock.bound` (the wall clock plus
+`max_clock_skew_ms`) is refused with `TooFarAhead` before anything changes,
+and a peer's or a stored one beyond it is kept in its key but not observed.
+The automatic MVCC horizon trails only what the clock itself issued.
+
+Sibling counts are kept as a histogram per keyspace, moved wherever a key's
+state is replaced, so `max_siblings` never scans the keys.
 """
 
 from __future__ import annotations
@@ -33,10 +42,20 @@ around the cluster; anti-entropy repairs what an origin failed to deliver.
 MV, KV, MVCC, LWW = "mv", "kv", "mvcc", "lww"
 
 HLC_SHIFT = 16  # the hybrid logical clock keeps 16 bits of logical counter under the milliseconds
+DEFAULT_MAX_CLOCK_SKEW_MS = 60_000
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class TooFarAhead(Exception):
+    """A client's timestamp above what the clock accepts now; nothing was changed."""
+
+    def __init__(self, timestamp: int, bound: int) -> None:
+        super().__init__(f"timestamp {timestamp} is above {bound}")
+        self.timestamp = timestamp
+        self.bound = bound
 
 
 class Keyspaces:
@@ -48,6 +67,7 @@ class Keyspaces:
         *,
         mvcc_retention_ms: int,
         actor: str | None = None,
+        max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
         now_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.node_id = node_id
@@ -58,29 +78,57 @@ class Keyspaces:
         self.lww: dict[str, LWWRegister] = {}
         self.hlc = HybridLogicalClock()
         self._now_ms = now_ms
+        self.max_clock_skew_ms = max_clock_skew_ms
         self._retention = mvcc_retention_ms << HLC_SHIFT
         self._gc_before = 0
         self.listeners: list[ChangeListener] = []
+        self._sizes: dict[str, dict[int, int]] = {MV: {}, KV: {}}
+        """Per keyspace with siblings: sibling count -> how many keys have that many."""
 
     def _changed(self, keyspace: str, key: str, local: bool = True) -> None:
         for listener in self.listeners:
             listener(keyspace, key, local)
 
     def _timestamp(self, given: int | None) -> int:
-        """A client's timestamp is observed; without one the clock issues a fresh one."""
+        """A client's timestamp is observed; without one the clock issues a fresh one.
+
+        Raises `TooFarAhead`, changing nothing, for a timestamp past the clock's bound.
+        """
         if given is not None:
-            self.hlc = self.hlc.observe(given)
+            hlc = self.hlc
+            if given > hlc.last:
+                bound = hlc.bound(self._now_ms(), self.max_clock_skew_ms)
+                if given > bound:
+                    raise TooFarAhead(given, bound)
+                self.hlc = hlc.observe(given)
             return given
         self.hlc, issued = self.hlc.tick(self._now_ms())
         return issued
+
+    def _observe(self, timestamp: int) -> None:
+        """Observe a peer's or a stored timestamp, unless it is past the clock's bound."""
+        hlc = self.hlc
+        if timestamp > hlc.last and timestamp <= hlc.bound(self._now_ms(), self.max_clock_skew_ms):
+            self.hlc = hlc.observe(timestamp)
+
+    def max_siblings(self, keyspace: str) -> int:
+        """The largest sibling count of any key of `keyspace` (MV or KV); 0 when it has none."""
+        return max(self._sizes[keyspace], default=0)
+
+    def sibling_histogram(self, keyspace: str) -> dict[int, int]:
+        """Sibling count -> how many keys of `keyspace` have that many (counts of 0 omitted)."""
+        return dict(self._sizes[keyspace])
 
     # -- MV registers --------------------------------------------------------------
 
     def mv_write(
         self, key: str, value: Any, context: VersionVector | None
     ) -> tuple[MVRegister, Sibling]:
-        register, sibling = self.mv.get(key, _EMPTY_MV).write(self.actor, value, context)
+        current = self.mv.get(key, _EMPTY_MV)
+        register, sibling = current.write(self.actor, value, context)
         self.mv[key] = register
+        if len(register) != len(current):
+            _resize(self._sizes[MV], len(current), len(register))
         self._changed(MV, key)
         return register, sibling
 
@@ -97,12 +145,15 @@ class Keyspaces:
         updated, result = current.put(value, clock)
         if updated != current:
             self.kv[key] = updated
+            _resize(self._sizes[KV], len(current.siblings), len(updated.siblings))
             self._changed(KV, key)
         return result
 
     def kv_resolve(self, key: str, value: Any, clock: Clock) -> None:
         """Raises `NotCovered` and changes nothing when the clock misses a sibling."""
-        self.kv[key] = self.kv.get(key, _EMPTY_KV).resolve(value, clock)
+        current = self.kv.get(key, _EMPTY_KV)
+        self.kv[key] = current.resolve(value, clock)
+        _resize(self._sizes[KV], len(current.siblings), 1)
         self._changed(KV, key)
 
     def kv_merge(self, key: str, incoming: ClockedSiblings) -> None:
@@ -117,11 +168,12 @@ class Keyspaces:
     def mvcc_horizon(self) -> int:
         """Reads below this timestamp may have lost versions to garbage collection.
 
-        The automatic part trails the newest timestamp the node has seen by the
-        retention, rather than the wall clock, so clients that bring their own
-        small timestamps (as seed 003 does) keep their history.
+        The automatic part trails the newest timestamp the node's clock issued
+        by the retention: neither a client's nor a peer's timestamp moves it,
+        so clients that bring their own timestamps (as seed 003 does) keep
+        their history, and a timestamp from the future destroys none.
         """
-        automatic = self.hlc.last - self._retention if self._retention else 0
+        automatic = self.hlc.issued - self._retention if self._retention else 0
         return max(self._gc_before, automatic, 0)
 
     def mvcc_put(self, key: str, value: Any, timestamp: int | None) -> tuple[int, int]:
@@ -158,7 +210,7 @@ class Keyspaces:
     def mvcc_merge(self, key: str, incoming: VersionChain) -> None:
         newest = incoming.newest()
         if newest is not None:
-            self.hlc = self.hlc.observe(newest.timestamp)
+            self._observe(newest.timestamp)
         current = self.mvcc.get(key)
         merged = incoming if current is None else current.merge(incoming)
         merged, _ = merged.collect(self.mvcc_horizon)
@@ -178,7 +230,7 @@ class Keyspaces:
         return ts
 
     def lww_merge(self, key: str, incoming: LWWRegister) -> None:
-        self.hlc = self.hlc.observe(incoming.timestamp)
+        self._observe(incoming.timestamp)
         current = self.lww.get(key)
         merged = incoming if current is None else current.merge(incoming)
         self._absorb(LWW, self.lww, key, merged)
@@ -192,18 +244,44 @@ class Keyspaces:
         the key for anti-entropy without pushing it to peers again.
         """
         if isinstance(state, LWWRegister):
-            self.hlc = self.hlc.observe(state.timestamp)
+            self._observe(state.timestamp)
         elif isinstance(state, VersionChain) and (newest := state.newest()) is not None:
-            self.hlc = self.hlc.observe(newest.timestamp)
-        getattr(self, keyspace)[key] = state
+            self._observe(newest.timestamp)
+        store = getattr(self, keyspace)
+        sizes = self._sizes.get(keyspace)
+        if sizes is not None:
+            _resize(sizes, _size(store.get(key)), _size(state))
+        store[key] = state
         self._changed(keyspace, key, local=False)
 
     # -- merges from peers ----------------------------------------------------------
 
     def _absorb(self, keyspace: str, store: dict[str, Any], key: str, merged: Any) -> None:
-        if merged != store.get(key):
+        current = store.get(key)
+        if merged != current:
             store[key] = merged
+            sizes = self._sizes.get(keyspace)
+            if sizes is not None:
+                _resize(sizes, _size(current), _size(merged))
             self._changed(keyspace, key, local=False)
+
+
+def _size(state: MVRegister | ClockedSiblings | None) -> int:
+    return 0 if state is None else len(state.siblings)
+
+
+def _resize(sizes: dict[int, int], old: int, new: int) -> None:
+    """Move one key from sibling count `old` to `new` (0: no key) in a histogram."""
+    if old == new:
+        return
+    if old:
+        left = sizes[old] - 1
+        if left:
+            sizes[old] = left
+        else:
+            del sizes[old]
+    if new:
+        sizes[new] = sizes.get(new, 0) + 1
 
 
 _EMPTY_MV = MVRegister()

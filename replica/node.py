@@ -8,10 +8,17 @@ every message it sends, replies and peer messages alike, is numbered from 0.
 A request never escapes as an exception: bad input becomes error 12, a refusal
 the contract defines becomes its code, and anything unexpected is logged with
 its traceback and answered with error 13 while the node keeps serving.
+
+An integer outside what the encoder writes back, [-2**63, 2**64 - 1], is
+error 12 here at the door: the decoder would read it as an inexact float.
+Only a line holding a run of 19 or more digits (found by a translate and a
+find, both in C) is parsed a second time, by `json`, to tell such integers
+apart from long digit runs in strings or fractions.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +29,7 @@ import orjson
 from replica import handlers
 from replica.crdt.malformed import Malformed
 from replica.errors import ErrorCode, RequestError
-from replica.keyspaces import Keyspaces
+from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, Keyspaces
 from replica.replicator import Replicator
 
 if TYPE_CHECKING:
@@ -36,6 +43,10 @@ Handler = Callable[["Node", Body, str | None], Body | None]
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 LINE = orjson.OPT_APPEND_NEWLINE  # every encoded message is one line
 DEFAULT_MVCC_RETENTION_MS = 3_600_000
+MIN_INTEGER = -(1 << 63)  # the range of integers the encoder writes back: i64 and u64
+MAX_INTEGER = (1 << 64) - 1
+_DIGITS_AS_ZERO = bytes(b"0"[0] if b"0"[0] <= b <= b"9"[0] else b for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 19  # every integer outside the range has at least 19 digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,7 @@ class NodeSettings:
 
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     mvcc_retention_ms: int = DEFAULT_MVCC_RETENTION_MS
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
 
 
 class Node:
@@ -63,7 +75,10 @@ class Node:
         self.settings = settings or NodeSettings()
         self.next_msg_id = 0
         self.keyspaces = Keyspaces(
-            node_id or "", mvcc_retention_ms=self.settings.mvcc_retention_ms, actor=actor
+            node_id or "",
+            mvcc_retention_ms=self.settings.mvcc_retention_ms,
+            actor=actor,
+            max_clock_skew_ms=self.settings.max_clock_skew_ms,
         )
         self.replicator: Replicator | None = None
         self.durability: Durability | None = None
@@ -102,18 +117,28 @@ class Node:
             return self.error_line(ErrorCode.MALFORMED_REQUEST, f"not valid JSON: {exc}")
         if type(message) is not dict:
             return self.error_line(ErrorCode.MALFORMED_REQUEST, "a message must be a JSON object")
+        refusal = None
+        if _LONG_DIGIT_RUN in line.translate(_DIGITS_AS_ZERO) and (big := _big_integer(line)):
+            refusal = (
+                f"integer {big} is outside the range a node stores exactly: "
+                f"{MIN_INTEGER} to {MAX_INTEGER}"
+            )
         if "type" not in message and "body" in message:
-            return self._handle_envelope(message)
-        reply = self.handle_body(message, None)
+            return self._handle_envelope(message, refusal)
+        reply = (
+            self.handle_body(message, None) if refusal is None else self._refuse(message, refusal)
+        )
         return None if reply is None else orjson.dumps(reply, option=LINE)
 
-    def _handle_envelope(self, message: Body) -> bytes | None:
+    def _handle_envelope(self, message: Body, refusal: str | None) -> bytes | None:
         body = message["body"]
         src = message.get("src")
         if not isinstance(body, dict):
             reply: Body | None = self._error(
                 None, ErrorCode.MALFORMED_REQUEST, "field 'body' must be an object"
             )
+        elif refusal is not None:
+            reply = self._refuse(body, refusal)
         else:
             src_id = src if isinstance(src, str) else None
             reply = self.handle_body(body, src_id)
@@ -174,6 +199,13 @@ class Node:
         self.next_msg_id = next_id + 1
         return reply
 
+    def _refuse(self, body: Body, text: str) -> Body:
+        """Error 12 for a body that was read but must not be handled."""
+        msg_id = body.get("msg_id")
+        return self._error(
+            msg_id if type(msg_id) is int else None, ErrorCode.MALFORMED_REQUEST, text
+        )
+
     def _error(self, msg_id: int | None, code: ErrorCode, text: str) -> Body:
         reply: Body = {"type": "error", "code": int(code), "text": text}
         if msg_id is not None:
@@ -185,6 +217,33 @@ class Node:
         msg_id = self.next_msg_id
         self.next_msg_id = msg_id + 1
         return msg_id
+
+
+class _OutOfRange(Exception):
+    def __init__(self, literal: str) -> None:
+        super().__init__(literal)
+        self.literal = literal
+
+
+def _checked_int(literal: str) -> int:
+    if len(literal) > 21:  # longer than "-9223372036854775808" or "18446744073709551615"
+        raise _OutOfRange(literal)
+    value = int(literal)
+    if not MIN_INTEGER <= value <= MAX_INTEGER:
+        raise _OutOfRange(literal)
+    return value
+
+
+def _big_integer(line: bytes) -> str | None:
+    """The first integer literal of a valid JSON line outside the range, shortened; else None."""
+    try:
+        json.loads(line, parse_int=_checked_int)
+    except _OutOfRange as exc:
+        literal = exc.literal
+        return literal if len(literal) <= 40 else f"{literal[:20]}...({len(literal)} digits)"
+    except (ValueError, RecursionError):
+        return None  # what json cannot read, orjson already did; nesting is checked later
+    return None
 
 
 HANDLERS: dict[str, Handler] = {

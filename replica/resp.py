@@ -14,7 +14,8 @@ Commands (names case-insensitive):
     MVREG GET key               array of the visible values (empty when absent)
     MVREG SET key value         +OK; replaces the values visible here
     TREG GET key                [value, timestamp] (empty array when absent)
-    TREG SET key value ts       +OK; ts is an integer from 0 to 2**63-1, older is ignored
+    TREG SET key value ts       +OK; ts is an integer from 0 to 2**63-1, older is ignored;
+                                one more than max_clock_skew_ms ahead of the clock is an error
 
 plus PING, ECHO, QUIT, HELLO, CLIENT, COMMAND and SELECT 0, answered the way
 redis-cli and redis-py expect.  Values set here are stored as JSON strings;
@@ -39,6 +40,7 @@ import hiredis
 import orjson
 
 from replica.crdt.malformed import MAX_INT
+from replica.keyspaces import TooFarAhead
 from replica.node import Node
 from replica.tcp import ServedConnection, TcpServer
 
@@ -163,7 +165,14 @@ class Commands:
             key = _text(args[1], "key")
             value = _text(args[2], "value")
             timestamp = _timestamp(args[3])
-            self.node.keyspaces.lww_write(key, value, timestamp)
+            try:
+                self.node.keyspaces.lww_write(key, value, timestamp)
+            except TooFarAhead as exc:
+                skew = self.node.keyspaces.max_clock_skew_ms
+                raise RespError(
+                    f"ERR timestamp {timestamp} is more than max_clock_skew_ms ({skew}) ahead "
+                    f"of this node's hybrid clock (the largest it accepts now is {exc.bound})"
+                ) from None
             return OK
         if not args:
             raise RespError("ERR wrong number of arguments for 'treg' command")
@@ -245,9 +254,11 @@ class Commands:
 
     def select(self, args: Args) -> bytes:
         _arity("select", args, 1)
-        if not args[0].lstrip(b"-").isdigit():
+        raw = args[0]
+        digits = raw[1:] if raw.startswith(b"-") else raw
+        if not (digits.isdigit() and digits.isascii()):
             raise RespError("ERR value is not an integer or out of range")
-        if int(args[0]) != 0:
+        if int(digits) != 0:
             raise RespError("ERR DB index is out of range")
         return OK
 
@@ -266,7 +277,8 @@ class RespConnection(ServedConnection):
     def __init__(self, node: Node, connections: set[Any]) -> None:
         super().__init__(node, connections)
         self.limit = node.settings.max_line_bytes
-        self.reader = hiredis.Reader(notEnoughData=None)
+        # `False` for "incomplete": a null array or bulk string (`*-1`, `$-1`) reads as None.
+        self.reader = hiredis.Reader(notEnoughData=False)
         self.pending = 0
         self.commands = Commands(node)
 
@@ -283,8 +295,9 @@ class RespConnection(ServedConnection):
                 log.info("closing RESP connection %s: protocol error: %s", self.peer, exc)
                 replies.append(error(f"ERR Protocol error: {exc}"))
                 return replies, True
-            if request is None:
+            if request is False:
                 break
+            completed = True
             try:  # joining is the one check of both shape and size: anything but bytes fails
                 size = len(join(request)) if type(request) is list and request else -1
             except TypeError:
@@ -295,7 +308,6 @@ class RespConnection(ServedConnection):
             if size > self.limit:
                 replies.append(self._too_long())
                 return replies, True
-            completed = True
             try:
                 replies.append(execute(request))
             except Exception:  # every command answers for itself; this is a bug

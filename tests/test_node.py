@@ -14,6 +14,7 @@ import pytest
 
 from replica import delta_compression
 from replica import node as node_module
+from replica.keyspaces import Keyspaces, wall_clock_ms
 from replica.node import Node, NodeSettings
 
 
@@ -304,7 +305,7 @@ def test_mvcc_put_at_or_below_newest_conflicts_unless_identical_retry(client: Cl
 
 
 def test_mvcc_put_without_timestamp_goes_above_everything_seen(client: Client) -> None:
-    far = 1 << 60
+    far = (wall_clock_ms() + 30_000) << 16  # half a minute ahead: within max_clock_skew_ms
     client("mvcc_put", key="x", value="v1", timestamp=far)
     assigned = client("mvcc_put", key="x", value="v2")
     assert assigned["timestamp"] > far and assigned["version"] == 2
@@ -336,14 +337,27 @@ def test_mvcc_gc_drops_invisible_versions_and_refuses_reads_below_horizon(
     assert client("mvcc_gc", before=5)["horizon"] == 35  # the horizon never moves back
 
 
-def test_mvcc_retention_moves_the_horizon_behind_the_newest_timestamp() -> None:
-    client = Client(make_node(mvcc_retention_ms=1))
+def test_mvcc_retention_moves_the_horizon_behind_the_clocks_own_timestamps() -> None:
+    now = [1_000]
+    keyspaces = Keyspaces("n1", mvcc_retention_ms=1, now_ms=lambda: now[0])
     step = 1 << 16  # one millisecond in the hybrid clock's units
+    issued = []
+    for _ in range(4):
+        issued.append(keyspaces.mvcc_put("x", len(issued), None)[1])
+        now[0] += 1
+    assert issued == [t * step for t in range(1_000, 1_004)]
+    assert keyspaces.mvcc_horizon == issued[2]
+    assert keyspaces.mvcc_read("x", issued[2]) is not None
+    assert [v.timestamp for v in keyspaces.mvcc["x"].versions] == issued[2:]
+
+
+def test_client_timestamps_do_not_move_the_horizon() -> None:
+    client = Client(make_node(mvcc_retention_ms=1))
+    step = 1 << 16
     for i in range(1, 5):
         client("mvcc_put", key="x", value=i, timestamp=i * step)
-    assert client.node.keyspaces.mvcc_horizon == 3 * step
-    assert error_code(client("mvcc_get", key="x", read_timestamp=step)) == 22
-    assert client("mvcc_get", key="x", read_timestamp=3 * step)["version"] == 3
+    assert client.node.keyspaces.mvcc_horizon == 0
+    assert client("mvcc_get", key="x", read_timestamp=step)["version"] == 1
 
 
 @pytest.mark.parametrize(
@@ -397,9 +411,10 @@ def test_lww_equal_timestamps_are_broken_by_replica(client: Client) -> None:
 
 
 def test_lww_write_without_timestamp_is_above_everything_seen(client: Client) -> None:
-    client("lww_merge", key="f", state={"value": 1, "timestamp": 1 << 61, "replica": "n2"})
+    ahead = (wall_clock_ms() + 30_000) << 16  # half a minute ahead: within max_clock_skew_ms
+    client("lww_merge", key="f", state={"value": 1, "timestamp": ahead, "replica": "n2"})
     written = client("lww_write", key="f", value=2)
-    assert written["timestamp"] > 1 << 61
+    assert written["timestamp"] > ahead
     assert client("lww_read", key="f")["value"] == 2
 
 

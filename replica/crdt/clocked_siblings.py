@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from replica.crdt.canonical import canonical
 from replica.crdt.malformed import (
+    MAX_INT,
     Malformed,
     require_count,
     require_field,
@@ -52,10 +53,13 @@ class Order(Enum):
     CONCURRENT = "concurrent"
 
 
-def clock_from_wire(raw: Any) -> Clock:
-    """Validate a client's clock without padding or stripping it: replies echo it."""
+def clock_from_wire(raw: Any, limit: int = MAX_INT) -> Clock:
+    """Validate a clock without padding or stripping it: replies echo it.
+
+    Each entry is at most `limit`: `MAX_COUNTER` for a client's clock, `MAX_INT` for a peer's.
+    """
     entries = require_list(raw, "a clock")
-    return tuple(require_count(entry, f"clock entry {i}") for i, entry in enumerate(entries))
+    return tuple(require_count(entry, f"clock entry {i}", limit) for i, entry in enumerate(entries))
 
 
 def compare(a: Clock, b: Clock) -> Order:

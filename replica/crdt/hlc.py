@@ -15,7 +15,9 @@ Invariants:
 - an issued timestamp is never below the current physical time `now_ms << 16`,
   so timestamps track the wall clock while it is ahead of what was seen;
 - when more than 2**16 events share a millisecond the counter carries into
-  the physical bits: order is still kept, only `physical_ms` runs ahead.
+  the physical bits: order is still kept, only `physical_ms` runs ahead;
+- `issued` is the greatest timestamp `tick` issued: what the node's own clock
+  has reached, whatever clients or peers claimed.
 
 The clock never reads the wall clock itself: the caller passes the time in,
 which keeps it pure and lets tests drive it.
@@ -37,9 +39,10 @@ def physical_ms(ts: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class HybridLogicalClock:
-    """The greatest timestamp this node has issued or observed."""
+    """The greatest timestamp this node has issued or observed, and the greatest it issued."""
 
     last: int = 0
+    issued: int = 0
 
     def tick(self, now_ms: int) -> tuple[HybridLogicalClock, int]:
         """Issue a fresh timestamp for a local event at wall time `now_ms`.
@@ -50,8 +53,18 @@ class HybridLogicalClock:
         ts = max(self.last + 1, now_ms << LOGICAL_BITS)
         if ts > MAX_INT:
             raise OverflowError(f"hybrid logical clock passed {MAX_INT}")
-        return HybridLogicalClock(ts), ts
+        return HybridLogicalClock(ts, ts), ts
 
     def observe(self, timestamp: int) -> HybridLogicalClock:
         """Take in a timestamp from a client or peer, so later ticks exceed it."""
-        return self if timestamp <= self.last else HybridLogicalClock(timestamp)
+        return self if timestamp <= self.last else HybridLogicalClock(timestamp, self.issued)
+
+    def bound(self, now_ms: int, skew_ms: int) -> int:
+        """The greatest timestamp to accept from outside at wall time `now_ms`.
+
+        Everything the clock has seen stays acceptable (a timestamp read back
+        from this node), and beyond that at most `skew_ms` past the wall clock.
+        The bound follows the wall clock, not `last`: were it `last` plus the
+        skew, each accepted timestamp would let the next one reach further.
+        """
+        return max(self.last, (now_ms + skew_ms) << LOGICAL_BITS)

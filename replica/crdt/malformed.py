@@ -12,6 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 MAX_INT = (1 << 63) - 1  # timestamps and counters must fit a signed 64-bit word
+MAX_COUNTER = (1 << 53) - 1
+"""The largest counter a client may put in a context or clock: exact in every JSON
+reader (a double's integers), and far enough below `MAX_INT` that a dot issued
+one above it still fits every peer's check."""
+MAX_VALUE_DEPTH = 100
+"""How deep arrays and objects may nest in a value.  Stored records, replies and
+gossip wrap a value in at most a dozen more levels, well inside the 254 the
+JSON encoder can write, so a value that was accepted can always be encoded."""
 
 
 class Malformed(ValueError):
@@ -32,11 +40,45 @@ def require_field(body: Mapping[str, Any], field: str) -> Any:
     return body[field]
 
 
-def require_count(value: Any, what: str) -> int:
-    """A non-negative integer that fits 64 bits (JSON booleans are not integers)."""
-    if type(value) is not int or value < 0 or value > MAX_INT:
-        raise Malformed(f"{what} must be an integer from 0 to {MAX_INT}, got {_kind(value)}")
+def require_count(value: Any, what: str, limit: int = MAX_INT) -> int:
+    """A non-negative integer up to `limit` (JSON booleans are not integers)."""
+    if type(value) is not int or value < 0 or value > limit:
+        raise Malformed(f"{what} must be an integer from 0 to {limit}, got {_kind(value)}")
     return value
+
+
+def require_value(body: Mapping[str, Any], field: str) -> Any:
+    """A client's value: any JSON value, present, nested at most `MAX_VALUE_DEPTH` deep.
+
+    Scalars, the common case, cost one type test; containers are walked level by level.
+    """
+    if field not in body:
+        raise Malformed(f"field {field!r} is required")
+    value = body[field]
+    kind = type(value)
+    if kind is list or kind is dict:
+        _check_depth(value, field)
+    return value
+
+
+def _check_depth(value: list[Any] | dict[str, Any], field: str) -> None:
+    level = [value]
+    depth = 1
+    while True:
+        inner = [
+            child
+            for container in level
+            for child in (container.values() if type(container) is dict else container)
+            if type(child) is list or type(child) is dict
+        ]
+        if not inner:
+            return
+        depth += 1
+        if depth > MAX_VALUE_DEPTH:
+            raise Malformed(
+                f"field {field!r} nests arrays and objects more than {MAX_VALUE_DEPTH} deep"
+            )
+        level = inner
 
 
 def optional_count(body: Mapping[str, Any], field: str) -> int | None:

@@ -297,10 +297,10 @@ class MVRegister(tuple[Sibling, ...]):
 
 
 _new = object.__new__
-_set_value = Sibling.value.__set__  # type: ignore[attr-defined]
-_set_node = Sibling.node.__set__  # type: ignore[attr-defined]
-_set_counter = Sibling.counter.__set__  # type: ignore[attr-defined]
-_set_past = Sibling.past.__set__  # type: ignore[attr-defined]
+_set_value = Sibling.value.__set__  # type: ignore[misc]
+_set_node = Sibling.node.__set__  # type: ignore[misc,attr-defined]
+_set_counter = Sibling.counter.__set__  # type: ignore[misc,attr-defined]
+_set_past = Sibling.past.__set__  # type: ignore[misc,attr-defined]
 _new_tuple = tuple.__new__
 _NO_PAST: VersionVector = {}
 """The past of every sibling that had seen nothing, shared: version vectors are never mutated."""

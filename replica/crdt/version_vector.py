@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from replica.crdt.malformed import Malformed, require_count
+from replica.crdt.malformed import MAX_INT, Malformed, require_count
 
 VersionVector = dict[str, int]
 
@@ -81,12 +81,16 @@ def with_dot(vv: Mapping[str, int], dot: Dot) -> VersionVector:
     return out
 
 
-def from_wire(raw: Any, what: str = "a version vector") -> VersionVector:
-    """Validate `{node: counter}`; zero entries are dropped so equal histories compare equal."""
+def from_wire(raw: Any, what: str = "a version vector", limit: int = MAX_INT) -> VersionVector:
+    """Validate `{node: counter}`, each counter at most `limit`.
+
+    Zero entries are dropped so equal histories compare equal.  A client's
+    context is read with `MAX_COUNTER` as its limit, a peer's with `MAX_INT`.
+    """
     if not isinstance(raw, dict):
         raise Malformed(f"{what} must be an object of node id to counter")
     out: VersionVector = {}
     for node, counter in raw.items():
-        if require_count(counter, f"{what}'s entry {node!r}"):
+        if require_count(counter, f"{what}'s entry {node!r}", limit):
             out[node] = counter
     return out
