@@ -10,6 +10,12 @@ sent; a message never acknowledged expires and its keys are taken again.
 Pending work is tracked per key, not per write, so memory is bounded by the
 number of distinct changed keys however fast they are written (the design of
 Akka Distributed Data's delta propagation, simplified to whole per-key states).
+A peer that stays away while more than `max_pending` keys change (one that
+never started, or a long partition) would still hold a set as large as the
+keyspace, so past that bound its pending set is dropped and the peer is marked
+for a full anti-entropy repair instead, which finds the same keys by digest
+once it is back.  A repair itself marks keys only up to the bound and leaves
+the rest to its next round.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from dataclasses import dataclass, field
 
 KeyRef = tuple[str, str]
 """(keyspace, key)."""
+
+MAX_PENDING_KEYS = 100_000
+"""Keys pending for one peer before they are dropped in favour of a repair."""
 
 
 @dataclass(slots=True)
@@ -34,6 +43,8 @@ class _PeerDeltas:
     pending: dict[KeyRef, int] = field(default_factory=dict)
     in_flight: dict[KeyRef, tuple[int, int]] = field(default_factory=dict)  # -> (msg_id, seq)
     messages: dict[int, _InFlight] = field(default_factory=dict)
+    dropped: int = 0  # pending keys given up to anti-entropy, in all
+    needs_repair: bool = False
 
     def owed(self) -> int:
         """Keys not yet acknowledged: waiting, or in flight and unchanged since."""
@@ -50,8 +61,15 @@ class _PeerDeltas:
 class DeltaTracker:
     """Per-peer pending keys, in-flight messages and acknowledgements."""
 
-    def __init__(self, peers: Iterable[str], *, resend_after: float = 2.0) -> None:
+    def __init__(
+        self,
+        peers: Iterable[str],
+        *,
+        resend_after: float = 2.0,
+        max_pending: int = MAX_PENDING_KEYS,
+    ) -> None:
         self.resend_after = resend_after
+        self.max_pending = max_pending
         self._seq = 0
         self._peers: dict[str, _PeerDeltas] = {peer: _PeerDeltas() for peer in peers}
 
@@ -59,17 +77,30 @@ class DeltaTracker:
     def peers(self) -> list[str]:
         return list(self._peers)
 
+    @property
+    def seq(self) -> int:
+        """The sequence number of the latest change or mark: a state taken now includes it."""
+        return self._seq
+
     def changed(self, ref: KeyRef) -> None:
-        self._seq += 1
+        self._seq = seq = self._seq + 1
+        limit = self.max_pending
         for state in self._peers.values():
-            state.pending[ref] = self._seq
+            pending = state.pending
+            pending[ref] = seq
+            if len(pending) > limit:
+                _drop_to_repair(state)
 
     def mark(self, peer: str, ref: KeyRef) -> None:
         """One peer needs a key again (anti-entropy found it missing or different there)."""
         state = self._peers.get(peer)
-        if state is not None and ref not in state.pending and ref not in state.in_flight:
-            self._seq += 1
-            state.pending[ref] = self._seq
+        if state is None or ref in state.pending or ref in state.in_flight:
+            return
+        if len(state.pending) >= self.max_pending:
+            state.needs_repair = True  # a later round finds the key again
+            return
+        self._seq += 1
+        state.pending[ref] = self._seq
 
     def take(self, peer: str, now: float, limit: int) -> list[tuple[KeyRef, int]]:
         """Up to `limit` pending keys for `peer` that no live message carries, oldest first."""
@@ -109,13 +140,39 @@ class DeltaTracker:
     def pending(self, peer: str) -> int:
         return self._peers[peer].owed()
 
+    def dropped(self, peer: str) -> int:
+        """Pending keys given up to anti-entropy over the bound, in all."""
+        return self._peers[peer].dropped
+
+    def needs_repair(self, peer: str) -> bool:
+        """Whether keys were dropped for `peer` and no repair round has started since."""
+        return self._peers[peer].needs_repair
+
+    def repair_started(self, peer: str) -> None:
+        self._peers[peer].needs_repair = False
+
     def forget_in_flight(self, peer: str) -> None:
         """A connection dropped: whatever it carried will never be acknowledged."""
         state = self._peers[peer]
         for msg_id in list(state.messages):
             state.requeue(msg_id)
+        self._bound(state)
 
     def _expire(self, state: _PeerDeltas, now: float) -> None:
         deadline = now - self.resend_after
-        for msg_id in [m for m, sent in state.messages.items() if sent.sent_at <= deadline]:
+        expired = [m for m, sent in state.messages.items() if sent.sent_at <= deadline]
+        for msg_id in expired:
             state.requeue(msg_id)
+        if expired:
+            self._bound(state)
+
+    def _bound(self, state: _PeerDeltas) -> None:
+        if len(state.pending) > self.max_pending:
+            _drop_to_repair(state)
+
+
+def _drop_to_repair(state: _PeerDeltas) -> None:
+    """Give up a peer's pending keys: a digest comparison finds whichever it still lacks."""
+    state.dropped += len(state.pending)
+    state.pending.clear()
+    state.needs_repair = True

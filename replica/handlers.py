@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from replica import delta_compression
+from replica import delta_compression, peer_handshake
 from replica.crdt import version_vector
 from replica.crdt.clocked_siblings import ClockedSiblings, NotCovered, clock_from_wire
 from replica.crdt.lww import LWWRegister
@@ -89,11 +89,9 @@ def mv_merge(node: Node, body: Body, src: str | None) -> Body | None:
     """Accepts whole sibling sets, a batch of them, or the seed's single dot-less entry."""
     if "entry" in body:
         key = require_str(body, "key")
-        deltas = [(key, MVRegister.of([Sibling.from_entry(body["entry"], src)]))]
+        node.keyspaces.mv_merge(key, MVRegister.of([Sibling.from_entry(body["entry"], src)]))
     else:
-        deltas = _deltas(body, "siblings", MVRegister.from_wire)
-    for key, register in deltas:
-        node.keyspaces.mv_merge(key, register)
+        _merge_each(node, body, src, "siblings", MVRegister.from_wire, node.keyspaces.mv_merge)
     return _merge_ack(body)
 
 
@@ -134,8 +132,7 @@ def kv_resolve(node: Node, body: Body, src: str | None) -> Body:
 
 
 def kv_merge(node: Node, body: Body, src: str | None) -> Body | None:
-    for key, siblings in _deltas(body, "siblings", ClockedSiblings.from_wire):
-        node.keyspaces.kv_merge(key, siblings)
+    _merge_each(node, body, src, "siblings", ClockedSiblings.from_wire, node.keyspaces.kv_merge)
     return _merge_ack(body)
 
 
@@ -189,8 +186,7 @@ def mvcc_gc(node: Node, body: Body, src: str | None) -> Body:
 
 
 def mvcc_merge(node: Node, body: Body, src: str | None) -> Body | None:
-    for key, chain in _deltas(body, "state", VersionChain.from_wire):
-        node.keyspaces.mvcc_merge(key, chain)
+    _merge_each(node, body, src, "state", VersionChain.from_wire, node.keyspaces.mvcc_merge)
     return _merge_ack(body)
 
 
@@ -239,29 +235,58 @@ def lww_read(node: Node, body: Body, src: str | None) -> Body:
 
 
 def lww_merge(node: Node, body: Body, src: str | None) -> Body | None:
-    for key, register in _deltas(body, "state", LWWRegister.from_wire):
-        node.keyspaces.lww_merge(key, register)
+    _merge_each(node, body, src, "state", LWWRegister.from_wire, node.keyspaces.lww_merge)
     return _merge_ack(body)
 
 
 # -- merge plumbing -------------------------------------------------------------------
 
 
-def _deltas(body: Body, field: str, decode: Callable[[Any], State]) -> list[tuple[str, State]]:
-    """Decode `{key, <field>}` or a batch of them, plain or compressed, before applying any."""
+def _merge_each(
+    node: Node,
+    body: Body,
+    src: str | None,
+    field: str,
+    decode: Callable[[Any], State],
+    merge: Callable[[str, State], None],
+) -> None:
+    """Apply a merge message's `{key, <field>}`, or each delta of its batch on its own.
+
+    A single delta that cannot be decoded is refused with error 12.  In a
+    batch, a delta that cannot be decoded or applied is refused for its key
+    alone (logged and counted per peer in `status`); the others are applied
+    and the batch is acknowledged, so one bad key never holds back the rest,
+    nor leaves them pending at the sender forever.
+    """
+    if "deltas" not in body and "deltas_z" not in body:
+        merge(require_str(body, "key"), decode(require_field(body, field)))
+        return
+    for item in _deltas(body):
+        try:
+            entry = require_object(item, "each delta")
+            key = require_str(entry, "key")
+            merge(key, decode(require_field(entry, field)))
+        except Exception as exc:  # whatever it is, it concerns this key alone
+            _refused(node, src, body, item, exc)
+
+
+def _deltas(body: Body) -> list[Any]:
+    """The deltas of a batch, plain or compressed; undecoded, so each is refused on its own."""
     if "deltas_z" in body:
         try:
             raw = orjson.loads(delta_compression.unpack(body["deltas_z"], MAX_INFLATED_BYTES))
         except orjson.JSONDecodeError as exc:
             raise Malformed(f"field 'deltas_z' does not hold JSON: {exc}") from None
-        items = require_list(raw, "field 'deltas_z'")
-        entries = [require_object(item, "each delta") for item in items]
-    elif "deltas" in body:
-        items = require_list(body["deltas"], "field 'deltas'")
-        entries = [require_object(item, "each delta") for item in items]
-    else:
-        entries = [body]
-    return [(require_str(e, "key"), decode(require_field(e, field))) for e in entries]
+        return require_list(raw, "field 'deltas_z'")
+    return require_list(body["deltas"], "field 'deltas'")
+
+
+def _refused(node: Node, src: str | None, body: Body, item: Any, exc: Exception) -> None:
+    key = item.get("key") if isinstance(item, dict) else None
+    reason = str(exc) if isinstance(exc, Malformed) else f"{type(exc).__name__}: {exc}"
+    keyspace = str(body["type"]).removesuffix("_merge")
+    if node.replicator is not None:
+        node.replicator.merge_refused(src, keyspace, key, reason)
 
 
 def _merge_ack(body: Body) -> Body | None:
@@ -269,6 +294,11 @@ def _merge_ack(body: Body) -> Body | None:
 
 
 # -- replication and status -------------------------------------------------------------
+
+
+def peer_hello(node: Node, body: Body, src: str | None) -> Body:
+    """A dialling peer's hello: accepted only when both nodes list the same cluster."""
+    return peer_handshake.answer(node.node_id, node.node_ids, body)
 
 
 def ae_roots(node: Node, body: Body, src: str | None) -> Body:

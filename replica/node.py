@@ -263,6 +263,7 @@ HANDLERS: dict[str, Handler] = {
     "lww_write": handlers.lww_write,
     "lww_read": handlers.lww_read,
     "lww_merge": handlers.lww_merge,
+    "peer_hello": handlers.peer_hello,
     "ae_roots": handlers.ae_roots,
     "ae_keys": handlers.ae_keys,
     "status": handlers.status,

@@ -1,9 +1,11 @@
 """Outgoing peer connections and the gossip ticker.
 
 Each node dials every peer and keeps one connection per peer, on which it sends
-its own gossip and anti-entropy messages and reads the peer's answers.  A dead
-peer is redialled with capped exponential backoff and jitter, so a cluster
-restarting at once does not dial in lockstep.  Sending never waits: a link that
+its own gossip and anti-entropy messages and reads the peer's answers.  A new
+connection first says `peer_hello` (see `replica.peer_handshake`) and counts as
+up only once the peer accepts it; a refusal is logged once per distinct reason.
+A dead or refusing peer is redialled with capped exponential backoff and
+jitter, so a cluster restarting at once does not dial in lockstep.  Sending never waits: a link that
 is down or whose write buffer is full refuses the line, and the delta tracker
 keeps the keys pending, so a slow or dead peer never delays client requests.
 """
@@ -18,6 +20,9 @@ import socket
 from collections.abc import Mapping
 from typing import cast
 
+import orjson
+
+from replica import peer_handshake
 from replica.framing import LineFramer
 from replica.node import Node
 from replica.replicator import Replicator
@@ -32,10 +37,14 @@ class _PeerProtocol(asyncio.Protocol):
     def __init__(self, links: PeerLinks, peer: str) -> None:
         self.links = links
         self.peer = peer
-        self.framer = LineFramer(links.node.settings.max_line_bytes)
+        self.framer = LineFramer(peer_handshake.PEER_MAX_LINE_BYTES)
         self.transport: asyncio.Transport | None = None
         self.writable = True
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.hello_id: int | None = None
+        self.answer: asyncio.Future[dict[str, object]] = loop.create_future()  # to the hello
+        self.accepted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
@@ -48,10 +57,26 @@ class _PeerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for line in self.framer.feed(data):
-            self.links.node.handle_line(line)  # answers to our messages: routed, never replied to
+            if self.accepted:
+                self.links.node.handle_line(line)  # answers to our messages, never replied to
+            else:
+                self._answer_to_hello(line)
         if self.framer.overflowed and self.transport is not None:
-            log.warning("peer %s sent a line over max_line_bytes; reconnecting", self.peer)
+            log.warning("peer %s sent a line over the peer line limit; reconnecting", self.peer)
             self.transport.close()
+
+    def _answer_to_hello(self, line: bytes) -> None:
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return
+        body = message.get("body") if isinstance(message, dict) else None
+        if (
+            isinstance(body, dict)
+            and body.get("in_reply_to") == self.hello_id
+            and not self.answer.done()
+        ):
+            self.answer.set_result(body)
 
     def pause_writing(self) -> None:
         self.writable = False
@@ -62,6 +87,8 @@ class _PeerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
+        if not self.answer.done():
+            self.answer.set_result({"type": "error", "text": "closed before answering the hello"})
 
     def send(self, line: bytes) -> bool:
         if self.transport is None or self.transport.is_closing() or not self.writable:
@@ -86,6 +113,7 @@ class PeerLinks:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self._links: dict[str, _PeerProtocol] = {}
+        self._refusals = {peer: peer_handshake.ReasonLog() for peer in self.addresses}
         self._tasks: list[asyncio.Task[None]] = []
         self._drains: set[asyncio.Task[None]] = set()
         if node.replicator is not None:
@@ -122,22 +150,55 @@ class PeerLinks:
             except OSError as exc:
                 log.debug("peer %s at %s:%d unreachable: %s", peer, host, port, exc)
             else:
-                self._links[peer] = link
-                self._replicator_link(peer, up=True)
-                log.info("connected to peer %s at %s:%d", peer, host, port)
-                if self.node.replicator is not None:  # a healed link need not wait for a tick
-                    pushing = asyncio.create_task(drain(self.node.replicator))
-                    self._drains.add(pushing)
-                    pushing.add_done_callback(self._drains.discard)
-                connected_at = loop.time()
-                await link.closed
-                self._links.pop(peer, None)
-                self._replicator_link(peer, up=False)
-                log.info("lost peer %s", peer)
-                if loop.time() - connected_at >= STABLE_LINK_SECONDS:
+                if not await self._say_hello(peer, link):
+                    if link.transport is not None:
+                        link.transport.close()
+                elif await self._use(peer, link):
                     delay = self.backoff_min  # only a link that held up starts the backoff over
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(self.backoff_max, delay * 2)
+
+    async def _say_hello(self, peer: str, link: _PeerProtocol) -> bool:
+        """Send our hello and wait for the answer: True once the peer accepts this node."""
+        node = self.node
+        body = peer_handshake.hello(node.node_id or "", node.node_ids)
+        line = node.envelope(peer, body)  # numbers the body
+        link.hello_id = body["msg_id"]
+        if not link.send(line):
+            return False
+        try:
+            answer = await asyncio.wait_for(
+                asyncio.shield(link.answer), peer_handshake.HANDSHAKE_TIMEOUT_S
+            )
+        except TimeoutError:
+            log.debug("peer %s did not answer the hello", peer)
+            return False
+        if answer.get("type") == peer_handshake.HELLO_OK:
+            link.accepted = True
+            self._refusals[peer].forget()
+            return True
+        if answer.get("type") == "error" and "code" in answer:
+            self._refusals[peer].note(f"peer {peer} refused this node: {answer.get('text')}")
+        else:
+            log.debug("peer %s: no hello answer: %s", peer, answer.get("text"))
+        return False
+
+    async def _use(self, peer: str, link: _PeerProtocol) -> bool:
+        """Gossip over an accepted link until it closes; True if it held up a while."""
+        loop = asyncio.get_running_loop()
+        self._links[peer] = link
+        self._replicator_link(peer, up=True)
+        log.info("connected to peer %s at %s:%d", peer, *self.addresses[peer])
+        if self.node.replicator is not None:  # a healed link need not wait for a tick
+            pushing = asyncio.create_task(drain(self.node.replicator))
+            self._drains.add(pushing)
+            pushing.add_done_callback(self._drains.discard)
+        connected_at = loop.time()
+        await link.closed
+        self._links.pop(peer, None)
+        self._replicator_link(peer, up=False)
+        log.info("lost peer %s", peer)
+        return loop.time() - connected_at >= STABLE_LINK_SECONDS
 
     def _replicator_link(self, peer: str, *, up: bool) -> None:
         replicator = self.node.replicator

@@ -15,10 +15,24 @@ ticks against one peer in turn, as a stateless exchange:
 
 So repair never needs its own data path, and a peer that was partitioned,
 restarted or wiped converges without any write being repeated.
+
+Only durable states leave the node.  A key whose latest change is not yet on
+disk (`Durability.settled` is False) is held back: it stays pending, and the
+state it had when it was last seen unsettled ships instead once a commit has
+made that state durable (a barrier taken right after seeing it).  So a key
+written without pause still ships, one commit behind, and a dot is never seen
+by a peer before the write that issued it survives a crash.  In-memory nodes
+and "async" mode hold nothing back.
+
+An MV or KV state too large for one message is sent as several, each a subset
+of its siblings: merge is union then drop the obsolete, so each subset is a
+valid delta and their merge in any order is the whole.  The key counts as
+delivered only with its last part, sent after the others on the same link.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +43,7 @@ import orjson
 from replica import delta_compression
 from replica.crdt.canonical import canonical
 from replica.crdt.malformed import Malformed, require_list, require_object, require_str
-from replica.delta_tracker import DeltaTracker, KeyRef
+from replica.delta_tracker import MAX_PENDING_KEYS, DeltaTracker, KeyRef
 from replica.digest import KeyspaceDigest, compare_keys, differing_buckets
 from replica.keyspaces import KV, LWW, MV, MVCC
 
@@ -41,6 +55,7 @@ log = logging.getLogger("replica.replicator")
 KEYSPACES = (MV, KV, MVCC, LWW)
 MERGE_TYPE = {MV: "mv_merge", KV: "kv_merge", MVCC: "mvcc_merge", LWW: "lww_merge"}
 STATE_FIELD = {MV: "siblings", KV: "siblings", MVCC: "state", LWW: "state"}
+SPLITTABLE = (MV, KV)  # states that are lists of siblings
 MERGE_ACKS = {f"{t}_ok" for t in MERGE_TYPE.values()}
 KEYS_PER_AE_MESSAGE = 8192  # about 300 KiB of key hashes: well under max_line_bytes
 REHASH_KEYS_PER_TICK = 5000
@@ -51,8 +66,13 @@ while more keys than this are dirty, so comparing never stalls the node on a
 full rehash; after a restart with 1,000,000 keys that is about 40 s of ticks,
 during which deltas flow as usual."""
 
+REFUSAL_LOG_EVERY_S = 10.0
+
 Outbox = Callable[[str, bytes], bool]
 """Hand one encoded line to peer `dest`; False when it cannot take it now."""
+
+Snapshot = tuple[int, Any]
+"""(the tracker's sequence number when a key's state was taken, that stored state)."""
 
 
 class Replicator:
@@ -67,11 +87,12 @@ class Replicator:
         keys_per_slice: int = 1024,
         resend_after: float = 3.0,
         anti_entropy_every: int = 10,
+        max_pending: int = MAX_PENDING_KEYS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node = node
         self.peers = [p for p in peers if p != node.node_id]
-        self.tracker = DeltaTracker(self.peers, resend_after=resend_after)
+        self.tracker = DeltaTracker(self.peers, resend_after=resend_after, max_pending=max_pending)
         self.digests = {ks: KeyspaceDigest(self._encoder(ks)) for ks in KEYSPACES}
         self.max_message_bytes = max_message_bytes
         self.keys_per_slice = keys_per_slice
@@ -81,8 +102,17 @@ class Replicator:
         self.connected: set[str] = set()
         self.last_ack: dict[str, float] = {}
         self.bytes_sent = 0
+        self.refused_merges = dict.fromkeys(self.peers, 0)  # keys of theirs we could not apply
+        self.ae_rounds = dict.fromkeys(self.peers, 0)  # digest comparisons they answered
+        self._refusal_logged: dict[str | None, tuple[float, int]] = {}  # -> (when, unlogged)
         self._ticks = 0
         self._next_ae_peer = 0
+        self._repair_due = False
+        # Keys held back until durable: states taken while unsettled, waiting for a
+        # barrier; and states a barrier made durable, shippable while the key is not.
+        self._awaiting: dict[KeyRef, Snapshot] = {}
+        self._barrier: asyncio.Future[None] | None = None
+        self._durable: dict[KeyRef, Snapshot] = {}
         node.keyspaces.listeners.append(self._changed)
 
     # -- change notifications ---------------------------------------------------------
@@ -108,6 +138,8 @@ class Replicator:
 
     def link_up(self, peer: str) -> None:
         self.connected.add(peer)
+        if peer in self.peers and self.tracker.needs_repair(peer):
+            self._repair_due = True  # the next tick compares digests with it
 
     def link_down(self, peer: str) -> None:
         self.connected.discard(peer)
@@ -126,7 +158,9 @@ class Replicator:
             step = min(budget, digest.dirty)
             digest.refresh(step)
             budget -= step
-        if self.peers and self._ticks % self.anti_entropy_every == 0:
+        self._forget_settled()
+        if self.peers and (self._repair_due or self._ticks % self.anti_entropy_every == 0):
+            self._repair_due = False
             self.start_anti_entropy()
 
     def _digests_ready(self) -> bool:
@@ -144,6 +178,8 @@ class Replicator:
         for peer in self.peers:
             if peer in self.connected and self._push(peer, now):
                 more = True
+        if self._awaiting and self._barrier is None:
+            self._await_durable()
         return more
 
     def _push(self, peer: str, now: float) -> bool:
@@ -161,23 +197,81 @@ class Replicator:
     ) -> bool:
         """Pack deltas into messages under the byte bound; False once the link is full."""
         field = STATE_FIELD[keyspace]
+        bound = self.max_message_bytes
         batch: list[tuple[KeyRef, int]] = []
         chunks: list[bytes] = []
         size = 0
-        for item in items:
-            (_, key), _seq = item
-            state = self.state_of(keyspace, key)
-            if state is None:
+        for ref, seq in items:
+            shippable = self._shippable(ref, seq)
+            if shippable is None:
                 continue
+            stored, seq = shippable
+            key = ref[1]
+            state = stored.to_wire()
             chunk = orjson.dumps({"key": key, field: state})
-            if chunks and size + len(chunk) > self.max_message_bytes:
+            if len(chunk) > bound and keyspace in SPLITTABLE and len(state) > 1:
+                *parts, chunk = _split_siblings(key, field, state, bound)
+                for part in parts:  # delivered only with the last part, sent after these
+                    if not self._send_deltas(peer, keyspace, [], [part], now):
+                        return False
+            if chunks and size + len(chunk) > bound:
                 if not self._send_deltas(peer, keyspace, batch, chunks, now):
                     return False
                 batch, chunks, size = [], [], 0
-            batch.append(item)
+            batch.append((ref, seq))
             chunks.append(chunk)
             size += len(chunk) + 1
         return not chunks or self._send_deltas(peer, keyspace, batch, chunks, now)
+
+    # -- only durable states leave the node ---------------------------------------------------
+
+    def _shippable(self, ref: KeyRef, seq: int) -> tuple[Any, int] | None:
+        """The stored state to send for a pending key, and the sequence number it covers.
+
+        The current state when it is durable; else the latest durable snapshot,
+        which clears the key only if it covers the change it is pending for;
+        else None: the key waits.
+        """
+        current = getattr(self.node.keyspaces, ref[0]).get(ref[1])
+        if current is None:
+            return None
+        durability = self.node.durability
+        if durability is None or durability.settled(*ref):
+            return current, seq
+        if ref not in self._awaiting:
+            self._awaiting[ref] = (self.tracker.seq, current)
+        snapshot = self._durable.get(ref)
+        if snapshot is None:
+            return None
+        taken_at, state = snapshot
+        # sent under a sequence number it does not clear, the key goes again after the ack
+        return state, seq if seq <= taken_at else taken_at
+
+    def _await_durable(self) -> None:
+        """Take a barrier: once it resolves, every state in `_awaiting` is on disk."""
+        durability = self.node.durability
+        barrier = None if durability is None else durability.barrier()
+        if barrier is None:
+            self._durable.update(self._awaiting)
+            self._awaiting.clear()
+            return
+        self._barrier = barrier
+        barrier.add_done_callback(self._barrier_done)
+
+    def _barrier_done(self, barrier: asyncio.Future[None]) -> None:
+        self._barrier = None
+        awaiting, self._awaiting = self._awaiting, {}
+        if not barrier.cancelled() and barrier.exception() is None:
+            self._durable.update(awaiting)
+        # else the commit failed or stalled: the keys are taken again at a later push
+
+    def _forget_settled(self) -> None:
+        """Drop durable snapshots of keys whose current state is durable again."""
+        durability = self.node.durability
+        if not self._durable or durability is None:
+            return
+        for ref in [ref for ref in self._durable if durability.settled(*ref)]:
+            del self._durable[ref]
 
     def _send_deltas(
         self,
@@ -198,7 +292,8 @@ class Replicator:
         line = b"".join((head, b',"body":', body_head, field, b"}}\n"))
         if not self.outbox(peer, line):
             return False
-        self.tracker.sent(peer, msg_id, batch, now)
+        if batch:
+            self.tracker.sent(peer, msg_id, batch, now)
         self.bytes_sent += len(line)
         return True
 
@@ -214,31 +309,75 @@ class Replicator:
         if src is None or src not in self.peers:
             return
         msg_type = body.get("type")
+        in_reply_to = body.get("in_reply_to")
         if msg_type in MERGE_ACKS:
-            in_reply_to = body.get("in_reply_to")
             if type(in_reply_to) is int:
                 self.tracker.acked(src, in_reply_to)
                 self.last_ack[src] = self.clock()
         elif msg_type == "ae_roots_ok":
+            self.ae_rounds[src] += 1
             self._send_keys(src, body)
         elif msg_type == "ae_keys_ok":
             self._mark_pending(src, body)
         elif msg_type == "error":
-            log.warning("peer %s refused a message: %s", src, body.get("text"))
+            # A refused batch is done with: waiting for an ack that never comes
+            # would hold its keys pending, and anti-entropy with the peer, forever.
+            if type(in_reply_to) is int:
+                self.tracker.acked(src, in_reply_to)
+            if self._may_log(src):
+                log.warning("peer %s refused a message: %s", src, body.get("text"))
+
+    # -- merges this node cannot apply ------------------------------------------------------
+
+    def merge_refused(self, src: str | None, keyspace: str, key: Any, reason: str) -> None:
+        """Count and log (at most every few seconds per sender) a peer's key we refused."""
+        if src in self.refused_merges:
+            self.refused_merges[src] += 1
+        if self._may_log(src):
+            log.warning("refused %s key %r from %s: %s", keyspace, key, src, reason)
+
+    def _may_log(self, src: str | None) -> bool:
+        now = self.clock()
+        last, unlogged = self._refusal_logged.get(src, (float("-inf"), 0))
+        if now - last < REFUSAL_LOG_EVERY_S:
+            self._refusal_logged[src] = (last, unlogged + 1)
+            return False
+        if unlogged:
+            log.warning("%d more refusals involving %s were not logged", unlogged, src)
+        if len(self._refusal_logged) > 4 * len(self.peers) + 16:
+            self._refusal_logged.clear()  # senders that are not peers: keep the map small
+        self._refusal_logged[src] = (now, 0)
+        return True
 
     # -- anti-entropy ----------------------------------------------------------------------
 
     def start_anti_entropy(self) -> None:
-        """Compare digests with the next connected peer that owes us no deltas.
+        """Compare digests with a connected peer marked for repair, or else the next one.
 
-        While deltas to a peer are still pending the digests differ anyway, and
-        repairing then would only send again what gossip is already sending.
+        The next one must owe us no deltas: while deltas to a peer are still
+        pending the digests differ anyway, and repairing then would only send
+        again what gossip is already sending.  A peer marked for repair (its
+        pending keys went over the bound) goes first once gossip to it is within
+        one slice of caught up, which a steady stream of writes may never go below.
         """
-        connected = [p for p in self.peers if p in self.connected and self.tracker.pending(p) == 0]
-        if not connected or not self._digests_ready():
+        if not self._digests_ready():
             return
-        peer = connected[self._next_ae_peer % len(connected)]
-        self._next_ae_peer += 1
+        tracker = self.tracker
+        connected = [p for p in self.peers if p in self.connected]
+        repair = [
+            p
+            for p in connected
+            if tracker.needs_repair(p) and tracker.pending(p) <= self.keys_per_slice
+        ]
+        if repair:
+            peer = repair[0]
+            tracker.repair_started(peer)
+        else:
+            idle = [p for p in connected if tracker.pending(p) == 0]
+            if not idle:
+                return
+            peer = idle[self._next_ae_peer % len(idle)]
+            self._next_ae_peer += 1
         roots = {ks: digest.root() for ks, digest in self.digests.items()}
         self.send(peer, {"type": "ae_roots", "roots": roots})
 
@@ -306,6 +445,9 @@ class Replicator:
                     None if peer not in self.last_ack else round((now - self.last_ack[peer]) * 1000)
                 ),
                 "pending": self.tracker.pending(peer),
+                "dropped_to_repair": self.tracker.dropped(peer),
+                "refused_merges": self.refused_merges[peer],
+                "ae_rounds": self.ae_rounds[peer],
             }
             for peer in self.peers
         ]
@@ -326,3 +468,23 @@ def _bucket_groups(
         keys.update(in_bucket)
     if group:
         yield group, keys
+
+
+def _split_siblings(key: str, field: str, siblings: list[Any], max_bytes: int) -> list[bytes]:
+    """`{key, <field>}` deltas that together carry every sibling, each under `max_bytes`.
+
+    A single sibling over the bound makes a delta of its own.
+    """
+    head = orjson.dumps({"key": key})[:-1] + b',"' + field.encode() + b'":['
+    parts: list[bytes] = []
+    group: list[bytes] = []
+    size = len(head) + 2
+    for sibling in siblings:
+        encoded = orjson.dumps(sibling)
+        if group and size + len(encoded) + 1 > max_bytes:
+            parts.append(head + b",".join(group) + b"]}")
+            group, size = [], len(head) + 2
+        group.append(encoded)
+        size += len(encoded) + 1
+    parts.append(head + b",".join(group) + b"]}")
+    return parts

@@ -36,6 +36,7 @@ from typing import Any, cast
 
 import orjson
 
+from replica import peer_handshake
 from replica.durability import Durability, barrier_failure
 from replica.errors import ErrorCode
 from replica.framing import LineFramer
@@ -216,6 +217,7 @@ class Connection(ServedConnection):
     def __init__(self, node: Node, connections: set[Any]) -> None:
         super().__init__(node, connections)
         self.framer = LineFramer(node.settings.max_line_bytes)
+        self.peer_link = False  # a peer's hello was accepted: peer line limit from here on
 
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         handle_line = self.node.handle_line
@@ -229,6 +231,14 @@ class Connection(ServedConnection):
                 reply = self.node.error_line(ErrorCode.CRASH, "internal error")
             if reply is not None:
                 replies.append(reply)
+                if not self.peer_link and peer_handshake.HELLO_MARK in line:
+                    accepted = peer_handshake.accepted(line, reply)
+                    if accepted is False:
+                        log.info("closing %s: its peer hello was refused", self.peer)
+                        return replies, True
+                    if accepted:
+                        self.peer_link = True
+                        self.framer.max_line_bytes = peer_handshake.PEER_MAX_LINE_BYTES
         if not self.framer.overflowed:
             return replies, False
         log.info("closing %s: line over max_line_bytes", self.peer)

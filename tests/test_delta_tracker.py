@@ -106,3 +106,52 @@ def test_marking_a_key_already_in_flight_does_not_force_a_resend() -> None:
     assert tracker.pending("n2") == 0
     tracker.mark("n2", B)
     assert [ref for ref, _ in tracker.take("n2", now=0.0, limit=10)] == [B]
+
+
+def test_pending_past_the_bound_is_dropped_to_a_repair_for_that_peer_alone() -> None:
+    tracker = DeltaTracker(["n2", "n3"], max_pending=3)
+    tracker.changed(A)
+    tracker.sent("n3", 1, tracker.take("n3", now=0.0, limit=10), now=0.0)
+    tracker.acked("n3", 1)
+    for i in range(3):
+        tracker.changed(("kv", str(i)))
+    assert tracker.pending("n2") == 0  # four keys for n2: over the bound, dropped
+    assert tracker.dropped("n2") == 4 and tracker.needs_repair("n2")
+    assert tracker.pending("n3") == 3 and not tracker.needs_repair("n3")
+    tracker.changed(B)  # what changes afterwards is pending again, up to the bound
+    assert [ref for ref, _ in tracker.take("n2", now=0.0, limit=10)] == [B]
+    tracker.repair_started("n2")
+    assert not tracker.needs_repair("n2") and tracker.dropped("n2") == 4
+
+
+def test_a_repair_marks_up_to_the_bound_and_leaves_the_rest_to_its_next_round() -> None:
+    tracker = DeltaTracker(["n2"], max_pending=2)
+    for key in "xyz":
+        tracker.mark("n2", ("kv", key))
+    assert tracker.pending("n2") == 2 and tracker.dropped("n2") == 0
+    assert tracker.needs_repair("n2")
+
+
+def test_requeued_messages_are_bounded_too() -> None:
+    tracker = DeltaTracker(["n2"], max_pending=2, resend_after=1.0)
+    tracker.changed(A)
+    tracker.changed(B)
+    tracker.sent("n2", 1, tracker.take("n2", now=0.0, limit=10), now=0.0)
+    tracker.mark("n2", ("kv", "x"))
+    tracker.mark("n2", ("kv", "y"))
+    assert tracker.pending("n2") == 4 and not tracker.needs_repair("n2")
+    tracker.take("n2", now=5.0, limit=10)  # the message expires: A and B wait again
+    assert tracker.needs_repair("n2") and tracker.dropped("n2") == 4
+    assert tracker.pending("n2") == 0
+
+
+@settings(max_examples=100)
+@given(st.lists(st.integers(0, 50), max_size=200), st.integers(1, 20))
+def test_pending_never_exceeds_the_bound(changes: list[int], bound: int) -> None:
+    tracker = DeltaTracker(["n2"], max_pending=bound)
+    for key in changes:
+        tracker.changed(("mv", str(key)))
+        assert tracker.pending("n2") <= bound
+    distinct = len({str(k) for k in changes})
+    assert tracker.dropped("n2") <= len(changes)
+    assert tracker.needs_repair("n2") == (distinct > bound)

@@ -212,13 +212,17 @@ def test_mv_merge_without_msg_id_is_applied_silently(client: Client) -> None:
     assert client("mv_read", key="k")["context"] == {"n3": 2}
 
 
-def test_mv_merge_batch_with_one_bad_delta_changes_nothing(client: Client) -> None:
+def test_mv_merge_batch_with_one_bad_delta_refuses_that_key_alone(client: Client) -> None:
     deltas = [
         {"key": "a", "siblings": [{"value": 1, "dot": ["n2", 1], "past": {}}]},
         {"key": "b", "siblings": [{"value": 2, "dot": ["n2", 0], "past": {}}]},
+        "not a delta",
+        {"key": "c", "siblings": [{"value": 3, "dot": ["n2", 1 << 63], "past": {}}]},
     ]
-    assert error_code(client("mv_merge", deltas=deltas)) == 12
-    assert client("mv_read", key="a")["values"] == []
+    assert client("mv_merge", deltas=deltas)["type"] == "mv_merge_ok"
+    assert client("mv_read", key="a")["values"][0]["value"] == 1
+    assert client("mv_read", key="b")["values"] == []
+    assert client("mv_read", key="c")["values"] == []
 
 
 @pytest.mark.parametrize(
