@@ -82,6 +82,13 @@ def test_node_settings_come_from_the_cluster_section(tmp_path: Path) -> None:
     assert settings.mvcc_retention_ms == 3_600_000
 
 
+def test_max_clock_skew_ms_defaults_to_a_minute_and_reaches_the_node(tmp_path: Path) -> None:
+    assert load_cluster(write(tmp_path, NODE)).node_settings().max_clock_skew_ms == 60_000
+    config = load_cluster(write(tmp_path, "[cluster]\nmax_clock_skew_ms = 0\n" + NODE))
+    assert config.max_clock_skew_ms == 0
+    assert config.node_settings().max_clock_skew_ms == 0
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read: No such file or directory"):
         load_cluster(tmp_path / "absent.toml")
@@ -203,6 +210,8 @@ def test_cluster_must_be_a_table(tmp_path: Path) -> None:
         ("max_line_bytes = -5", "max_line_bytes must be greater than 0, not -5"),
         ("max_line_bytes = 0", "max_line_bytes must be greater than 0"),
         ("mvcc_retention_ms = -1", "mvcc_retention_ms must be 0 or more, not -1"),
+        ("max_clock_skew_ms = -1", "max_clock_skew_ms must be 0 or more, not -1"),
+        ("max_clock_skew_ms = 1.5", "max_clock_skew_ms must be an integer"),
     ],
 )
 def test_bad_cluster_settings(tmp_path: Path, setting: str, needle: str) -> None:

@@ -60,6 +60,26 @@ def test_overflow_is_an_error_not_a_wrap() -> None:
     assert ts == MAX_INT
 
 
+def test_issued_moves_only_by_ticks() -> None:
+    clock = HybridLogicalClock().observe((NOW + 10) << LOGICAL_BITS)
+    assert clock.issued == 0
+    clock, ts = clock.tick(NOW)
+    assert clock.issued == ts == ((NOW + 10) << LOGICAL_BITS) + 1
+    assert clock.observe(ts + 100).issued == ts
+
+
+def test_the_bound_follows_the_wall_clock_not_what_was_accepted() -> None:
+    skew = 60_000
+    clock = HybridLogicalClock()
+    bound = clock.bound(NOW, skew)
+    assert bound == (NOW + skew) << LOGICAL_BITS
+    clock = clock.observe(bound)  # a client wrote right at the bound
+    assert clock.bound(NOW, skew) == bound  # which lets the next one go no further
+    _, issued = clock.tick(NOW)
+    assert HybridLogicalClock(issued, issued).bound(NOW, skew) == issued  # still valid
+    assert clock.bound(NOW + 1, skew) == bound + (1 << LOGICAL_BITS)
+
+
 events = st.lists(
     st.one_of(
         st.tuples(st.just("observe"), st.integers(0, 1 << 50)),
