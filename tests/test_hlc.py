@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replica.crdt.hlc import LOGICAL_BITS, HybridLogicalClock, physical_ms
+from replica.crdt.hlc import LOGICAL_BITS, TICK_HEADROOM, HybridLogicalClock, physical_ms
 from replica.crdt.malformed import MAX_INT
 
 NOW = 1_700_000_000_000
@@ -78,6 +78,14 @@ def test_the_bound_follows_the_wall_clock_not_what_was_accepted() -> None:
     _, issued = clock.tick(NOW)
     assert HybridLogicalClock(issued, issued).bound(NOW, skew) == issued  # still valid
     assert clock.bound(NOW + 1, skew) == bound + (1 << LOGICAL_BITS)
+
+
+def test_no_skew_is_large_enough_to_let_a_tick_overflow() -> None:
+    clock = HybridLogicalClock()
+    bound = clock.bound(NOW, MAX_INT)
+    assert bound == MAX_INT - TICK_HEADROOM
+    _, ts = clock.observe(bound).tick(NOW)
+    assert ts == bound + 1
 
 
 events = st.lists(

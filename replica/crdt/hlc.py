@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from replica.crdt.malformed import MAX_INT
 
 LOGICAL_BITS = 16
+TICK_HEADROOM = 1 << 40
+"""Ticks always left above the highest bound, so `tick` cannot overflow in practice."""
 
 
 def physical_ms(ts: int) -> int:
@@ -66,5 +68,6 @@ class HybridLogicalClock:
         from this node), and beyond that at most `skew_ms` past the wall clock.
         The bound follows the wall clock, not `last`: were it `last` plus the
         skew, each accepted timestamp would let the next one reach further.
+        However large the skew, it stays `TICK_HEADROOM` below `MAX_INT`.
         """
-        return max(self.last, (now_ms + skew_ms) << LOGICAL_BITS)
+        return max(self.last, min((now_ms + skew_ms) << LOGICAL_BITS, MAX_INT - TICK_HEADROOM))
