@@ -244,7 +244,14 @@ def main(argv: list[str]) -> int:
     def writer_alive() -> bool:
         return os.getppid() == writer  # a process whose parent exits gets a new one
 
-    env = open_environment(path, map_size)
+    try:
+        env = open_environment(path, map_size)
+    except Exception as exc:  # each request hears why, rather than a traceback on stderr
+        failure = f"error cannot open LMDB in {path}: {exc}".replace("\n", " ").encode()
+        for _ in sys.stdin.buffer:
+            sys.stdout.buffer.write(failure + b"\n")
+            sys.stdout.buffer.flush()
+        return 1
     try:
         for line in sys.stdin.buffer:
             try:

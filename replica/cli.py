@@ -81,6 +81,15 @@ def _add_serve(commands: Commands) -> None:
         help="keep everything in memory, ignoring the node's data_dir",
     )
     serve.add_argument(
+        "--salvage",
+        action="store_true",
+        help="start from what is readable of a damaged data dir instead of refusing it: "
+        "values that fail their checksum are removed (a copy of data.mdb is kept), a "
+        "data.mdb that cannot be read is set aside as data.mdb.damaged-<unix time> and "
+        "the node starts from the log alone; logged as errors, and the node continues "
+        "under a new actor. Acknowledged writes in the damaged parts are lost",
+    )
+    serve.add_argument(
         "--watch-fd",
         type=_open_descriptor,
         metavar="FD",
@@ -110,7 +119,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from replica.storage import StorageError, open_store
 
     try:
-        store, actor = open_store(data_dir, me.id)
+        store, actor = open_store(data_dir, me.id, salvage=args.salvage)
     except StorageError as exc:
         return _storage_error(exc)
     return uvloop.run(

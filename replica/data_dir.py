@@ -1,9 +1,12 @@
 """What makes a directory a node's data dir, and the lock that keeps it one node's.
 
 A data dir holds LMDB's two files, the commit log's segments and a lock
-file, nothing else: a directory holding anything more is not ours, and the
-node refuses it rather than start empty beside someone's data.  Two
-processes appending to one log would each overwrite the other's records, so
+file, and any damaged data files a salvaged start set aside
+(`data.mdb.damaged-<unix time>`), nothing else: a directory holding anything
+more is not ours, and the node refuses it rather than start empty beside
+someone's data.
+
+Two processes appending to one log would each overwrite the other's records, so
 a store holds an exclusive lock on the dir while it has it open; the lock
 file holds the holder's pid.  The log writer inherits the lock and keeps it
 until it exits, so a node restarted right after a kill -9 waits the moment
@@ -24,6 +27,7 @@ from replica.records import StorageError
 
 LMDB_FILES = {"data.mdb", "lock.mdb"}
 LOCK_FILE = "replica.lock"
+SET_ASIDE_PREFIX = "data.mdb.damaged-"
 LOCK_WAIT_S = 10.0  # for the log writer of a holder that is gone
 
 
@@ -38,9 +42,19 @@ def check_dir(path: Path) -> bool:
         return False
     if any(segment_seq(name) is not None for name in entries):
         raise StorageError(f"data dir {path} holds log segments but no database")
-    if entries - LMDB_FILES - {LOCK_FILE}:
+    if {name for name in entries - LMDB_FILES - {LOCK_FILE} if not is_set_aside(name)}:
         raise StorageError(f"data dir {path} holds other files and no replica store")
     return True
+
+
+def set_aside_name(stamp: int) -> str:
+    """The name a damaged data file is kept under, `stamp` the unix time it was set aside."""
+    return f"{SET_ASIDE_PREFIX}{stamp}"
+
+
+def is_set_aside(name: str) -> bool:
+    stamp = name.removeprefix(SET_ASIDE_PREFIX)
+    return stamp != name and stamp.isdigit()
 
 
 def lock_dir(path: Path, wait_s: float) -> int:

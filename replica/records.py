@@ -1,10 +1,14 @@
 """How key states are written down: one value per key in LMDB, one record per commit in the log.
 
-An LMDB value is a type tag, a format version byte, then JSON `[key, state]`
-in the keyspace's stored form (the wire form, or for MV registers a compact
-one), so a later format can still read what an older one wrote.  The key
-travels inside the value because LMDB bounds key length; longer keys are
-indexed by their hash (`db_key_of`).
+An LMDB value is a type tag, a format version byte, JSON `[key, state]` in
+the keyspace's stored form (the wire form, or for MV registers a compact
+one), then the CRC-32 of all that, little-endian.  LMDB checks no data, so
+without the checksum a changed digit in a value would load as another
+value.  Placed last, the checksum is checked by one `zlib.crc32` over the
+whole value, which then gives a constant (`CRC_RESIDUE`), without a slice:
+recovery checks every value.  Values of version 1, without a checksum,
+still read.  The key travels inside the value because LMDB bounds key
+length; longer keys are indexed by their hash (`db_key_of`).
 
 A log record carries a whole commit: `BATCH_TAG`, the version, then one JSON
 array of `[type tag, key, stored state]` entries, with `null` for a key that
@@ -13,14 +17,15 @@ encoding off the write path's bill (0.4 us a key against 1.0 us measured
 with 150-key commits).  Logs written before batches (`replica-store/2`) hold
 one record per key, a state in the LMDB form or a removal; they still read.
 
-A record that cannot be decoded raises `StorageError` instead of being
-skipped: starting with part of the data would look like success and
-silently lose acknowledged writes.
+A record that cannot be decoded raises `StorageError` (`DamagedRecord` when
+it fails its checksum) instead of being skipped: starting with part of the
+data would look like success and silently lose acknowledged writes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Iterable, Mapping
 from operator import attrgetter
 from typing import Any
@@ -41,7 +46,12 @@ BATCH_TAG = 0x10
 REMOVAL_TAG = 0x7F
 """A `replica-store/2` log record saying a key is gone: tag, version, keyspace tag, key."""
 FORMAT_VERSION = 1
-HEADERS = {keyspace: bytes((tag, FORMAT_VERSION)) for keyspace, tag in TYPE_TAGS.items()}
+"""The version of log records, and of LMDB values written before they carried a checksum."""
+VALUE_VERSION = 2
+"""The version of LMDB values: tag, version, JSON, CRC-32."""
+CRC_RESIDUE = 0x2144DF1C
+"""`zlib.crc32` of any bytes followed by their own CRC-32, little-endian."""
+HEADERS = {keyspace: bytes((tag, VALUE_VERSION)) for keyspace, tag in TYPE_TAGS.items()}
 BATCH_HEADER = bytes((BATCH_TAG, FORMAT_VERSION))
 
 Entry = tuple[str, str, Any]
@@ -50,6 +60,14 @@ Entry = tuple[str, str, Any]
 
 class StorageError(Exception):
     """A data dir the node must not start from; `str()` is one line saying why."""
+
+
+class DamagedStore(StorageError):
+    """Stored bytes that changed since they were written: what `--salvage` may set aside."""
+
+
+class DamagedRecord(DamagedStore):
+    """A stored value that fails its checksum."""
 
 
 def _mv_from_record(raw: Any) -> MVRegister:
@@ -100,7 +118,8 @@ def encode_state(keyspace: str, key: str, state: Any) -> bytes:
 
 def encode_stored(keyspace: str, key: str, stored: Any) -> bytes:
     """The LMDB value of a state already in its stored form, as a log batch holds it."""
-    return HEADERS[keyspace] + orjson.dumps([key, stored])
+    value = HEADERS[keyspace] + orjson.dumps([key, stored])
+    return value + zlib.crc32(value).to_bytes(4, "little")
 
 
 def decode_state(keyspace: str, data: bytes, *, trusted: bool = False) -> tuple[str, Any]:
@@ -108,20 +127,30 @@ def decode_state(keyspace: str, data: bytes, *, trusted: bool = False) -> tuple[
 
     `trusted` skips validating and normalising the state (see `STORED_DECODERS`),
     which is what recovery uses: only states this node had already normalised
-    are ever stored.  The tag and version are checked either way, and a record
-    whose structure or types are wrong is still a StorageError.
+    are ever stored.  The tag, version and checksum are checked either way,
+    and a record whose structure or types are wrong is still a StorageError.
     """
     if len(data) < 2 or data[0] != TYPE_TAGS[keyspace]:
         raise StorageError(f"a {keyspace} record has the wrong type tag")
-    if data[1] != FORMAT_VERSION:
-        raise StorageError(f"a {keyspace} record has unknown format version {data[1]}")
-    key, stored = _key_and_stored(keyspace, data)
+    key, stored = _key_and_stored(keyspace, _value_body(keyspace, data))
     return key, state_of(keyspace, key, stored, trusted=trusted)
 
 
-def _key_and_stored(keyspace: str, data: bytes) -> tuple[str, Any]:
+def _value_body(keyspace: str, data: bytes) -> bytes:
+    """The JSON of an LMDB value of either version, its checksum checked; StorageError."""
+    version = data[1]
+    if version == VALUE_VERSION:
+        if zlib.crc32(data) != CRC_RESIDUE:
+            raise DamagedRecord(f"a {keyspace} record fails its checksum")
+        return data[2:-4]
+    if version == FORMAT_VERSION:
+        return data[2:]
+    raise StorageError(f"a {keyspace} record has unknown format version {version}")
+
+
+def _key_and_stored(keyspace: str, body: bytes) -> tuple[str, Any]:
     try:
-        key, stored = orjson.loads(data[2:])
+        key, stored = orjson.loads(body)
     except (orjson.JSONDecodeError, ValueError, TypeError):
         raise StorageError(f"a {keyspace} record is not valid JSON [key, state]") from None
     if not isinstance(key, str):
@@ -186,9 +215,14 @@ def log_entries(payload: bytes) -> list[Entry]:
 
     Reads batches and the per-key records of `replica-store/2` logs alike.
     """
-    if len(payload) < 3 or payload[1] != FORMAT_VERSION:
-        raise StorageError("a log record is too short or of an unknown format version")
+    if len(payload) < 3:
+        raise StorageError("a log record is too short")
     tag = payload[0]
+    keyspace = KEYSPACE_OF_TAG.get(tag)
+    if keyspace is not None:  # one key's state in the LMDB form
+        return [(keyspace, *_key_and_stored(keyspace, _value_body(keyspace, payload)))]
+    if payload[1] != FORMAT_VERSION:
+        raise StorageError("a log record is of an unknown format version")
     if tag == BATCH_TAG:
         return _batch_entries(payload)
     if tag == REMOVAL_TAG:
@@ -199,10 +233,7 @@ def log_entries(payload: bytes) -> list[Entry]:
             return [(keyspace, payload[3:].decode(), None)]
         except UnicodeDecodeError:
             raise StorageError("a removal log record's key is not UTF-8") from None
-    keyspace = KEYSPACE_OF_TAG.get(tag)
-    if keyspace is None:
-        raise StorageError(f"a log record has unknown type tag {tag:#04x}")
-    return [(keyspace, *_key_and_stored(keyspace, payload))]
+    raise StorageError(f"a log record has unknown type tag {tag:#04x}")
 
 
 def _batch_entries(payload: bytes) -> list[Entry]:

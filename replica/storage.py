@@ -40,6 +40,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,11 +54,13 @@ from replica.commit_log import (
     remove_segments,
     segment_name,
 )
-from replica.data_dir import LOCK_WAIT_S, check_dir, lock_dir
+from replica.data_dir import LOCK_WAIT_S, check_dir, lock_dir, set_aside_name
+from replica.lmdb_file import check_data_file
 from replica.log_link import Done, LogFailed, LogLink
 from replica.log_writer import APPEND, CHECKPOINT, LogSettings
 from replica.records import (
     KEYSPACES,
+    DamagedStore,
     Entry,
     StorageError,
     db_key_of,
@@ -72,11 +75,18 @@ __all__ = ["CheckpointFailed", "LmdbStore", "MemoryStore", "StorageError", "Stor
 
 log = logging.getLogger("replica.storage")
 
-FORMAT_MARKER = b"replica-store/3"
-READABLE_MARKERS = {b"replica-store/1", b"replica-store/2", FORMAT_MARKER}
+FORMAT_MARKER = b"replica-store/4"
+READABLE_MARKERS = {b"replica-store/1", b"replica-store/2", b"replica-store/3", FORMAT_MARKER}
 """/1 is the same database without a commit log, /2 logged a record per key
-instead of one per commit.  Opening either writes /3, which a replica that
-cannot read commit batches refuses rather than misread."""
+instead of one per commit, /3 wrote values without a checksum.  Opening any
+of them writes /4, which a replica that cannot check value checksums
+refuses rather than misread."""
+CLEAN_STOP_KEY = b"clean"
+"""The meta key a clean close sets to b"1": a salvaged start deletes it, as a crash would."""
+DATA_FILE = "data.mdb"
+SALVAGE_HINT = "(replica serve --salvage starts from what is readable)"
+LMDB_DAMAGE = ("CorruptedError", "PageNotFoundError", "InvalidError", "VersionMismatchError")
+"""The lmdb errors that say the data file's bytes are damaged, not that it cannot be used."""
 DEFAULT_MAP_SIZE = 64 << 30  # address space only: the file grows as data does
 SEGMENT_BYTES = 32 << 20
 CHECKPOINT_INTERVAL_S = 5.0
@@ -217,6 +227,7 @@ class LmdbStore:
         checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
         preallocate: bool = True,
         lock_wait_s: float = LOCK_WAIT_S,
+        salvage: bool = False,
     ) -> None:
         import lmdb
 
@@ -227,6 +238,8 @@ class LmdbStore:
         self._link: LogLink | None = None
         self._closed = False
         self.env: Any = None
+        self._salvage = salvage
+        self.salvaged: dict[str, Any] = {}
         check_dir(self.path)  # before the lock file is made in a dir that is not ours
         self._lock_fd = lock_dir(self.path, lock_wait_s)
         try:
@@ -239,16 +252,98 @@ class LmdbStore:
     # -- opening ---------------------------------------------------------------------------
 
     def _open_lmdb(self, fresh: bool, map_size: int) -> None:
-        lmdb = self._lmdb
+        """Open LMDB, refusing a damaged data file (DamagedStore).
+
+        Under salvage, a data file that cannot be read is set aside and the
+        store starts without it, from the log alone; values that fail their
+        checksum or cannot be decoded are removed, a copy of the file kept.
+        Either way the start is taken as one after a crash.
+        """
+        try:
+            self._open_environment(fresh, map_size)
+            if self._salvage and not fresh:
+                self._remove_damaged_values()
+        except DamagedStore as exc:
+            self._close_environment()
+            if not self._salvage:
+                raise type(exc)(f"{exc} {SALVAGE_HINT}") from None
+            aside = self._set_aside(rename=True)
+            log.error("salvage: %s; set aside as %s, starting from the log alone", exc, aside)
+            self.salvaged = {"set_aside": aside.name, "reason": str(exc)}
+            self._open_environment(True, map_size)
+        if self._salvage:
+            self._forget_clean_stop()
+
+    def _open_environment(self, fresh: bool, map_size: int) -> None:
+        data_file = self.path / DATA_FILE
+        if not fresh:
+            check_data_file(data_file)  # before LMDB maps pages the file may not have
         try:
             self.env = open_environment(self.path, map_size)
-        except lmdb.Error as exc:
-            raise StorageError(f"cannot open data dir {self.path}: {exc}") from None
-        try:
             self._open_databases(fresh)
-        except lmdb.Error as exc:
-            raise StorageError(f"cannot read data dir {self.path}: {exc}") from None
-        self._max_key = self.env.max_key_size()
+            self._max_key = self.env.max_key_size()
+        except self._lmdb.Error as exc:
+            self._close_environment()
+            raise _lmdb_failure(data_file, exc) from None
+        except BaseException:
+            self._close_environment()
+            raise
+
+    def _close_environment(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+    def _remove_damaged_values(self) -> None:
+        """Under salvage: remove every value that cannot be loaded, after copying the file aside."""
+        damaged: list[tuple[str, bytes, str]] = []
+        try:
+            with self.env.begin() as txn:
+                for keyspace, db in self._dbs.items():
+                    for db_key, data in txn.cursor(db=db).iternext():
+                        try:
+                            decode_state(keyspace, data, trusted=True)
+                        except StorageError as exc:
+                            damaged.append((keyspace, db_key, str(exc)))
+        except self._lmdb.Error as exc:
+            raise _lmdb_failure(self.path / DATA_FILE, exc) from None
+        if not damaged:
+            log.warning("salvage: every value in %s passes its checksum", self.path / DATA_FILE)
+            return
+        aside = self._set_aside(rename=False)
+        with self.env.begin(write=True) as txn:
+            for keyspace, db_key, _ in damaged:
+                txn.delete(db_key, db=self._dbs[keyspace])
+        shown = ", ".join(f"{keyspace} {db_key[:60]!r}" for keyspace, db_key, _ in damaged[:10])
+        log.error(
+            "salvage: removed %d damaged values from %s (the first: %s; %s), a copy kept as %s",
+            len(damaged),
+            self.path / DATA_FILE,
+            damaged[0][2],
+            shown,
+            aside,
+        )
+        self.salvaged = {"values_removed": len(damaged), "set_aside": aside.name}
+
+    def _set_aside(self, *, rename: bool) -> Path:
+        """Move (or copy) the data file to a name `check_dir` accepts, and return that path."""
+        source = self.path / DATA_FILE
+        stamp = int(time.time())
+        while (aside := self.path / set_aside_name(stamp)).exists():
+            stamp += 1
+        try:
+            if rename:
+                source.rename(aside)
+            else:
+                shutil.copyfile(source, aside)
+        except OSError as exc:
+            raise StorageError(f"cannot set {source} aside: {exc.strerror or exc}") from None
+        return aside
+
+    def _forget_clean_stop(self) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.delete(CLEAN_STOP_KEY, db=self._meta)
+        log.warning("salvage: %s starts as after an unclean stop", self.path)
 
     def _open_databases(self, fresh: bool) -> None:
         with self.env.begin(write=True) as txn:
@@ -315,7 +410,8 @@ class LmdbStore:
                     logged.add(keyspace, db_key_of(key.encode(), max_key), key, stored)
         with self.env.begin() as txn:
             for keyspace, db in self._dbs.items():
-                yield from _load_database(txn, keyspace, db, logged.shadowed(keyspace))
+                shadowed = logged.shadowed(keyspace)
+                yield from _load_database(self.path / DATA_FILE, txn, keyspace, db, shadowed)
         for keyspace in KEYSPACES:
             for key, stored in logged.puts[keyspace].values():
                 yield keyspace, key, state_of(keyspace, key, stored)
@@ -363,7 +459,7 @@ class LmdbStore:
             txn.put(name.encode(), value, db=self._meta)
 
     def status(self) -> dict[str, Any]:
-        """The log writer's restarts, and its checkpoints since the store opened.
+        """The log writer's restarts, its checkpoints since the store opened, what a salvage did.
 
         A writer that dies is replaced at the next commit; checkpoints count
         those that wrote something and those that failed, and the last says
@@ -375,6 +471,7 @@ class LmdbStore:
             "checkpoints": link.checkpoints if link else 0,
             "checkpoint_failures": link.checkpoint_failures if link else 0,
             "last_checkpoint": link.last_checkpoint if link else None,
+            **({"salvaged": self.salvaged} if self.salvaged else {}),
         }
 
     def count(self) -> int:
@@ -408,34 +505,70 @@ class LmdbStore:
 
 
 def _load_database(
-    txn: Any, keyspace: str, db: Any, shadowed: set[bytes]
+    data_file: Path, txn: Any, keyspace: str, db: Any, shadowed: set[bytes]
 ) -> Iterator[tuple[str, str, Any]]:
+    """Every record of `db` but the `shadowed` keys; StorageError naming the file and key."""
+    import lmdb
+
     cursor = txn.cursor(db=db)
-    if not shadowed:
-        for data in cursor.iternext(keys=False):
-            key, state = decode_state(keyspace, data, trusted=True)
-            yield keyspace, key, state
-        return
-    for db_key, data in cursor.iternext():
-        if db_key not in shadowed:
-            key, state = decode_state(keyspace, data, trusted=True)
-            yield keyspace, key, state
+    try:
+        if not shadowed:
+            for data in cursor.iternext(keys=False):
+                key, state = decode_state(keyspace, data, trusted=True)
+                yield keyspace, key, state
+            return
+        for db_key, data in cursor.iternext():
+            if db_key not in shadowed:
+                key, state = decode_state(keyspace, data, trusted=True)
+                yield keyspace, key, state
+    except lmdb.Error as exc:
+        raise _lmdb_failure(data_file, exc) from None
+    except DamagedStore as exc:
+        where = f"{data_file}, {keyspace} key {_key_at(cursor)}"
+        raise DamagedStore(f"{where}: {exc} {SALVAGE_HINT}") from None
+    except StorageError as exc:
+        raise StorageError(f"{data_file}, {keyspace} key {_key_at(cursor)}: {exc}") from None
+    except Exception as exc:  # a value that passed its checks yet does not load
+        raise StorageError(
+            f"{data_file}, {keyspace} key {_key_at(cursor)} does not load: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _key_at(cursor: Any) -> str:
+    try:
+        return repr(bytes(cursor.key())[:60])
+    except Exception:
+        return "(unknown)"
+
+
+def _lmdb_failure(data_file: Path, exc: Exception) -> StorageError:
+    """A StorageError for an lmdb error: DamagedStore when it says the file is damaged."""
+    message = str(exc).replace("\n", " ")
+    if type(exc).__name__ in LMDB_DAMAGE:
+        return DamagedStore(f"{data_file} is damaged: {message}")
+    return StorageError(f"cannot use {data_file}: {message}")
 
 
 # -- opening -------------------------------------------------------------------------------
 
 
-def open_store(data_dir: str | Path | None, node_id: str) -> tuple[Store, str]:
-    """The node's store and its actor id (a fresh one for a new data dir).
+# -- opening -------------------------------------------------------------------------------
+
+
+def open_store(
+    data_dir: str | Path | None, node_id: str, *, salvage: bool = False
+) -> tuple[Store, str]:
+    """The node's store and its actor id (a fresh one for a new data dir, or a salvaged one).
 
     Without a data dir the store is in memory and the actor is the node id itself.
     """
     if data_dir is None:
         return MemoryStore(), node_id
-    store = LmdbStore(data_dir)
+    store = LmdbStore(data_dir, salvage=salvage)
     try:
         actor = store.get_meta("actor")
-        if actor is None:
+        if actor is None or salvage:
             fresh = new_actor(node_id)
             store.set_meta("actor", fresh.encode())
             return store, fresh

@@ -28,6 +28,7 @@ from replica.records import (
     BATCH_HEADER,
     FORMAT_VERSION,
     TYPE_TAGS,
+    VALUE_VERSION,
     decode_state,
     encode_batch,
     encode_commit,
@@ -103,7 +104,7 @@ def test_a_later_batch_replaces_a_key_and_remove_forgets_it(tmp_path: Path) -> N
 def test_the_encoding_starts_with_a_type_tag_and_a_version() -> None:
     data = encode_state(MV, "k", MVRegister())
     assert data[0] == TYPE_TAGS[MV]
-    assert data[1] == FORMAT_VERSION
+    assert data[1] == VALUE_VERSION
 
 
 @pytest.mark.parametrize(

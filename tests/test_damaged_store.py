@@ -1,0 +1,377 @@
+"""A damaged LMDB data file is never silent: exit 2 and one line, or `--salvage` and a warning.
+
+Real `replica serve` processes over real files: a node is filled and stopped
+cleanly (which checkpoints every key into data.mdb), the file is damaged as
+a disk or an operator would, and the node is started over it again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import orjson
+import pytest
+
+from replica.crdt.lww import LWWRegister
+from replica.keyspaces import LWW, MV
+from replica.lmdb_file import META, check_data_file
+from replica.records import (
+    CRC_RESIDUE,
+    FORMAT_VERSION,
+    TYPE_TAGS,
+    VALUE_VERSION,
+    DamagedRecord,
+    DamagedStore,
+    StorageError,
+    decode_state,
+    encode_state,
+    encode_stored,
+    log_entries,
+)
+from tests.harness import LOOPBACK, NodeProcess, free_ports, replica_command, write_cluster
+
+KEYS = 4000
+FILLER = "x" * 300  # 4000 keys of this make a data.mdb of about 2 MB
+SERVE_TIMEOUT = 60.0
+
+
+# -- the value checksum ----------------------------------------------------------------------
+
+
+def test_a_value_ends_with_the_crc_of_everything_before_it() -> None:
+    data = encode_state(LWW, "k", LWWRegister("v", 1, "n1"))
+    assert data[:2] == bytes([TYPE_TAGS[LWW], VALUE_VERSION])
+    assert data[-4:] == zlib.crc32(data[:-4]).to_bytes(4, "little")
+    assert zlib.crc32(data) == CRC_RESIDUE
+    assert orjson.loads(data[2:-4]) == ["k", {"value": "v", "timestamp": 1, "replica": "n1"}]
+
+
+def test_a_changed_digit_in_a_value_fails_its_checksum() -> None:
+    data = encode_state(LWW, "k", LWWRegister(12345, 1, "n1"))
+    at = data.index(b"12345") + 2
+    damaged = data[:at] + b"4" + data[at + 1 :]
+    assert orjson.loads(damaged[2:-4])  # still valid JSON: only the checksum tells
+    with pytest.raises(DamagedRecord, match="fails its checksum"):
+        decode_state(LWW, damaged, trusted=True)
+    with pytest.raises(DamagedRecord, match="fails its checksum"):
+        decode_state(LWW, damaged)
+
+
+@pytest.mark.parametrize("position", range(0, 60, 3))
+def test_any_changed_byte_of_a_value_is_refused(position: int) -> None:
+    data = encode_stored(MV, "key", [["value", "n1~abcdef", 7, {"n2": 3}]])
+    damaged = bytearray(data)
+    damaged[position % len(data)] ^= 0x10
+    with pytest.raises(StorageError):
+        decode_state(MV, bytes(damaged), trusted=True)
+
+
+def test_values_of_version_1_without_a_checksum_still_decode() -> None:
+    state = LWWRegister({"a": [1]}, 7, "n1")
+    older = bytes([TYPE_TAGS[LWW], FORMAT_VERSION]) + orjson.dumps(["k", state.to_wire()])
+    assert decode_state(LWW, older, trusted=True) == ("k", state)
+    assert decode_state(LWW, older) == ("k", state)
+
+
+def test_a_per_key_log_record_of_either_value_version_reads() -> None:
+    state = LWWRegister(3, 1, "n1")
+    older = bytes([TYPE_TAGS[LWW], FORMAT_VERSION]) + orjson.dumps(["k", state.to_wire()])
+    current = encode_state(LWW, "k", state)
+    assert log_entries(older) == log_entries(current)
+    with pytest.raises(DamagedRecord):
+        log_entries(current[:-1] + bytes([current[-1] ^ 1]))
+
+
+# -- the data file's meta pages --------------------------------------------------------------
+
+
+def lmdb_workload(path: Path, seed: int, transactions: int) -> Iterator[Path]:
+    """Random puts and deletes of mixed sizes; yields data.mdb after each transaction."""
+    rng = random.Random(seed)
+    env = lmdb.open(str(path), map_size=1 << 30, max_dbs=4)
+    try:
+        dbs = [env.open_db(name) for name in (b"a", b"b")]
+        for _ in range(transactions):
+            with env.begin(write=True) as txn:
+                for _ in range(rng.randint(1, 300)):
+                    db = rng.choice(dbs)
+                    key = b"k%d" % rng.randint(0, 2000)
+                    if rng.random() < 0.5:
+                        txn.put(key, rng.randbytes(rng.choice([10, 100, 3000, 20000])), db=db)
+                    else:
+                        txn.delete(key, db=db)
+            yield path / "data.mdb"
+    finally:
+        env.close()
+
+
+def newest_meta_end(data_file: Path) -> tuple[int, int]:
+    """(file size, end of the newest meta's last page), read as `replica.lmdb_file` does."""
+    raw = data_file.read_bytes()
+    page_size = META.unpack_from(raw)[5]
+    metas = [META.unpack_from(raw, 0), META.unpack_from(raw, page_size)]
+    newest = max(metas, key=lambda meta: meta[8])
+    return len(raw), (newest[7] + 1) * page_size
+
+
+def test_every_file_lmdb_writes_passes_and_one_ending_before_its_last_page_too(
+    tmp_path: Path,
+) -> None:
+    ended_early = 0
+    for data_file in lmdb_workload(tmp_path, seed=24, transactions=14):
+        check_data_file(data_file)
+        size, end = newest_meta_end(data_file)
+        ended_early += size < end
+    # pages one transaction allocated and freed are never written (LMDB's comment on mm_last_pg)
+    assert ended_early >= 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_data_file_cut_short_is_refused_before_lmdb_maps_it(tmp_path: Path, seed: int) -> None:
+    *_, data_file = lmdb_workload(tmp_path, seed=seed, transactions=20)
+    whole = data_file.read_bytes()
+    for cut in (1, 4096, 8191, 8192, len(whole) // 2, len(whole) - 5 * 4096):
+        data_file.write_bytes(whole[:cut])
+        with pytest.raises(DamagedStore, match="cut short"):
+            check_data_file(data_file)
+
+
+def test_an_empty_data_file_and_damaged_meta_pages_are_refused(tmp_path: Path) -> None:
+    *_, data_file = lmdb_workload(tmp_path, seed=4, transactions=3)
+    whole = data_file.read_bytes()
+    data_file.write_bytes(b"")
+    with pytest.raises(DamagedStore, match="is empty"):
+        check_data_file(data_file)
+    for offset, complaint in ((16, "meta page 0"), (4096 + 16, "meta page 1"), (20, "version")):
+        damaged = bytearray(whole)
+        damaged[offset] ^= 0xFF
+        data_file.write_bytes(bytes(damaged))
+        with pytest.raises(DamagedStore, match=complaint):
+            check_data_file(data_file)
+
+
+# -- real nodes over damaged files -----------------------------------------------------------
+
+
+class Cluster:
+    """A one-node cluster file in `directory`, its node n1 durable in data/n1."""
+
+    def __init__(self, directory: Path) -> None:
+        (self.port,) = free_ports(1)
+        self.config = write_cluster(directory, ["n1"], ports=[self.port])
+        self.data = directory / "data" / "n1"
+        self.data_file = self.data / "data.mdb"
+
+    def node(self, *extra: str) -> NodeProcess:
+        return ServeProcess(self.config, "n1", LOOPBACK, self.port, extra)
+
+    def serve_once(self) -> subprocess.CompletedProcess[str]:
+        """`replica serve` over the data dir, for a start that must fail."""
+        return subprocess.run(
+            replica_command("serve", "--config", str(self.config), "--node", "n1"),
+            cwd=self.config.parent,
+            capture_output=True,
+            text=True,
+            timeout=SERVE_TIMEOUT,
+        )
+
+
+class ServeProcess(NodeProcess):
+    """A `replica serve` child with extra arguments (`--salvage`)."""
+
+    def __init__(
+        self, config: Path, node_id: str, host: str, port: int, extra: tuple[str, ...]
+    ) -> None:
+        super().__init__(config, node_id, host, port)
+        self.extra = extra
+
+    def start(self) -> NodeProcess:
+        command = replica_command(
+            "serve", "--config", str(self.config), "--node", self.node_id,
+            "--log-level", self.log_level, *self.extra,
+        )  # fmt: skip
+        with self.stderr_path.open("ab") as stderr:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.config.parent,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        return self
+
+
+def value_of(i: int) -> str:
+    return f"value-{i:06d}-{FILLER}"
+
+
+async def fill(node: NodeProcess, keys: int = KEYS) -> None:
+    """`keys` LWW keys, 200 requests in flight, every write acknowledged."""
+    async with await node.connect() as client:
+        for first in range(0, keys, 200):
+            batch = range(first, min(first + 200, keys))
+            for i in batch:
+                body = {"type": "lww_write", "key": f"k{i}", "value": value_of(i), "msg_id": i}
+                await client.send(body)
+            for i in batch:
+                reply = await client.reply_to(i)
+                assert reply["type"] == "lww_write_ok", reply
+
+
+async def read_values(node: NodeProcess, keys: int = KEYS) -> dict[int, Any]:
+    """{i: the value of k<i>} of every key that has one."""
+    values = {}
+    async with await node.connect() as client:
+        for first in range(0, keys, 200):
+            batch = range(first, min(first + 200, keys))
+            for i in batch:
+                await client.send({"type": "lww_read", "key": f"k{i}", "msg_id": i})
+            for i in batch:
+                reply = await client.reply_to(i)
+                if reply.get("value") is not None:
+                    values[i] = reply["value"]
+    return values
+
+
+async def actor_of(node: NodeProcess) -> str:
+    async with await node.connect() as client:
+        reply = await client.request({"type": "status"})
+    return str(reply["actor"])
+
+
+@pytest.fixture
+async def filled(tmp_path: Path) -> Cluster:
+    """A cluster whose node wrote KEYS keys and stopped cleanly: data.mdb holds them all."""
+    cluster = Cluster(tmp_path)
+    node = cluster.node()
+    try:
+        node.start().wait_ready()
+        await fill(node)
+        assert node.stop() == 0, node.stderr_text()
+    finally:
+        node.stop()
+    assert cluster.data_file.stat().st_size > 3 << 19  # 1.5 MB: a cut to 1 MB takes pages
+    return cluster
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], data_file: Path, what: str) -> None:
+    """Exit 2 and one line naming the data file and what is wrong; no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("replica: storage error: "), result.stderr
+    assert str(data_file) in lines[0], result.stderr
+    assert what in lines[0], result.stderr
+
+
+def change_a_digit(data_file: Path, i: int) -> bytes:
+    """Turn the digits of key k<i>'s value into another number in data.mdb; returns them."""
+    raw = bytearray(data_file.read_bytes())
+    at = raw.index(f"value-{i:06d}-".encode())
+    assert raw.count(f"value-{i:06d}-".encode()) == 1
+    digit = at + len("value-000")
+    raw[digit] = ord("7") if raw[digit] != ord("7") else ord("8")
+    data_file.write_bytes(bytes(raw))
+    return bytes(raw[at : at + len("value-000000-")])
+
+
+def test_an_emptied_data_file_is_refused(filled: Cluster) -> None:
+    os.truncate(filled.data_file, 0)
+    assert_refused(filled.serve_once(), filled.data_file, "is empty")
+
+
+def test_a_data_file_cut_to_a_megabyte_is_refused_not_a_sigbus(filled: Cluster) -> None:
+    os.truncate(filled.data_file, 1 << 20)
+    assert_refused(filled.serve_once(), filled.data_file, "is cut short")
+
+
+def test_a_page_of_random_bytes_is_refused(filled: Cluster) -> None:
+    size = filled.data_file.stat().st_size
+    page = size // 4096 // 2
+    with filled.data_file.open("r+b") as file:
+        file.seek(page * 4096)
+        file.write(random.Random(5).randbytes(4096))
+    assert_refused(filled.serve_once(), filled.data_file, "")
+
+
+def test_a_changed_digit_in_a_stored_value_is_refused(filled: Cluster) -> None:
+    change_a_digit(filled.data_file, 1234)
+    assert_refused(filled.serve_once(), filled.data_file, "fails its checksum")
+
+
+def set_aside_files(cluster: Cluster) -> list[str]:
+    return sorted(name for name in os.listdir(cluster.data) if name.startswith("data.mdb.damaged-"))
+
+
+async def test_salvage_removes_a_damaged_value_and_serves_every_other_key(
+    filled: Cluster,
+) -> None:
+    before = filled.node()
+    try:
+        before.start().wait_ready()
+        actor = await actor_of(before)
+    finally:
+        before.stop()
+    change_a_digit(filled.data_file, 1234)
+    node = filled.node("--salvage")
+    try:
+        node.start().wait_ready()
+        values = await read_values(node)
+        assert values == {i: value_of(i) for i in range(KEYS) if i != 1234}
+        assert await actor_of(node) != actor  # a new incarnation
+        log = node.stderr_text()
+        assert " ERROR replica.storage: salvage: removed 1 damaged values" in log, log
+        assert "fails its checksum" in log, log
+        assert "Traceback" not in log, log
+        assert node.stop() == 0
+    finally:
+        node.stop()
+    assert len(set_aside_files(filled)) == 1  # the damaged file, kept
+    again = filled.node()  # the damaged value is gone: no salvage needed any more
+    try:
+        again.start().wait_ready()
+        assert len(await read_values(again)) == KEYS - 1
+    finally:
+        again.stop()
+
+
+async def test_salvage_sets_an_unreadable_data_file_aside_and_starts_from_the_log(
+    filled: Cluster,
+) -> None:
+    os.truncate(filled.data_file, 1 << 20)
+    node = filled.node("--salvage")
+    try:
+        node.start().wait_ready()
+        log = node.stderr_text()
+        assert " ERROR replica.storage: salvage: " in log, log
+        assert "is cut short" in log and "starting from the log alone" in log, log
+        assert "Traceback" not in log, log
+        await fill(node, 10)  # it takes writes
+        assert await read_values(node, 10) == {i: value_of(i) for i in range(10)}
+        assert node.stop() == 0
+    finally:
+        node.stop()
+    (aside,) = set_aside_files(filled)
+    assert (filled.data / aside).stat().st_size == 1 << 20
+    again = filled.node()
+    try:
+        again.start().wait_ready()
+        assert await read_values(again, 10) == {i: value_of(i) for i in range(10)}
+    finally:
+        again.stop()
+
+
+def test_without_salvage_nothing_is_moved_or_removed(filled: Cluster) -> None:
+    damaged = change_a_digit(filled.data_file, 7)
+    assert_refused(filled.serve_once(), filled.data_file, "--salvage")
+    assert damaged in filled.data_file.read_bytes()  # still there, not removed
+    assert set_aside_files(filled) == []
