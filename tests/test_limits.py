@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from tests.harness import (
     NodeProcess,
     eventually,
     free_ports,
+    replica_command,
     running_cluster,
     write_cluster,
 )
@@ -260,6 +262,22 @@ async def test_max_clock_skew_ms_comes_from_the_cluster_file(
         ahead = {"type": "lww_write", "key": "f", "value": 1, "timestamp": hlc_now(30_000)}
         reply = await client.request(ahead)
         assert is_error(reply, 22) and "max_clock_skew_ms (5000)" in reply["text"], reply
+
+
+def test_stdio_takes_max_clock_skew_ms_as_a_flag() -> None:
+    lines = [
+        {"type": "init", "msg_id": 1, "node_id": "n1", "node_ids": ["n1"]},
+        {"type": "lww_write", "msg_id": 2, "key": "f", "value": 1, "timestamp": hlc_now(30_000)},
+    ]
+    done = subprocess.run(
+        replica_command("stdio", "--max-clock-skew-ms", "5000"),
+        input=b"".join(orjson.dumps(line) + b"\n" for line in lines),
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    replies = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert is_error(replies[1], 22) and "max_clock_skew_ms (5000)" in replies[1]["text"], replies
 
 
 def test_a_far_timestamp_from_a_peer_or_the_store_does_not_move_the_clock() -> None:
