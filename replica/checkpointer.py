@@ -49,6 +49,10 @@ class CheckpointFailed(Exception):
     """A checkpoint did not reach LMDB; `str()` says why."""
 
 
+class CheckpointerGone(CheckpointFailed):
+    """The checkpointer process exited or could not be reached: a new one may succeed."""
+
+
 class Checkpointer:
     """The log writer's handle on its checkpointer process, started at the first checkpoint."""
 
@@ -75,7 +79,7 @@ class Checkpointer:
             return int(reply.split()[1])
         if not reply:
             self._reap()
-            raise CheckpointFailed(failure)
+            raise CheckpointerGone(failure)
         raise CheckpointFailed(reply.decode(errors="replace").removeprefix("error ").strip())
 
     def close(self) -> None:

@@ -27,29 +27,43 @@ hundred keys).  `fallocate` alone does not help: its blocks are marked
 unwritten, and the first write to each still changes metadata.  Zero-filled
 space reads as a zero length, which no record has, so it marks the end.
 
-Reading a segment back trusts a prefix of whole records.  What follows the
-last whole record is a torn tail, the part of a batch that was being written
-when the process or the machine stopped, and so was never acknowledged, when
-no valid record follows it anywhere in the segment: it is cut off.  A damaged
-record with valid records after it is damage to data that was acknowledged,
-and raises `CorruptLog`: a store must not start without it.
+Reading a segment back (`scan_segment`) trusts a prefix of whole records.
+What follows the last whole record is a torn tail, the part of a batch that
+was being written when the process or the machine stopped, and so was never
+acknowledged, when no valid record follows it anywhere in the segment and the
+record it starts could not have been written whole: it runs past the last byte
+written, or a sector inside it (`SECTOR`, the unit a disk writes whole) is
+still all zeros.  A torn tail is cut off.  Anything else is damage to data
+that was acknowledged and raises `CorruptLog`: a record whose every sector was
+written but whose checksum fails, or a bad record with valid ones after it.
+A store must not start without it, unless told to salvage what it can.
+
+Which segments exist, and how long each is, is recorded apart from the files
+(`replica.log_manifest`), so that a lost or cut segment is noticed too.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import struct
 import time
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HEADER = struct.Struct("<II")
 """Payload length and the CRC-32 of the payload."""
 SEGMENT_NAME = re.compile(r"log\.(\d{6,})")
 FILL_CHUNK = 1 << 20
+SECTOR = 512
+"""What a disk writes whole: a write a crash cut short leaves whole sectors of zeros behind."""
+_ZERO_SECTOR = bytes(SECTOR)
 _NONZERO = re.compile(rb"[^\x00]")
+
+log = logging.getLogger("replica.commit_log")
 
 
 class CorruptLog(Exception):
@@ -182,34 +196,88 @@ def remove_segments(directory: Path, seqs: Iterable[int]) -> None:
 # -- reading -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SegmentScan:
+    """What a segment's bytes hold: its records, and what follows them."""
+
+    payloads: list[bytes]
+    end: int  # just past the last whole record of the prefix that was read whole
+    torn: int = 0  # bytes of a torn tail at `end`, to be cut
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # salvaged: (offset, bytes)
+
+
 def read_segment(path: Path, *, cut_tail: bool = True) -> list[bytes]:
     """The payloads of a segment in order; a torn tail is cut off the file when `cut_tail`.
 
-    Raises `CorruptLog` when a damaged record has a valid one anywhere after
-    it.  The checkpointer reads sealed segments with `cut_tail=False`: the
-    log writer owns the files.
+    Raises `CorruptLog` on damage (see `scan_segment`).  The checkpointer
+    reads sealed segments with `cut_tail=False`: the log writer owns the files.
     """
-    data = path.read_bytes()
+    scan = scan_segment(path.read_bytes(), path.name)
+    if scan.torn and cut_tail:
+        log.warning(
+            "log segment %s: cut a torn tail of %d bytes at byte %d", path.name, scan.torn, scan.end
+        )
+        truncate_segment(path, scan.end)
+    return scan.payloads
+
+
+def scan_segment(data: bytes, name: str, *, salvage: bool = False) -> SegmentScan:
+    """The records of segment `name`'s bytes, telling a torn tail from damage.
+
+    Damage raises `CorruptLog`, one line naming the segment and the byte;
+    with `salvage` it is skipped instead (each skip in `skipped`), and the
+    records after it are kept.
+    """
     payloads, end = parse(data)
-    written = written_end(data, end)
-    if written == end:
-        return payloads  # the end of the file, or zero-filled space never written
-    after = next_valid_record(data, end + 1, written)
+    skipped: list[tuple[int, int]] = []
+    while True:
+        written = written_end(data, end)
+        if written == end:
+            return SegmentScan(payloads, end, 0, skipped)  # the end, or zeros never written
+        after = next_valid_record(data, end + 1, written)
+        if after is None and _torn(data, end, written):
+            return SegmentScan(payloads, end, written - end, skipped)
+        if not salvage:
+            raise CorruptLog(_damage(name, data, end, after))
+        skipped.append((end, (written if after is None else after) - end))
+        if after is None:
+            return SegmentScan(payloads, end, 0, skipped)
+        more, end = parse(data, after)
+        payloads += more
+
+
+def _torn(data: bytes, start: int, written: int) -> bool:
+    """Whether the record at `start` can be a write cut short rather than damage."""
+    if start + HEADER.size > written:
+        return True
+    length = HEADER.unpack_from(data, start)[0]
+    stop = start + HEADER.size + length
+    if length == 0 or stop > written:
+        return True
+    first = -(-start // SECTOR) * SECTOR
+    return any(
+        data[pos : pos + SECTOR] == _ZERO_SECTOR for pos in range(first, stop - SECTOR + 1, SECTOR)
+    )
+
+
+def _damage(name: str, data: bytes, start: int, after: int | None) -> str:
     if after is not None:
-        raise CorruptLog(
-            f"log segment {path.name} has a damaged record at byte {end}"
+        return (
+            f"log segment {name} has a damaged record at byte {start}"
             f" and a valid one at byte {after} after it"
         )
-    if cut_tail:
-        _truncate(path, end)
-    return payloads
+    length = HEADER.unpack_from(data, start)[0]
+    return (
+        f"log segment {name} has a damaged last record at byte {start}: all"
+        f" {HEADER.size + length} bytes of it were written but its checksum fails"
+    )
 
 
-def parse(data: bytes) -> tuple[list[bytes], int]:
-    """The whole, valid records at the start of `data`, and the offset where they end."""
+def parse(data: bytes, start: int = 0) -> tuple[list[bytes], int]:
+    """The whole, valid records from `start` on in `data`, and the offset where they end."""
     unpack, crc32 = HEADER.unpack_from, zlib.crc32
     payloads: list[bytes] = []
-    pos, size, head = 0, len(data), HEADER.size
+    pos, size, head = start, len(data), HEADER.size
     while pos + head <= size:
         length, crc = unpack(data, pos)
         stop = pos + head + length
@@ -264,10 +332,29 @@ def next_valid_record(data: bytes, start: int, stop: int | None = None) -> int |
     return None
 
 
-def _truncate(path: Path, size: int) -> None:
+def truncate_segment(path: Path, size: int) -> None:
+    """Cut a segment file to `size` bytes, durably."""
     fd = os.open(path, os.O_WRONLY)
     try:
         os.ftruncate(fd, size)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- room on the disk ------------------------------------------------------------------------
+
+
+def free_bytes(directory: Path) -> int:
+    """The bytes an unprivileged process may still write on `directory`'s filesystem."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
+
+
+def fitting_preallocation(wanted: int, free: int) -> int:
+    """Zeros for a new segment that leave the disk room: at most a quarter of what is free.
+
+    Whole chunks, so none once fewer than four are free: a small disk gets
+    appends that also write the block map, never a node that cannot start.
+    """
+    return max(0, min(wanted, free // 4 // FILL_CHUNK * FILL_CHUNK))

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from replica.commit_log import segment_seq
+from replica.log_manifest import MANIFEST, MANIFEST_TMP
 from replica.records import StorageError
 
 LMDB_FILES = {"data.mdb", "lock.mdb"}
@@ -42,7 +43,8 @@ def check_dir(path: Path) -> bool:
         return False
     if any(segment_seq(name) is not None for name in entries):
         raise StorageError(f"data dir {path} holds log segments but no database")
-    if {name for name in entries - LMDB_FILES - {LOCK_FILE} if not is_set_aside(name)}:
+    ours = LMDB_FILES | {LOCK_FILE, MANIFEST, MANIFEST_TMP}
+    if {name for name in entries - ours if not is_set_aside(name)}:
         raise StorageError(f"data dir {path} holds other files and no replica store")
     return True
 

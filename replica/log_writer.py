@@ -13,11 +13,20 @@ without waiting, and the writer appends everything that has arrived with one
 `pwrite`, a group commit over the node's commits.
 
 The writer owns the log: it opens a new segment when it starts (an old one's
-tail may be torn), and a checkpoint thread, every few seconds or once the
-segment is large, moves appends to the next segment and has the checkpointer
-process (`replica.checkpointer`) write the closed ones into LMDB, then
-deletes them.  While checkpoints fail, appends are refused (`CheckpointFailed`):
-the log would otherwise grow until the disk filled.
+tail may be torn: it seals it, see `replica.log_recovery`), and a checkpoint
+thread, every few seconds or once the segment is large, moves appends to the
+next segment and has the checkpointer process (`replica.checkpointer`) write
+the closed ones into LMDB, then deletes them.  Each segment is listed in the
+manifest (`replica.log_manifest`) before its first append and sealed there
+with its length when appends move on.
+
+A checkpointer that dies is replaced at once and the checkpoint retried.
+While checkpoints fail, appends go on as long as the log is not at risk
+(`Log.at_risk`): it has not outgrown `MAX_LOG_SEGMENTS` segments, which a
+restart replays and one checkpoint must take, and the disk keeps
+`FREE_RESERVE` bytes, room for the checkpoint that ends the failures.  Past
+that, appends are refused (`CheckpointFailed`) until a checkpoint succeeds.
+Every segment's zeros fit the disk (`replica.commit_log.fitting_preallocation`).
 
 Protocol.  The node sends requests, each `u32 LE length | kind | body`:
 `APPEND` (the body is one log record), `CHECKPOINT` and `CLOSE` (no body).
@@ -51,8 +60,17 @@ from pathlib import Path
 
 import orjson
 
-from replica.checkpointer import Checkpointer, CheckpointFailed
-from replica.commit_log import FILL_CHUNK, Segment, frame, list_segments, remove_segments
+from replica.checkpointer import Checkpointer, CheckpointerGone, CheckpointFailed
+from replica.commit_log import (
+    FILL_CHUNK,
+    Segment,
+    fitting_preallocation,
+    frame,
+    free_bytes,
+    remove_segments,
+    truncate_segment,
+)
+from replica.log_recovery import recover_log
 
 log = logging.getLogger("replica.log_writer")
 
@@ -63,6 +81,10 @@ READY = b"ready\n"
 CHECKPOINT_LINE = b"checkpoint "
 """Starts a line the writer sends of its own after a checkpoint: JSON `{keys, ms, error}`."""
 READ_BYTES = 1 << 20
+MAX_LOG_SEGMENTS = 4
+"""While checkpoints fail, appends go on until the log holds this many segments' worth."""
+FREE_RESERVE = 8 << 20
+"""While checkpoints fail, appends stop when the disk has less than this free."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +129,13 @@ class Log:
         self.path = path
         self.settings = settings
         self._report = report  # a `checkpoint` line after each checkpoint that wrote or failed
-        seqs = list_segments(path)
-        remove_segments(path, (seq for seq in seqs if seq <= checkpointed))
-        self._sealed = [seq for seq in seqs if seq > checkpointed]
-        seq = max([checkpointed, *seqs]) + 1
-        first = settings.segment_bytes if settings.preallocate else 0  # the load is unknown yet
+        self._manifest = recover_log(path, checkpointed, required=True, read_sealed=False).manifest
+        self._sealed = list(self._manifest.segments)  # every one sealed by the recovery
+        seq = max([checkpointed, *self._sealed]) + 1
+        first = self._fitting(settings.segment_bytes if settings.preallocate else 0)
         self._segment: Segment | None = Segment.create(path, seq, first)
+        self._manifest.add(seq, first)
+        self._manifest.save(path)
         self._checkpointer = Checkpointer(path, settings.map_size)
         self._append_lock = threading.Lock()  # the current segment
         self._checkpoint_lock = threading.Lock()  # one checkpoint at a time
@@ -132,7 +155,7 @@ class Log:
         more (see `Segment.append`) and the checkpoint thread is woken to move
         appends to the next one.
         """
-        if self._failure is not None:
+        if self._failure is not None and self.at_risk():
             raise CheckpointFailed(f"checkpoints are failing: {self._failure}")
         with self._append_lock:
             segment = self._segment
@@ -151,22 +174,44 @@ class Log:
         """Move appends to a new segment, write the closed ones to LMDB, delete them.
 
         `final` closes the log without opening a new segment.  A failure is
-        remembered, and refuses appends, until a checkpoint succeeds.
+        remembered until a checkpoint succeeds, and refuses appends while the
+        log is at risk.
         """
         with self._checkpoint_lock:
             started = time.monotonic()
             try:
                 self._rotate(final, paced)
                 if self._sealed:
-                    keys = self._checkpointer.checkpoint(self._sealed, paced=paced)
+                    keys = self._write_sealed(paced)
                     remove_segments(self.path, self._sealed)
+                    self._manifest.drop(self._sealed)
                     self._sealed = []
+                    self._manifest.save(self.path)
                     self._report(checkpoint_line(keys, started, None))
             except Exception as exc:
                 self._failure = f"{type(exc).__name__}: {exc}"
                 self._report(checkpoint_line(0, started, self._failure))
                 raise
             self._failure = None
+
+    def at_risk(self) -> bool:
+        """Whether the log must stop growing until a checkpoint succeeds (see the module doc)."""
+        segment = self._segment
+        size = self._manifest.sealed_bytes() + (segment.size if segment else 0)
+        if size > MAX_LOG_SEGMENTS * self.settings.segment_bytes:
+            return True
+        try:
+            return free_bytes(self.path) < FREE_RESERVE
+        except OSError:
+            return True
+
+    def _write_sealed(self, paced: bool) -> int:
+        """The sealed segments into LMDB; a checkpointer found dead is replaced and asked again."""
+        try:
+            return self._checkpointer.checkpoint(self._sealed, paced=paced)
+        except CheckpointerGone as exc:
+            log.warning("%s: starting a new checkpointer", exc)
+            return self._checkpointer.checkpoint(self._sealed, paced=paced)
 
     def close(self) -> None:
         """Stop the checkpoint thread and checkpoint everything: the next start replays nothing."""
@@ -184,18 +229,31 @@ class Log:
         if current is None or (not final and current.size == 0 and not current.broken):
             return
         following = None
-        if not final:  # made outside the lock: appends go on meanwhile
+        if not final:  # made and listed outside the lock: appends go on meanwhile
             size = self._preallocation(current.size)
             following = Segment.create(self.path, current.seq + 1, size, paced=paced)
+            self._manifest.add(following.seq, size)
+            try:
+                self._manifest.save(self.path)
+            except BaseException:
+                self._manifest.drop([following.seq])
+                following.close()
+                following.path.unlink(missing_ok=True)
+                raise
         with self._append_lock:
             self._segment = following
         current.close()
+        self._manifest.seal(current.seq, current.size)
         self._sealed.append(current.seq)
+        self._manifest.save(self.path)
+        if current.broken:  # what follows its records is a batch never acknowledged
+            truncate_segment(current.path, current.size)
 
     def _preallocation(self, used: int) -> int:
         """Zeros for a segment that follows one that took `used` bytes: twice that.
 
-        Whole megabytes, at least one, at most a segment: a lightly loaded
+        Whole megabytes, at least one, at most a segment, and no more than
+        the free space allows (`_fitting`): a lightly loaded
         node does not write 32 MiB of zeros every checkpoint interval, and
         one under steady load gets a whole segment's.  A load that grows
         faster appends past the zeros until the next checkpoint, each sync
@@ -206,7 +264,11 @@ class Log:
         if not self.settings.preallocate:
             return 0
         wanted = -(-2 * used // FILL_CHUNK) * FILL_CHUNK
-        return min(self.settings.segment_bytes, max(FILL_CHUNK, wanted))
+        return self._fitting(min(self.settings.segment_bytes, max(FILL_CHUNK, wanted)))
+
+    def _fitting(self, wanted: int) -> int:
+        """As much of `wanted` as leaves the disk room (a quarter of what is free at most)."""
+        return fitting_preallocation(wanted, free_bytes(self.path)) if wanted else 0
 
     def _checkpoint_forever(self) -> None:
         while True:
@@ -217,8 +279,7 @@ class Log:
             try:
                 self.checkpoint(paced=True)  # the node is serving: leave the disk to appends
             except Exception:
-                why = self._failure
-                log.error("checkpoint failed; appends refused until one succeeds: %s", why)
+                log.error("checkpoint failed: %s", self._failure)
 
 
 # -- serving the node ------------------------------------------------------------------------

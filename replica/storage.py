@@ -28,10 +28,25 @@ is `replica.records`.
 A data dir is locked while a store has it open (`replica.data_dir`): two
 processes appending to one log would each overwrite the other's records.
 
-Each incarnation of a data dir has an actor id, made when the store is
-created empty.  MV dots carry it instead of the bare node id, so a node whose
-data dir was wiped starts a fresh sequence of dots and never issues a dot its
-previous incarnation already gave to a different write.
+Incarnations: no dot is ever issued twice.  MV dots carry an actor id, the
+node id and a random suffix, instead of the bare node id, and each
+incarnation of a data dir has one (`LmdbStore.begin_incarnation`):
+
+- a dot leaves the node, in a reply or to a peer, only once its commit is
+  durable (`replica.durability`), so every dot anyone has seen of an actor
+  is in its data dir's log or LMDB;
+- a clean stop ends with a checkpoint of everything, after which the store
+  writes its clean marker; the next start loads every dot the actor issued,
+  and counts on above them under the same actor;
+- every start clears the marker, synced, before the node serves anything;
+  a start that does not find it (kill -9, a crash, a failed last
+  checkpoint), or that salvages a damaged data dir, continues under a new
+  actor, distinct from every earlier actor of the data dir (their list is
+  kept in meta): whatever the lost life issued, and whatever recovery could
+  not read, can then never be issued again to a different write.  A wiped
+  data dir gets a new actor the same way.
+
+A node in memory has no data dir and writes as its node id: nothing outlives it.
 """
 
 from __future__ import annotations
@@ -42,21 +57,16 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from replica.checkpointer import CHECKPOINT_KEY, CheckpointFailed, open_environment
-from replica.commit_log import (
-    CorruptLog,
-    list_segments,
-    read_segment,
-    remove_segments,
-    segment_name,
-)
+from replica.commit_log import CorruptLog
 from replica.data_dir import LOCK_WAIT_S, check_dir, lock_dir, set_aside_name
 from replica.lmdb_file import check_data_file
 from replica.log_link import Done, LogFailed, LogLink
+from replica.log_recovery import recover_log
 from replica.log_writer import APPEND, CHECKPOINT, LogSettings
 from replica.records import (
     KEYSPACES,
@@ -87,6 +97,10 @@ DATA_FILE = "data.mdb"
 SALVAGE_HINT = "(replica serve --salvage starts from what is readable)"
 LMDB_DAMAGE = ("CorruptedError", "PageNotFoundError", "InvalidError", "VersionMismatchError")
 """The lmdb errors that say the data file's bytes are damaged, not that it cannot be used."""
+MANIFEST_META = "log_manifest"
+"""Set in meta once the data dir has a log manifest: from then on a missing one is damage."""
+ACTOR_KEY, ACTORS_KEY = b"actor", b"actors"
+"""The meta keys of the actor of this incarnation, and of every actor the data dir has had."""
 DEFAULT_MAP_SIZE = 64 << 30  # address space only: the file grows as data does
 SEGMENT_BYTES = 32 << 20
 CHECKPOINT_INTERVAL_S = 5.0
@@ -124,8 +138,13 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def new_actor(node_id: str) -> str:
-    return f"{node_id}~{secrets.token_hex(3)}"
+def new_actor(node_id: str, taken: Iterable[str] = ()) -> str:
+    """A fresh actor id for `node_id`, none of `taken`."""
+    used = set(taken)
+    while True:
+        actor = f"{node_id}~{secrets.token_hex(3)}"
+        if actor not in used:
+            return actor
 
 
 # -- in memory -----------------------------------------------------------------------------
@@ -240,6 +259,7 @@ class LmdbStore:
         self.env: Any = None
         self._salvage = salvage
         self.salvaged: dict[str, Any] = {}
+        self._incarnation = False  # `begin_incarnation` cleared the clean marker
         check_dir(self.path)  # before the lock file is made in a dir that is not ours
         self._lock_fd = lock_dir(self.path, lock_wait_s)
         try:
@@ -371,21 +391,26 @@ class LmdbStore:
         return int(marker)
 
     def _read_log(self) -> None:
-        """Read the segments no checkpoint covers: a torn tail is cut, a damaged log refused."""
+        """Check and read the segments no checkpoint covers (`replica.log_recovery`).
+
+        A torn tail is cut; damage is a StorageError, or cut out when salvaging.
+        """
         done = self._checkpointed()
+        required = self.get_meta(MANIFEST_META) is not None  # it had one: it must have it
+        started = time.perf_counter()
         try:
-            seqs = list_segments(self.path)
-            # a crash came between a checkpoint and the deletion of what it covered
-            remove_segments(self.path, (seq for seq in seqs if seq <= done))
-            started = time.perf_counter()
-            for seq in (seq for seq in seqs if seq > done):
-                self._logged.append(read_segment(self.path / segment_name(seq)))
+            recovered = recover_log(self.path, done, required=required, salvage=self._salvage)
         except CorruptLog as exc:
             raise StorageError(f"data dir {self.path}: {exc}") from None
         except OSError as exc:
             raise StorageError(
                 f"cannot read the log in data dir {self.path}: {exc.strerror or exc}"
             ) from None
+        if not required:
+            self.set_meta(MANIFEST_META, b"1")
+        if recovered.salvaged:
+            self.salvaged = {**self.salvaged, "log_damage_cut": True}
+        self._logged = recovered.payloads
         records = sum(map(len, self._logged))
         if records:
             elapsed_ms = (time.perf_counter() - started) * 1000
@@ -479,11 +504,38 @@ class LmdbStore:
         with self.env.begin() as txn:
             return sum(txn.stat(db)["entries"] for db in self._dbs.values())
 
+    def begin_incarnation(self, node_id: str) -> str:
+        """The actor this start of `node_id` writes as (see the module docstring).
+
+        The same as last time after a clean stop, else a new one, logged at
+        WARNING.  The clean marker is cleared in the same synced transaction.
+        """
+        with self.env.begin(write=True) as txn:
+            stored = txn.get(ACTOR_KEY, db=self._meta)
+            previous = None if stored is None else bytes(stored).decode(errors="replace")
+            if previous is not None and not previous.startswith(f"{node_id}~"):
+                raise StorageError(
+                    f"data dir {self.path} belongs to node {previous.split('~')[0]!r}"
+                )
+            actors = _actor_list(txn.get(ACTORS_KEY, db=self._meta), previous)
+            clean = txn.get(CLEAN_STOP_KEY, db=self._meta) == b"1" and not self._salvage
+            actor = previous if previous is not None and clean else new_actor(node_id, actors)
+            if actor != previous:
+                actors.append(actor)
+                if previous is not None:
+                    log.warning("unclean stop: continuing as actor %s (was %s)", actor, previous)
+            txn.put(ACTOR_KEY, actor.encode(), db=self._meta)
+            txn.put(ACTORS_KEY, " ".join(actors).encode(), db=self._meta)
+            txn.put(CLEAN_STOP_KEY, b"0", db=self._meta)
+        self._incarnation = True
+        return actor
+
     def close(self) -> None:
         """Checkpoint everything, so the next start replays nothing; then let the data dir go.
 
         A checkpoint that fails here loses nothing: the log keeps every
-        commit, and the next start replays it.
+        commit, and the next start replays it, under a new actor: only a
+        close whose checkpoint succeeded marks the stop clean.
         """
         if self._closed:
             return
@@ -492,7 +544,10 @@ class LmdbStore:
                 self.begin_writes()  # its writer checkpoints the log at close
             if self._link is not None:
                 self._link.close()
-        except (LogFailed, StorageError) as exc:
+            if self._incarnation:
+                with self.env.begin(write=True) as txn:
+                    txn.put(CLEAN_STOP_KEY, b"1", db=self._meta)
+        except (LogFailed, StorageError, self._lmdb.Error) as exc:
             log.error("checkpoint at close failed (the log keeps every commit): %s", exc)
         finally:
             self._closed = True
@@ -553,29 +608,27 @@ def _lmdb_failure(data_file: Path, exc: Exception) -> StorageError:
 # -- opening -------------------------------------------------------------------------------
 
 
-# -- opening -------------------------------------------------------------------------------
-
-
 def open_store(
     data_dir: str | Path | None, node_id: str, *, salvage: bool = False
 ) -> tuple[Store, str]:
-    """The node's store and its actor id (a fresh one for a new data dir, or a salvaged one).
+    """The node's store and the actor it writes as (`LmdbStore.begin_incarnation`).
 
     Without a data dir the store is in memory and the actor is the node id itself.
+    `salvage` opens a damaged data dir with what can be read of it, as a new incarnation.
     """
     if data_dir is None:
         return MemoryStore(), node_id
     store = LmdbStore(data_dir, salvage=salvage)
     try:
-        actor = store.get_meta("actor")
-        if actor is None or salvage:
-            fresh = new_actor(node_id)
-            store.set_meta("actor", fresh.encode())
-            return store, fresh
-        text = actor.decode(errors="replace")
-        if not text.startswith(f"{node_id}~"):
-            raise StorageError(f"data dir {data_dir} belongs to node {text.split('~')[0]!r}")
-        return store, text
+        return store, store.begin_incarnation(node_id)
     except BaseException:
         store.close()
         raise
+
+
+def _actor_list(stored: Any, actor: str | None) -> list[str]:
+    """Every actor the data dir has had, as stored (before lists were: its one actor)."""
+    actors = bytes(stored).decode(errors="replace").split() if stored is not None else []
+    if actor is not None and actor not in actors:
+        actors.append(actor)
+    return actors

@@ -1,4 +1,4 @@
-"""The commit log: records round-trip, a torn tail is cut off, damage before whole ones is not."""
+"""The commit log: records round-trip, a torn tail is cut off, damage is told apart from one."""
 
 from __future__ import annotations
 
@@ -9,16 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replica.commit_log import (
+    FILL_CHUNK,
     HEADER,
+    SECTOR,
     CorruptLog,
     Segment,
     SegmentBroken,
+    fitting_preallocation,
     frame,
     list_segments,
     next_valid_record,
     parse,
     read_segment,
     remove_segments,
+    scan_segment,
     segment_name,
     segment_seq,
     written_end,
@@ -89,7 +93,6 @@ def test_a_segment_is_never_created_over_another(tmp_path: Path) -> None:
     [
         HEADER.pack(40, 0)[:5],  # the header itself cut short
         HEADER.pack(40, 0) + b"\x01\x01[",  # the payload cut short
-        frame([b"\x01\x01whole"])[:-1] + b"?",  # the last byte wrong: its checksum fails
     ],
 )
 def test_a_torn_last_record_is_cut_off(tmp_path: Path, preallocate: int, torn: bytes) -> None:
@@ -100,6 +103,55 @@ def test_a_torn_last_record_is_cut_off(tmp_path: Path, preallocate: int, torn: b
     assert read_segment(path) == PAYLOADS
     assert path.stat().st_size == whole_size(PAYLOADS)
     assert read_segment(path) == PAYLOADS  # and it stays cut
+
+
+@pytest.mark.parametrize("preallocate", [0, 64 * 1024])
+def test_a_whole_last_record_whose_checksum_fails_is_damage_not_a_torn_tail(
+    tmp_path: Path, preallocate: int
+) -> None:
+    """Every byte of it was written, so it was acknowledged: cutting it would lose a commit."""
+    path = written(tmp_path, [PAYLOADS[:2], PAYLOADS[2:]], preallocate)
+    data = bytearray(path.read_bytes())
+    data[whole_size(PAYLOADS) - 1] ^= 0x01  # inside the last payload
+    path.write_bytes(bytes(data))
+    last = whole_size(PAYLOADS[:2])
+    with pytest.raises(
+        CorruptLog,
+        match=f"log.000001 has a damaged last record at byte {last}: all 12 bytes of it",
+    ):
+        read_segment(path)
+    assert path.read_bytes() == bytes(data)
+
+
+def test_a_record_with_a_sector_never_written_is_a_torn_tail(tmp_path: Path) -> None:
+    """A crash during a write of several sectors can leave one inside it as zeros."""
+    big = b"\x01\x01" + b"v" * (4 * SECTOR)
+    path = written(tmp_path, [PAYLOADS, [big]], 64 * 1024)
+    data = bytearray(path.read_bytes())
+    start = whole_size(PAYLOADS)
+    hole = -(-start // SECTOR) * SECTOR + SECTOR  # a whole sector inside the big record
+    data[hole : hole + SECTOR] = bytes(SECTOR)
+    path.write_bytes(bytes(data))
+    scan = scan_segment(bytes(data), path.name)
+    assert (scan.payloads, scan.end, scan.torn) == (PAYLOADS, start, HEADER.size + len(big))
+    assert read_segment(path) == PAYLOADS
+    assert path.stat().st_size == start
+
+
+def test_salvage_skips_damage_and_keeps_the_records_after_it(tmp_path: Path) -> None:
+    path = written(tmp_path, [PAYLOADS, [b"\x01\x01after"]], 64 * 1024)
+    data = bytearray(path.read_bytes())
+    data[HEADER.size + 3] ^= 0xFF  # inside the first payload
+    first = HEADER.size + len(PAYLOADS[0])
+    scan = scan_segment(bytes(data), path.name, salvage=True)
+    assert scan.payloads == [*PAYLOADS[1:], b"\x01\x01after"]
+    assert scan.skipped == [(0, first)]
+    data[first + HEADER.size + 2] ^= 0xFF  # the second record too: one stretch
+    last = bytearray(frame([b"\x01\x01after"]))
+    data[whole_size(PAYLOADS) + HEADER.size + 1] ^= 0x01  # and the whole last record
+    scan = scan_segment(bytes(data), path.name, salvage=True)
+    assert scan.payloads == [PAYLOADS[2]]
+    assert scan.skipped == [(0, whole_size(PAYLOADS[:2])), (whole_size(PAYLOADS), len(last))]
 
 
 @pytest.mark.parametrize("preallocate", [0, 64 * 1024])
@@ -178,3 +230,17 @@ def test_an_append_that_failed_leaves_the_segment_closed_to_appends(tmp_path: Pa
     with pytest.raises(SegmentBroken, match=r"an earlier append to log\.000001 failed"):
         segment.append(frame(PAYLOADS[1:]))
     assert read_segment(segment.path) == PAYLOADS[:1]
+
+
+# -- room on the disk --------------------------------------------------------------------------
+
+
+def test_preallocation_takes_at_most_a_quarter_of_the_free_space_in_whole_chunks() -> None:
+    mib = FILL_CHUNK
+    assert fitting_preallocation(32 * mib, 10 << 30) == 32 * mib  # a large disk: all of it
+    assert fitting_preallocation(32 * mib, 24 * mib) == 6 * mib  # a small one: a quarter
+    assert fitting_preallocation(32 * mib, 24 * mib + 1) == 6 * mib
+    assert fitting_preallocation(32 * mib, 7 * mib) == mib
+    assert fitting_preallocation(32 * mib, 4 * mib - 1) == 0  # very little: none
+    assert fitting_preallocation(0, 10 << 30) == 0
+    assert fitting_preallocation(32 * mib, 0) == 0

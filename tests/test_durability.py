@@ -568,9 +568,10 @@ async def test_status_reports_the_actor_and_the_commits() -> None:
 
 
 async def test_a_full_lmdb_map_fails_commits_once_a_checkpoint_fails(tmp_path: Path) -> None:
-    """The log takes the commit; the checkpoint that cannot write LMDB stops the next ones."""
+    """The log takes the commit; while checkpoints cannot write LMDB, a log past its bound
+    (four segments) stops the next ones."""
     ks = keyspaces()
-    store = LmdbStore(tmp_path, map_size=256 * 1024)
+    store = LmdbStore(tmp_path, map_size=256 * 1024, segment_bytes=64 * 1024)
     durability = Durability(ks, store)
     for i in range(2000):
         ks.lww_write(f"k{i}", "x" * 200, i + 1)
@@ -578,7 +579,7 @@ async def test_a_full_lmdb_map_fails_commits_once_a_checkpoint_fails(tmp_path: P
     with pytest.raises(CheckpointFailed, match="MapFullError"):  # in the checkpointer process
         store.checkpoint()
     status = store.status()
-    assert (status["checkpoints"], status["checkpoint_failures"]) == (0, 1)
+    assert status["checkpoints"] == 0 and status["checkpoint_failures"] >= 1
     assert "MapFullError" in status["last_checkpoint"]["error"]
     ks.lww_write("late", "x", 1)
     barrier = durability.barrier()

@@ -1,0 +1,405 @@
+"""Damage to the commit log is never silent, and no dot is reissued after an unclean stop.
+
+Real `replica serve` processes over loopback, killed with SIGKILL, their log
+segments then flipped, cut, deleted or torn on disk as a failing disk or an
+operator would: a damaged log stops the node with exit 2 and one line naming
+the file; a torn tail (a write never acknowledged) is cut with a WARNING;
+every start after an unclean stop writes under a new actor; a dead
+checkpointer is replaced without refusing a write; a small disk is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replica.commit_log import HEADER, frame, parse, segment_name
+from replica.crdt.lww import LWWRegister
+from replica.keyspaces import LWW
+from replica.log_manifest import MANIFEST, load_manifest
+from replica.records import encode_batch
+from replica.storage import LmdbStore, open_store
+from tests.harness import (
+    LOOPBACK,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    NodeProcess,
+    eventually,
+    free_ports,
+    replica_command,
+    wait_unlocked,
+)
+from tests.test_durability import helper_pids
+
+KEYS = 60
+
+
+def durable_config(directory: Path, data_dir: Path | str = "data/n1") -> tuple[Path, int]:
+    (port,) = free_ports(1)
+    config = directory / "cluster.toml"
+    config.write_text(
+        '[cluster]\ndurability = "sync"\n'
+        f'[[nodes]]\nid = "n1"\nhost = "{LOOPBACK}"\nport = {port}\ndata_dir = "{data_dir}"\n'
+    )
+    return config, port
+
+
+@contextlib.contextmanager
+def durable_node(directory: Path, data_dir: Path | str = "data/n1") -> Iterator[NodeProcess]:
+    config, port = durable_config(directory, data_dir)
+    node = NodeProcess(config, "n1", LOOPBACK, port)
+    try:
+        yield node
+    finally:
+        node.stop()
+        print(f"--- n1 ---\n{node.stderr_text()}")
+
+
+def serve_once(config: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """A node expected to refuse its data dir: how it exited; fails if it listens instead."""
+    command = replica_command("serve", "--config", str(config), "--node", "n1")
+    process = subprocess.Popen(
+        command, cwd=config.parent, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while process.poll() is None:
+            with contextlib.suppress(OSError):
+                socket.create_connection((LOOPBACK, port), timeout=0.5).close()
+                raise AssertionError("the node started on a damaged data dir")
+            assert time.monotonic() < deadline, "the node neither exited nor listened"
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=STOP_TIMEOUT)
+    return subprocess.CompletedProcess(command, process.returncode, "", stderr)
+
+
+async def write_keys(node: NodeProcess, count: int = KEYS, prefix: str = "k") -> None:
+    async with await node.connect() as client:
+        for i in range(count):
+            reply = await client.request({"type": "lww_write", "key": f"{prefix}{i}", "value": i})
+            assert reply["type"] == "lww_write_ok", reply
+
+
+async def read_keys(node: NodeProcess, count: int = KEYS, prefix: str = "k") -> list[Any]:
+    async with await node.connect() as client:
+        return [
+            (await client.request({"type": "lww_read", "key": f"{prefix}{i}"})).get("value")
+            for i in range(count)
+        ]
+
+
+async def status(node: NodeProcess) -> dict[str, Any]:
+    async with await node.connect() as client:
+        return await client.request({"type": "status"})
+
+
+def killed(node: NodeProcess, data_dir: Path) -> None:
+    """SIGKILL the node, then wait for its log writer to let the data dir go."""
+    node.kill()
+    wait_unlocked(data_dir)
+
+
+def newest_written_segment(data_dir: Path) -> tuple[Path, int, list[bytes]]:
+    """The newest segment holding records: its path, where they end, and their payloads."""
+    for seq in sorted(load_manifest(data_dir).segments, reverse=True):  # type: ignore[union-attr]
+        path = data_dir / segment_name(seq)
+        payloads, end = parse(path.read_bytes())
+        if payloads:
+            return path, end, payloads
+    raise AssertionError(f"no segment with records in {sorted(os.listdir(data_dir))}")
+
+
+async def keys_written_then_killed(node: NodeProcess, data_dir: Path) -> None:
+    node.start().wait_ready()
+    await write_keys(node)
+    killed(node, data_dir)
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("replica: storage error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], result.stderr
+
+
+# -- damage stops the node ---------------------------------------------------------------------
+
+
+async def test_a_flipped_byte_in_the_last_record_stops_the_node(scratch_dir: Path) -> None:
+    data_dir = scratch_dir / "data" / "n1"
+    with durable_node(scratch_dir) as node:
+        await keys_written_then_killed(node, data_dir)
+    path, end, payloads = newest_written_segment(data_dir)
+    data = bytearray(path.read_bytes())
+    data[end - 2] ^= 0x01  # inside the last record's payload: every byte of it is there
+    path.write_bytes(bytes(data))
+    start = end - HEADER.size - len(payloads[-1])
+    result = serve_once(node.config, node.port)
+    assert_refused(result, path.name, f"damaged last record at byte {start}")
+    assert path.read_bytes() == bytes(data)  # left as it was, for whoever looks into it
+
+
+async def test_a_truncated_newest_segment_stops_the_node(scratch_dir: Path) -> None:
+    data_dir = scratch_dir / "data" / "n1"
+    with durable_node(scratch_dir) as node:
+        await keys_written_then_killed(node, data_dir)
+    path, end, _ = newest_written_segment(data_dir)
+    os.truncate(path, end // 2)  # half its acknowledged records gone
+    result = serve_once(node.config, node.port)
+    assert_refused(result, path.name, f"is {end // 2} bytes", "it was truncated")
+
+
+async def test_a_deleted_newest_segment_stops_the_node(scratch_dir: Path) -> None:
+    data_dir = scratch_dir / "data" / "n1"
+    with durable_node(scratch_dir) as node:
+        await keys_written_then_killed(node, data_dir)
+    path, _, _ = newest_written_segment(data_dir)
+    path.unlink()
+    result = serve_once(node.config, node.port)
+    assert_refused(result, f"log segment {path.name} is listed in {MANIFEST} but missing")
+
+
+async def test_a_damaged_manifest_stops_the_node(scratch_dir: Path) -> None:
+    data_dir = scratch_dir / "data" / "n1"
+    with durable_node(scratch_dir) as node:
+        await keys_written_then_killed(node, data_dir)
+    manifest = data_dir / MANIFEST
+    data = bytearray(manifest.read_bytes())
+    data[-3] ^= 0x01
+    manifest.write_bytes(bytes(data))
+    assert_refused(serve_once(node.config, node.port), f"the log manifest {MANIFEST}")
+    manifest.unlink()
+    result = serve_once(node.config, node.port)
+    assert_refused(result, f"the log manifest {MANIFEST} is missing")
+
+
+async def test_salvage_starts_a_damaged_log_under_a_new_actor_saying_what_it_cut(
+    scratch_dir: Path,
+) -> None:
+    data_dir = scratch_dir / "data" / "n1"
+    with durable_node(scratch_dir) as node:
+        node.start().wait_ready()
+        before = (await status(node))["actor"]
+        await write_keys(node)
+        killed(node, data_dir)
+        path, end, payloads = newest_written_segment(data_dir)
+        data = bytearray(path.read_bytes())
+        data[end - 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        assert serve_once(node.config, node.port).returncode == 2  # never by default
+        start = end - HEADER.size - len(payloads[-1])
+        start_salvaging(node)
+        node.wait_ready()
+        log = node.stderr_text()
+        assert re.search(
+            rf"ERROR.*salvage: log segment {path.name}: cut {end - start} damaged bytes"
+            rf" at byte {start}",
+            log,
+        ), log
+        after = (await status(node))["actor"]
+        assert after != before and after.startswith("n1~"), (before, after)
+        values = await read_keys(node)
+        assert values[:-1] == list(range(KEYS - 1))  # only the damaged last write is gone
+
+
+def start_salvaging(node: NodeProcess) -> None:
+    """`node` started as `NodeProcess.start` would, with `--salvage`."""
+    command = replica_command("serve", "--config", str(node.config), "--node", "n1", "--salvage")
+    with node.stderr_path.open("ab") as stderr:
+        node.process = subprocess.Popen(
+            command,
+            cwd=node.config.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            start_new_session=True,
+        )
+
+
+# -- a torn tail is cut, with a warning --------------------------------------------------------
+
+
+async def test_a_torn_tail_is_cut_with_a_warning_and_the_node_starts(scratch_dir: Path) -> None:
+    data_dir = scratch_dir / "data" / "n1"
+    with durable_node(scratch_dir) as node:
+        await keys_written_then_killed(node, data_dir)
+        path, end, _ = newest_written_segment(data_dir)
+        late = encode_batch([(LWW, "late", LWWRegister(9, 1, "n1"))])
+        never_acknowledged = frame([late])[:-7]  # a write the crash cut short
+        with path.open("r+b") as file:
+            file.seek(end)
+            file.write(never_acknowledged)
+        node.start().wait_ready()
+        assert await read_keys(node) == list(range(KEYS))
+        log = node.stderr_text()
+        expected = (
+            f"WARNING.*log segment {path.name}: cut a torn tail of"
+            f" {len(never_acknowledged)} bytes at byte {end}"
+        )
+        assert re.search(expected, log), log
+
+
+# -- incarnations ------------------------------------------------------------------------------
+
+
+async def test_kill_9_then_restart_writes_under_a_new_actor(scratch_dir: Path) -> None:
+    data_dir = scratch_dir / "data" / "n1"
+    with durable_node(scratch_dir) as node:
+        node.start().wait_ready()
+        before = (await status(node))["actor"]
+        await write_keys(node, 5)
+        killed(node, data_dir)
+        node.start().wait_ready()
+        after = (await status(node))["actor"]
+        assert after != before and after.startswith("n1~"), (before, after)
+        assert f"unclean stop: continuing as actor {after} (was {before})" in node.stderr_text()
+        async with await node.connect() as client:
+            reply = await client.request({"type": "mv_write", "key": "m", "value": "after"})
+        assert [sibling["dot"] for sibling in reply["values"]] == [[after, 1]], reply
+        killed(node, data_dir)  # and a third life is neither of the two before it
+        node.start().wait_ready()
+        third = (await status(node))["actor"]
+        assert third not in (before, after)
+        assert await read_keys(node, 5) == list(range(5))
+
+
+async def test_a_clean_stop_then_restart_keeps_the_actor(scratch_dir: Path) -> None:
+    with durable_node(scratch_dir) as node:
+        node.start().wait_ready()
+        before = (await status(node))["actor"]
+        await write_keys(node, 5)
+        assert node.stop(timeout=60) == 0  # SIGTERM: a clean stop
+        node.start().wait_ready()
+        assert (await status(node))["actor"] == before
+        assert "unclean stop" not in node.stderr_text()
+        async with await node.connect() as client:
+            reply = await client.request({"type": "mv_write", "key": "m", "value": 1})
+        assert reply["values"][0]["dot"][0] == before
+
+
+def test_an_incarnation_is_clean_only_after_a_close_that_checkpointed(tmp_path: Path) -> None:
+    data = tmp_path / "n1"
+    store, first = open_store(data, "n1")
+    store.close()
+    store, second = open_store(data, "n1")
+    assert second == first
+    assert isinstance(store, LmdbStore)
+    assert store.get_meta("clean") == b"0"  # cleared while the node runs
+    store.close()
+    store = LmdbStore(data)  # a tool that opens the store is not an incarnation
+    store.close()
+    store, third = open_store(data, "n1")
+    assert third == first
+    store.close()
+
+
+# -- a dead checkpointer -----------------------------------------------------------------------
+
+
+def checkpointer_busy(pid: int) -> bool:
+    """Whether a checkpointer is doing anything but waiting for its next request."""
+    try:
+        return "pipe_read" not in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+async def test_writes_are_acknowledged_while_the_checkpointer_is_killed(
+    scratch_dir: Path,
+) -> None:
+    """Killed in the middle of checkpoints: a new one takes over, no write gets error 13."""
+    data_dir = (scratch_dir / "data" / "n1").resolve()
+    with durable_node(scratch_dir) as node:
+        node.start().wait_ready()
+        stop = asyncio.Event()
+        failures: list[dict[str, Any]] = []
+        written = [0]
+
+        async def lane(n: int) -> None:
+            async with await node.connect() as client:
+                i = 0
+                while not stop.is_set():
+                    body = {"type": "lww_write", "key": f"c{n}-{i % 5000}", "value": "v" * 1000}
+                    reply = await client.request(body)
+                    if reply["type"] != "lww_write_ok":
+                        failures.append(reply)
+                    written[0] += 1
+                    i += 1
+
+        lanes = [asyncio.ensure_future(lane(n)) for n in range(4)]
+        kills: list[int] = []
+        try:
+            deadline = time.monotonic() + 40
+            while len(kills) < 2 and time.monotonic() < deadline and not failures:
+                for pid in helper_pids(data_dir)["replica.checkpointer"]:
+                    if pid not in kills and checkpointer_busy(pid):
+                        os.kill(pid, signal.SIGKILL)
+                        kills.append(pid)
+                await asyncio.sleep(0.005)
+            assert failures == [], failures[:3]
+            assert len(kills) == 2, "no checkpoint seen running to kill"
+            before = (await status(node))["durability"]["checkpoints"]
+            await eventually(
+                lambda: status(node),
+                lambda seen: seen["durability"]["checkpoints"] > before,
+                "a checkpoint after the kills",
+                20,
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*lanes, return_exceptions=True)
+        assert failures == [], failures[:3]
+        assert written[0] > 100
+        log = node.stderr_text()
+        assert "starting a new checkpointer" in log, log
+
+
+# -- a small disk ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_filesystem(scratch_dir: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs, mounted for the test (skipped where mounting is refused)."""
+    mount = scratch_dir / "small"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is refused here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_durable_node_starts_and_writes_on_a_24_mib_filesystem(
+    scratch_dir: Path, small_filesystem: Path
+) -> None:
+    data_dir = small_filesystem / "n1"
+    with durable_node(scratch_dir, data_dir) as node:
+        node.start().wait_ready()
+        await write_keys(node, 500)
+        killed(node, data_dir)  # a restart reads back the log it wrote there
+        node.start().wait_ready()
+        assert await read_keys(node, 500) == list(range(500))
+        assert node.stop(timeout=60) == 0
+        wait_unlocked(data_dir)
