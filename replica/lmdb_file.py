@@ -17,12 +17,23 @@ The file may legitimately end before `mm_last_pg`: pages allocated and
 freed by one transaction are never written (LMDB's own comment on
 `mm_last_pg`).  Only then is the free-page database walked, with the same
 plain reads, to find the last page in use.
+
+Damage inside the B-tree is LMDB's to find, and it reports most of it as
+an error; but a damaged page can also fail one of its assertions (abort) or
+make it read past the map.  Reading every record once in a process of its
+own (`check_in_child`) tells that apart without risking the node: a
+salvage does it before touching the file, and then copies what children
+reading from either end could read (`readable_records`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import struct
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from replica.records import DamagedStore, StorageError
@@ -158,3 +169,109 @@ def _page_list(data: bytes, path: Path) -> tuple[int, ...]:
     if len(data) < 8 * (count + 1):
         raise DamagedStore(f"{path}: a record of its free-page database is damaged")
     return struct.unpack_from(f"<{count}Q", data, 8)
+
+
+READ_TIMEOUT_S = 600.0
+FRAME = struct.Struct(">BII")
+"""A record a reading child writes: database index, key length, value length; then both."""
+FLUSH_BYTES = 1 << 16
+CHECK, FORWARD, BACKWARD = "check", "forward", "backward"
+
+
+def check_in_child(directory: Path, names: list[bytes]) -> None:
+    """Read every record of the named databases in a child process; DamagedStore if it fails.
+
+    The child dies instead of the node when LMDB crashes on a damaged page.
+    """
+    _, failure = _read_in_child(directory, names, CHECK)
+    if failure is not None:
+        raise DamagedStore(f"{directory / 'data.mdb'} is damaged: {failure}")
+
+
+def readable_records(directory: Path, names: list[bytes]) -> dict[tuple[int, bytes], bytes]:
+    """{(index in `names`, key): value} of every record LMDB can read, from either end.
+
+    Each direction reads in a child of its own up to the first damage, so a
+    damaged page in the middle costs only the records beyond LMDB's reach.
+    """
+    records: dict[tuple[int, bytes], bytes] = {}
+    for direction in (FORWARD, BACKWARD):
+        found, _ = _read_in_child(directory, names, direction)
+        for index, key, value in found:
+            records[(index, key)] = value
+    return records
+
+
+def _read_in_child(
+    directory: Path, names: list[bytes], direction: str
+) -> tuple[list[tuple[int, bytes, bytes]], str | None]:
+    """The records a child read, and why it stopped early (None: it read everything)."""
+    argv = [sys.executable, "-m", "replica.lmdb_file", str(directory), direction]
+    argv += [name.hex() for name in names]
+    try:
+        child = subprocess.run(argv, capture_output=True, timeout=READ_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StorageError(f"cannot read {directory / 'data.mdb'} in a child: {exc}") from None
+    records = list(_frames(child.stdout))
+    if child.returncode < 0:
+        return records, f"LMDB died of {signal.Signals(-child.returncode).name} reading it"
+    if child.returncode != 0:
+        lines = child.stderr.decode(errors="replace").strip().splitlines()
+        return records, lines[-1] if lines else f"the reading child exited {child.returncode}"
+    return records, None
+
+
+def _frames(data: bytes) -> Iterator[tuple[int, bytes, bytes]]:
+    at = 0
+    while at + FRAME.size <= len(data):
+        index, key_size, value_size = FRAME.unpack_from(data, at)
+        start = at + FRAME.size
+        at = start + key_size + value_size
+        if at > len(data):
+            return  # cut off where the child died
+        yield index, data[start : start + key_size], data[start + key_size : at]
+
+
+def _read_databases(directory: str, direction: str, names: list[bytes]) -> int:
+    """The child: read the named databases in `direction`, writing each record unless checking."""
+    import lmdb
+
+    out = bytearray()
+    try:
+        env = lmdb.open(directory, readonly=True, lock=False, max_dbs=len(names) + 1)
+        with env.begin() as txn:
+            for _ in txn.cursor().iternext():  # the main database: the names of the others
+                pass
+            for index, name in enumerate(names):
+                try:
+                    db = env.open_db(name, txn=txn, create=False)
+                except lmdb.NotFoundError:
+                    continue
+                cursor = txn.cursor(db=db)
+                records = cursor.iterprev() if direction == BACKWARD else cursor.iternext()
+                for key, value in records:
+                    if direction == CHECK:
+                        continue
+                    out += FRAME.pack(index, len(key), len(value)) + key + value
+                    if len(out) >= FLUSH_BYTES:
+                        _write_out(out)
+    except lmdb.Error as exc:
+        _write_out(out)
+        print(str(exc).replace("\n", " "), file=sys.stderr)
+        return 1
+    _write_out(out)
+    return 0
+
+
+def _write_out(out: bytearray) -> None:
+    """Out at once, so a child that LMDB crashes later has passed on what it read."""
+    written = 0
+    with memoryview(out) as view:
+        while written < len(view):
+            written += os.write(1, view[written:])
+    del out[:]
+
+
+if __name__ == "__main__":
+    names = [bytes.fromhex(name) for name in sys.argv[3:]]
+    sys.exit(_read_databases(sys.argv[1], sys.argv[2], names))

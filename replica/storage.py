@@ -64,7 +64,7 @@ from typing import Any, Protocol
 from replica.checkpointer import CHECKPOINT_KEY, CheckpointFailed, open_environment
 from replica.commit_log import CorruptLog
 from replica.data_dir import LOCK_WAIT_S, check_dir, lock_dir, set_aside_name
-from replica.lmdb_file import check_data_file
+from replica.lmdb_file import check_data_file, check_in_child, readable_records
 from replica.log_link import Done, LogFailed, LogLink
 from replica.log_recovery import recover_log
 from replica.log_writer import APPEND, CHECKPOINT, LogSettings
@@ -94,6 +94,8 @@ refuses rather than misread."""
 CLEAN_STOP_KEY = b"clean"
 """The meta key a clean close sets to b"1": a salvaged start deletes it, as a crash would."""
 DATA_FILE = "data.mdb"
+DATABASES = [b"meta", *(keyspace.encode() for keyspace in KEYSPACES)]
+"""LMDB's named databases: metadata, then one per keyspace in `KEYSPACES` order."""
 SALVAGE_HINT = "(replica serve --salvage starts from what is readable)"
 LMDB_DAMAGE = ("CorruptedError", "PageNotFoundError", "InvalidError", "VersionMismatchError")
 """The lmdb errors that say the data file's bytes are damaged, not that it cannot be used."""
@@ -274,12 +276,15 @@ class LmdbStore:
     def _open_lmdb(self, fresh: bool, map_size: int) -> None:
         """Open LMDB, refusing a damaged data file (DamagedStore).
 
-        Under salvage, a data file that cannot be read is set aside and the
-        store starts without it, from the log alone; values that fail their
-        checksum or cannot be decoded are removed, a copy of the file kept.
-        Either way the start is taken as one after a crash.
+        Under salvage, a data file LMDB cannot read whole is set aside, and
+        a new one gets the records it could read, the log the rest; values
+        that fail their checksum or cannot be decoded are removed, a copy of
+        the file kept.  Either way the start is taken as one after a crash.
         """
         try:
+            if self._salvage and not fresh:
+                check_data_file(self.path / DATA_FILE)
+                check_in_child(self.path, DATABASES)  # a page that crashes LMDB crashes the child
             self._open_environment(fresh, map_size)
             if self._salvage and not fresh:
                 self._remove_damaged_values()
@@ -287,12 +292,29 @@ class LmdbStore:
             self._close_environment()
             if not self._salvage:
                 raise type(exc)(f"{exc} {SALVAGE_HINT}") from None
-            aside = self._set_aside(rename=True)
-            log.error("salvage: %s; set aside as %s, starting from the log alone", exc, aside)
-            self.salvaged = {"set_aside": aside.name, "reason": str(exc)}
-            self._open_environment(True, map_size)
+            self._rebuild(exc, map_size)
         if self._salvage:
             self._forget_clean_stop()
+
+    def _rebuild(self, damage: DamagedStore, map_size: int) -> None:
+        """Under salvage: set the data file aside, and copy what LMDB could read into a new one."""
+        records = readable_records(self.path, DATABASES)
+        aside = self._set_aside(rename=True)
+        self._open_environment(True, map_size)
+        dbs = [self._meta, *(self._dbs[keyspace] for keyspace in KEYSPACES)]
+        with self.env.begin(write=True) as txn:
+            for (index, key), value in records.items():
+                if index != 0 or key not in (b"format", CLEAN_STOP_KEY):
+                    txn.put(key, value, db=dbs[index])
+        copied = sum(index != 0 for index, _ in records)
+        log.error(
+            "salvage: %s; set aside as %s, %d values it could read copied, the rest from the log",
+            damage,
+            aside,
+            copied,
+        )
+        self.salvaged = {"set_aside": aside.name, "reason": str(damage), "values_copied": copied}
+        self._remove_damaged_values(keep_copy=False)
 
     def _open_environment(self, fresh: bool, map_size: int) -> None:
         data_file = self.path / DATA_FILE
@@ -314,7 +336,7 @@ class LmdbStore:
             self.env.close()
             self.env = None
 
-    def _remove_damaged_values(self) -> None:
+    def _remove_damaged_values(self, *, keep_copy: bool = True) -> None:
         """Under salvage: remove every value that cannot be loaded, after copying the file aside."""
         damaged: list[tuple[str, bytes, str]] = []
         try:
@@ -330,20 +352,22 @@ class LmdbStore:
         if not damaged:
             log.warning("salvage: every value in %s passes its checksum", self.path / DATA_FILE)
             return
-        aside = self._set_aside(rename=False)
+        aside = self._set_aside(rename=False) if keep_copy else None
         with self.env.begin(write=True) as txn:
             for keyspace, db_key, _ in damaged:
                 txn.delete(db_key, db=self._dbs[keyspace])
         shown = ", ".join(f"{keyspace} {db_key[:60]!r}" for keyspace, db_key, _ in damaged[:10])
         log.error(
-            "salvage: removed %d damaged values from %s (the first: %s; %s), a copy kept as %s",
+            "salvage: removed %d damaged values from %s (the first: %s; %s)%s",
             len(damaged),
             self.path / DATA_FILE,
             damaged[0][2],
             shown,
-            aside,
+            f", a copy kept as {aside}" if aside else "",
         )
-        self.salvaged = {"values_removed": len(damaged), "set_aside": aside.name}
+        self.salvaged = {**self.salvaged, "values_removed": len(damaged)}
+        if aside:
+            self.salvaged["set_aside"] = aside.name
 
     def _set_aside(self, *, rename: bool) -> Path:
         """Move (or copy) the data file to a name `check_dir` accepts, and return that path."""

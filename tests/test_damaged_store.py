@@ -21,7 +21,7 @@ import pytest
 
 from replica.crdt.lww import LWWRegister
 from replica.keyspaces import LWW, MV
-from replica.lmdb_file import META, check_data_file
+from replica.lmdb_file import META, P_BRANCH, P_LEAF, check_data_file
 from replica.records import (
     CRC_RESIDUE,
     FORMAT_VERSION,
@@ -40,6 +40,7 @@ from tests.harness import LOOPBACK, NodeProcess, free_ports, replica_command, wr
 KEYS = 4000
 FILLER = "x" * 300  # 4000 keys of this make a data.mdb of about 2 MB
 SERVE_TIMEOUT = 60.0
+PAGE = 4096
 
 
 # -- the value checksum ----------------------------------------------------------------------
@@ -353,7 +354,7 @@ async def test_salvage_sets_an_unreadable_data_file_aside_and_starts_from_the_lo
         node.start().wait_ready()
         log = node.stderr_text()
         assert " ERROR replica.storage: salvage: " in log, log
-        assert "is cut short" in log and "starting from the log alone" in log, log
+        assert "is cut short" in log and "the rest from the log" in log, log
         assert "Traceback" not in log, log
         await fill(node, 10)  # it takes writes
         assert await read_values(node, 10) == {i: value_of(i) for i in range(10)}
@@ -375,3 +376,32 @@ def test_without_salvage_nothing_is_moved_or_removed(filled: Cluster) -> None:
     assert_refused(filled.serve_once(), filled.data_file, "--salvage")
     assert damaged in filled.data_file.read_bytes()  # still there, not removed
     assert set_aside_files(filled) == []
+
+
+def flag_as_branch(data_file: Path, marker: bytes) -> None:
+    """Mark the leaf page holding `marker` a branch page: LMDB's cursor then fails an assertion."""
+    raw = bytearray(data_file.read_bytes())
+    for start in range(2 * PAGE, len(raw), PAGE):
+        flags = int.from_bytes(raw[start + 10 : start + 12], "little")
+        if flags == P_LEAF and marker in raw[start : start + PAGE]:
+            raw[start + 10 : start + 12] = P_BRANCH.to_bytes(2, "little")
+            data_file.write_bytes(bytes(raw))
+            return
+    raise AssertionError(f"no leaf page holds {marker!r}")
+
+
+async def test_salvage_copies_what_lmdb_can_read_of_pages_that_crash_it(filled: Cluster) -> None:
+    flag_as_branch(filled.data_file, f"value-{KEYS // 2:06d}-".encode())
+    node = filled.node("--salvage")
+    try:
+        node.start().wait_ready()  # LMDB aborted in the children that read the file
+        log = node.stderr_text()
+        assert "LMDB died of SIGABRT reading it" in log, log
+        assert "values it could read copied, the rest from the log" in log, log
+        values = await read_values(node)
+        assert KEYS * 9 // 10 < len(values) < KEYS  # all but the keys around the damaged page
+        assert all(value == value_of(i) for i, value in values.items())
+        assert node.stop() == 0
+    finally:
+        node.stop()
+    assert len(set_aside_files(filled)) == 1
