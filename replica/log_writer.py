@@ -48,6 +48,7 @@ a terminal's Ctrl-C reaches the node, which closes it properly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import struct
@@ -247,7 +248,8 @@ class Log:
         self._sealed.append(current.seq)
         self._manifest.save(self.path)
         if current.broken:  # what follows its records is a batch never acknowledged
-            truncate_segment(current.path, current.size)
+            with contextlib.suppress(OSError):  # else recovery cuts it, as it would a torn tail
+                truncate_segment(current.path, current.size)
 
     def _preallocation(self, used: int) -> int:
         """Zeros for a segment that follows one that took `used` bytes: twice that.

@@ -29,7 +29,7 @@ from replica.crdt.lww import LWWRegister
 from replica.keyspaces import LWW
 from replica.log_manifest import MANIFEST, load_manifest
 from replica.records import encode_batch
-from replica.storage import LmdbStore, open_store
+from replica.storage import LmdbStore, StorageError, open_store
 from tests.harness import (
     LOOPBACK,
     START_TIMEOUT,
@@ -403,3 +403,47 @@ async def test_a_durable_node_starts_and_writes_on_a_24_mib_filesystem(
         assert await read_keys(node, 500) == list(range(500))
         assert node.stop(timeout=60) == 0
         wait_unlocked(data_dir)
+
+
+# -- sealed segments ---------------------------------------------------------------------------
+
+
+def sealed_log(data_dir: Path) -> tuple[Path, bytes]:
+    """A closed store whose manifest lists one sealed segment no checkpoint has taken."""
+    LmdbStore(data_dir).close()
+    records = [encode_batch([(LWW, f"k{i}", LWWRegister(i, 1, "n1"))]) for i in range(5)]
+    data = frame(records)
+    path = data_dir / segment_name(1)
+    path.write_bytes(data + bytes(4096))
+    manifest = load_manifest(data_dir)
+    assert manifest is not None
+    manifest.add(1, 0)
+    manifest.seal(1, len(data))
+    manifest.save(data_dir)
+    return path, data
+
+
+def test_a_sealed_segment_loads_to_its_recorded_length(tmp_path: Path) -> None:
+    sealed_log(tmp_path)
+    store = LmdbStore(tmp_path)
+    try:
+        assert {key for _, key, _ in store.load_all()} == {f"k{i}" for i in range(5)}
+    finally:
+        store.close()
+
+
+def test_a_sealed_segment_shorter_than_its_records_is_refused(tmp_path: Path) -> None:
+    path, data = sealed_log(tmp_path)
+    os.truncate(path, len(data) - 5)
+    expected = f"{path.name} is {len(data) - 5} bytes, shorter than the {len(data)} bytes"
+    with pytest.raises(StorageError, match=expected):
+        LmdbStore(tmp_path)
+
+
+def test_a_sealed_segment_whose_last_record_is_zeroed_is_refused(tmp_path: Path) -> None:
+    """Zeros where a sealed record was would read as a torn tail without its recorded length."""
+    path, data = sealed_log(tmp_path)
+    last = len(frame([parse(data)[0][-1]]))
+    path.write_bytes(data[:-last] + bytes(last + 4096))
+    with pytest.raises(StorageError, match=f"{path.name} has a damaged record at byte"):
+        LmdbStore(tmp_path)
