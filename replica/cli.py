@@ -83,11 +83,13 @@ def _add_serve(commands: Commands) -> None:
     serve.add_argument(
         "--salvage",
         action="store_true",
-        help="start from what is readable of a damaged data dir instead of refusing it: "
-        "values that fail their checksum are removed (a copy of data.mdb is kept), a "
-        "data.mdb that cannot be read is set aside as data.mdb.damaged-<unix time> and "
-        "the node starts from the log alone; logged as errors, and the node continues "
-        "under a new actor. Acknowledged writes in the damaged parts are lost",
+        help="start from what is readable of a damaged data dir instead of refusing it "
+        "(never done by default): values that fail their checksum are removed, a copy of "
+        "data.mdb kept; a data.mdb LMDB cannot read whole is set aside as "
+        "data.mdb.damaged-<unix time> and what it could read is copied into a new one, "
+        "the log supplying the rest; damaged log records are cut out. Each is logged as "
+        "an error, and the node continues under a new actor. Acknowledged writes in the "
+        "damaged parts are lost",
     )
     serve.add_argument(
         "--watch-fd",

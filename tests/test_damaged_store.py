@@ -405,3 +405,13 @@ async def test_salvage_copies_what_lmdb_can_read_of_pages_that_crash_it(filled: 
     finally:
         node.stop()
     assert len(set_aside_files(filled)) == 1
+
+
+def test_serve_help_documents_salvage() -> None:
+    result = subprocess.run(
+        replica_command("serve", "--help"), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "--salvage" in text and "never done by default" in text, text
+    assert "data.mdb.damaged-<unix time>" in text, text
