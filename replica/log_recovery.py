@@ -101,9 +101,9 @@ class _Recovery:
         self.directory = directory
         self.salvage = salvage
         self.salvaged = False
-        self.cuts: list[
-            tuple[int, int, int]
-        ] = []  # (seq, offset, bytes) once the manifest is saved
+        self.listed = False  # a manifest was found: a segment it does not list is unexpected
+        # (seq, offset, bytes) to cut once the manifest is saved
+        self.cuts: list[tuple[int, int, int]] = []
 
     def damage(self, why: str) -> None:
         """Refuse the log; when salvaging, say what is lost and go on."""
@@ -122,6 +122,7 @@ class _Recovery:
             if required:
                 self.damage(f"the log manifest {MANIFEST} is missing")
             return Manifest()
+        self.listed = True
         return manifest
 
     def segment(
@@ -151,7 +152,7 @@ class _Recovery:
         data = path.read_bytes()
         limit = len(data) if sealed is None else min(sealed, len(data))
         scan = scan_segment(data[:limit], name, salvage=self.salvage)
-        if unlisted and scan.payloads:
+        if unlisted and scan.payloads and self.listed:
             log.warning("log segment %s is not in %s: read as found", name, MANIFEST)
         lost = list(scan.skipped)
         if sealed is not None and (scan.torn or scan.end < sealed) and size >= sealed:

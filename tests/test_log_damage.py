@@ -447,3 +447,19 @@ def test_a_sealed_segment_whose_last_record_is_zeroed_is_refused(tmp_path: Path)
     path.write_bytes(data[:-last] + bytes(last + 4096))
     with pytest.raises(StorageError, match=f"{path.name} has a damaged record at byte"):
         LmdbStore(tmp_path)
+
+
+def test_salvage_forgets_a_missing_segment_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, _ = sealed_log(tmp_path)
+    path.unlink()
+    with pytest.raises(StorageError, match=f"{path.name} is listed in {MANIFEST} but missing"):
+        LmdbStore(tmp_path)
+    store = LmdbStore(tmp_path, salvage=True)
+    try:
+        assert list(store.load_all()) == []
+    finally:
+        store.close()
+    assert f"salvage: log segment {path.name} is listed in {MANIFEST} but missing" in caplog.text
+    LmdbStore(tmp_path).close()  # the manifest no longer lists it: a plain start takes it
