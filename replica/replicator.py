@@ -45,6 +45,7 @@ from replica.crdt.canonical import canonical
 from replica.crdt.malformed import Malformed, require_list, require_object, require_str
 from replica.delta_tracker import MAX_PENDING_KEYS, DeltaTracker, KeyRef
 from replica.digest import KeyspaceDigest, compare_keys, differing_buckets
+from replica.errors import ErrorCode
 from replica.keyspaces import KV, LWW, MV, MVCC
 
 if TYPE_CHECKING:
@@ -320,9 +321,10 @@ class Replicator:
         elif msg_type == "ae_keys_ok":
             self._mark_pending(src, body)
         elif msg_type == "error":
-            # A refused batch is done with: waiting for an ack that never comes
-            # would hold its keys pending, and anti-entropy with the peer, forever.
-            if type(in_reply_to) is int:
+            # A batch refused as malformed is done with: waiting for an ack that never
+            # comes would hold its keys pending, and anti-entropy with the peer, forever.
+            # Any other error (a commit that failed there) leaves it to be sent again.
+            if type(in_reply_to) is int and body.get("code") == ErrorCode.MALFORMED_REQUEST:
                 self.tracker.acked(src, in_reply_to)
             if self._may_log(src):
                 log.warning("peer %s refused a message: %s", src, body.get("text"))

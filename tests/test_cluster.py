@@ -466,10 +466,14 @@ async def test_a_killed_node_restarts_with_every_write_it_acknowledged(
     await cluster.kill("n3")
     await cluster.restart("n3", wipe=False)
     assert await snapshot(cluster, "n3", reads) == before
-    # The same actor carries on: the next write continues its sequence of dots.
+    # After kill -9 the node writes under a new incarnation of its actor, which
+    # supersedes the first write (docs/durability.md, D3).
     again = await cluster.request("n3", {"type": "mv_write", "key": "k", "value": "v2"})
     (actor,) = first["vclock"]
-    assert again["vclock"] == {actor: 2}, again
+    (new_actor,) = [node for node in again["vclock"] if node != actor]
+    assert new_actor.startswith("n3~"), again
+    assert again["vclock"] == {actor: 1, new_actor: 1}, again
+    assert [entry["value"] for entry in again["values"]] == ["v2"], again
     later = await cluster.request("n3", {"type": "lww_write", "key": "k2", "value": 0})
     assert later["timestamp"] > lww["timestamp"], "the hybrid clock went back after a restart"
 

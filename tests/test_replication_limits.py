@@ -126,6 +126,22 @@ def test_a_refused_batch_is_done_with_at_the_sender() -> None:
     assert replicator.tracker.pending("n2") == 0
 
 
+def test_a_batch_the_peer_could_not_make_durable_is_sent_again() -> None:
+    """Error 13 from a peer's failed commit is no refusal: the keys stay owed to it."""
+    node = Node("n1", ["n1", "n2"])
+    replicator = node.replicator
+    assert replicator is not None
+    lines: list[bytes] = []
+    replicator.outbox = lambda dest, line: not lines.append(line)
+    replicator.link_up("n2")
+    node.keyspaces.mv_write("k", 1, None)
+    replicator.push()
+    msg_id = orjson.loads(lines[0])["body"]["msg_id"]
+    error = {"type": "error", "code": 13, "text": "write not durable", "in_reply_to": msg_id}
+    replicator.on_reply("n2", error)
+    assert replicator.tracker.pending("n2") == 1
+
+
 def test_pending_for_an_absent_peer_is_dropped_to_a_repair_when_it_connects() -> None:
     node = Node("n1", ["n1", "n2"])
     node.replicator = replicator = Replicator(node, ["n2"], max_pending=3)
