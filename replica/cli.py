@@ -231,13 +231,10 @@ def _recover(node: Node, store: Store) -> None:
     """
     started = time.perf_counter()
     count = 0
-    load = node.keyspaces.load
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for keyspace, key, state in store.load_all():
-            load(keyspace, key, state)
-            count += 1
+        count = node.keyspaces.load_many(store.load_all())
     finally:
         if collecting:
             gc.freeze()

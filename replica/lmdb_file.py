@@ -21,9 +21,9 @@ plain reads, to find the last page in use.
 Damage inside the B-tree is LMDB's to find, and it reports most of it as
 an error; but a damaged page can also fail one of its assertions (abort) or
 make it read past the map.  Reading every record once in a process of its
-own (`check_in_child`) tells that apart without risking the node: a
-salvage does it before touching the file, and then copies what children
-reading from either end could read (`readable_records`).
+own (`check_in_child`) tells that apart without risking the node: every
+start does it before LMDB is opened in the node, and a salvage then copies
+what children reading from either end could read (`readable_records`).
 """
 
 from __future__ import annotations
@@ -248,10 +248,12 @@ def _read_databases(directory: str, direction: str, names: list[bytes]) -> int:
                 except lmdb.NotFoundError:
                     continue
                 cursor = txn.cursor(db=db)
+                if direction == CHECK:
+                    for _ in cursor.iternext(keys=False):  # values too: overflow pages
+                        pass
+                    continue
                 records = cursor.iterprev() if direction == BACKWARD else cursor.iternext()
                 for key, value in records:
-                    if direction == CHECK:
-                        continue
                     out += FRAME.pack(index, len(key), len(value)) + key + value
                     if len(out) >= FLUSH_BYTES:
                         _write_out(out)

@@ -282,7 +282,7 @@ class LmdbStore:
         the file kept.  Either way the start is taken as one after a crash.
         """
         try:
-            if self._salvage and not fresh:
+            if not fresh:
                 check_data_file(self.path / DATA_FILE)
                 check_in_child(self.path, DATABASES)  # a page that crashes LMDB crashes the child
             self._open_environment(fresh, map_size)

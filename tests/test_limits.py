@@ -408,6 +408,25 @@ def test_sibling_histogram_matches_a_scan_through_writes_merges_and_loads(ops) -
                 )
 
 
+@settings(max_examples=100, deadline=None)
+@given(mv_ops)
+def test_a_recovery_counts_the_same_histogram_a_replica_kept(ops) -> None:
+    """`load_many` of every state a replica holds gives the histogram the replica kept."""
+    source = Keyspaces("n1", mvcc_retention_ms=0)
+    for kind, _, key_index, arg in ops:
+        key = f"k{key_index}"
+        if kind in ("write", "merge", "load"):
+            source.mv_write(key, f"v{len(ops)}", None if arg else {})
+        elif kind == "put":
+            source.kv_put(key, f"p{len(arg)}", tuple(arg))
+    states = [(MV, k, v) for k, v in source.mv.items()] + [(KV, k, v) for k, v in source.kv.items()]
+    recovered = Keyspaces("n1", mvcc_retention_ms=0)
+    assert recovered.load_many(states) == len(states)
+    for keyspace in (MV, KV):
+        assert recovered.sibling_histogram(keyspace) == source.sibling_histogram(keyspace)
+        assert recovered.sibling_histogram(keyspace) == brute_force(recovered, keyspace)
+
+
 # -- item 16: RESP parser cases -----------------------------------------------------------
 
 

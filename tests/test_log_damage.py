@@ -405,6 +405,52 @@ async def test_a_durable_node_starts_and_writes_on_a_24_mib_filesystem(
         wait_unlocked(data_dir)
 
 
+def fill(path: Path) -> None:
+    """Write zeros to `path` until its filesystem has no room left."""
+    chunk = bytes(1 << 16)
+    with path.open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(chunk)
+
+
+async def test_a_full_disk_fails_writes_but_reads_and_status_answer_until_there_is_room(
+    scratch_dir: Path, small_filesystem: Path
+) -> None:
+    """A write on a full disk gets error 13; reads, status and the node go on; room heals it."""
+    data_dir = small_filesystem / "n1"
+    big = "x" * 200_000
+    with durable_node(scratch_dir, data_dir) as node:
+        node.start().wait_ready()
+        await write_keys(node, 20)
+        fill(small_filesystem / "filler")
+        async with await node.connect() as client:
+            failed = None
+            for i in range(200):  # past whatever zeros the segment still has
+                reply = await client.request({"type": "lww_write", "key": f"big{i}", "value": big})
+                if reply["type"] == "error":
+                    failed = reply
+                    break
+            assert failed is not None, "every write was acknowledged on a full disk"
+            assert failed["code"] == 13 and "not durable" in failed["text"], failed
+            shown = await client.request({"type": "status"})
+            assert shown["type"] == "status_ok", shown
+            assert shown["durability"]["disk"] == "failing", shown["durability"]
+            assert (await client.request({"type": "lww_read", "key": "k3"}))["value"] == 3
+        (small_filesystem / "filler").unlink()
+        await eventually(
+            lambda: status(node),
+            lambda seen: seen["durability"]["disk"] == "ok",
+            "the node commits again once the disk has room",
+            20,
+        )
+        await write_keys(node, 5, prefix="after")
+        assert node.stop(timeout=60) == 0
+        wait_unlocked(data_dir)
+        node.start().wait_ready()
+        assert await read_keys(node, 20) == list(range(20))
+        assert await read_keys(node, 5, prefix="after") == list(range(5))
+
+
 # -- sealed segments ---------------------------------------------------------------------------
 
 

@@ -424,3 +424,37 @@ async def test_a_half_closed_resp_connection_gets_every_reply_from_a_durable_nod
     finally:
         node.stop()
         print(node.stderr_text())
+
+
+async def test_resp_reads_of_settled_keys_answer_while_the_log_writer_is_stuck(
+    scratch_dir: Path,
+) -> None:
+    """The same rule over RESP: a GET of a key with no write on its way needs no commit."""
+    import redis.asyncio as redis
+
+    node = durable_node(scratch_dir, resp=True, commit_timeout_ms=COMMIT_TIMEOUT_MS)
+    resp_port = int(node.config.read_text().split("resp_port = ")[1].split()[0])
+    timeout_s = COMMIT_TIMEOUT_MS / 1000
+    client = redis.Redis(host=LOOPBACK, port=resp_port, protocol=2)
+    try:
+        assert await client.execute_command("MVREG", "SET", "before", "b") == b"OK"
+        assert await client.execute_command("TREG", "SET", "flag", "on", "7") == b"OK"
+        with stopped(log_writer_pid(node)):
+            started = time.monotonic()
+            with pytest.raises(redis.ResponseError, match="disk stalled"):
+                await client.execute_command("MVREG", "SET", "during", "d")
+            assert time.monotonic() - started > timeout_s * 0.8
+            started = time.monotonic()
+            assert await client.execute_command("MVREG", "GET", "before") == [b"b"]
+            assert await client.execute_command("TREG", "GET", "flag") == [b"on", 7]
+            assert await client.execute_command("PING") is True
+            assert time.monotonic() - started < timeout_s
+            started = time.monotonic()
+            with pytest.raises(redis.ResponseError, match="disk stalled"):
+                await client.execute_command("MVREG", "GET", "during")  # never shown undurable
+            assert time.monotonic() - started > timeout_s * 0.8
+        assert await client.execute_command("MVREG", "GET", "during") == [b"d"]
+    finally:
+        await client.aclose()
+        node.stop()
+        print(node.stderr_text())
