@@ -390,6 +390,12 @@ def flag_as_branch(data_file: Path, marker: bytes) -> None:
     raise AssertionError(f"no leaf page holds {marker!r}")
 
 
+def test_a_page_that_crashes_lmdb_is_refused_with_one_line_not_an_abort(filled: Cluster) -> None:
+    """LMDB aborts on this page; the child that reads the file first dies instead of the node."""
+    flag_as_branch(filled.data_file, f"value-{KEYS // 2:06d}-".encode())
+    assert_refused(filled.serve_once(), filled.data_file, "LMDB died of SIGABRT reading it")
+
+
 async def test_salvage_copies_what_lmdb_can_read_of_pages_that_crash_it(filled: Cluster) -> None:
     flag_as_branch(filled.data_file, f"value-{KEYS // 2:06d}-".encode())
     node = filled.node("--salvage")
