@@ -11,7 +11,9 @@ supervisor holds (`replica serve --watch-fd`): the kernel closes that end
 however the supervisor dies, and the node, seeing end of file, stops as
 cleanly as on SIGTERM.  The nodes write their logs, whose lines name their
 node, straight to the supervisor's stdout rather than through it, so what a
-node logs while stopping after its supervisor's death is still seen.
+node logs while stopping after its supervisor's death is still seen.  A
+node is started only once nothing holds its data dir (for up to 30 s), so a
+cluster started right after such a death waits for its old nodes to finish.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import sys
 from pathlib import Path
 
 from replica.config import ClusterConfig
+from replica.data_dir import lock_holder
 
 STOP_GRACE_SECONDS = 5.0
+DATA_DIR_WAIT_SECONDS = 30.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -39,6 +43,10 @@ async def cluster_up(config_path: Path, config: ClusterConfig, log_level: str) -
     died: list[str] = []
     try:
         for node in config.nodes:
+            if node.data_dir is not None:
+                await _wait_for_data_dir(node.id, Path(node.data_dir), stop)
+            if stop.is_set():
+                break
             watch, lifeline = os.pipe()  # neither end inheritable but through pass_fds
             lifelines.append(lifeline)
             try:
@@ -59,6 +67,27 @@ async def cluster_up(config_path: Path, config: ClusterConfig, log_level: str) -
         for fd in lifelines:
             os.close(fd)
     return 0 if stop.is_set() and not died else 1
+
+
+async def _wait_for_data_dir(node_id: str, data_dir: Path, stop: asyncio.Event) -> None:
+    """Until nothing holds the node's data dir, for at most DATA_DIR_WAIT_SECONDS.
+
+    A node of a cluster stopped a moment ago (its supervisor killed, say)
+    holds it while it checkpoints on its way out; started meanwhile, the new
+    node would refuse the dir as in use.  Past the wait it is started anyway
+    and says what holds it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DATA_DIR_WAIT_SECONDS
+    told = False
+    while not stop.is_set() and loop.time() < deadline:
+        holder = lock_holder(data_dir)
+        if holder is None:
+            return
+        if not told:
+            print(f"cluster: {node_id}'s data dir is held by pid {holder}; waiting", flush=True)
+            told = True
+        await asyncio.sleep(0.05)
 
 
 async def _start_node(

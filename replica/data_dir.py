@@ -89,6 +89,32 @@ def lock_dir(path: Path, wait_s: float) -> int:
     return fd
 
 
+def lock_holder(path: Path) -> int | None:
+    """The pid holding `path`'s lock (0 when it wrote none), or None when nothing holds it.
+
+    For a supervisor that starts a node over a data dir a stopping node may
+    still hold: it can wait instead of having the new node refuse the dir.
+    """
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR)
+    except OSError:
+        return None  # no lock file yet: nothing holds it
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return int(os.pread(fd, 32, 0).decode().strip())
+            except (OSError, ValueError):
+                return 0
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _holder_alive(fd: int) -> bool:
     """Whether the pid the lock's holder wrote is a live process (unknown counts as alive)."""
     try:

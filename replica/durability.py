@@ -339,7 +339,7 @@ class Durability:
             await self._drain()
             if self.failures > before:
                 log.error("closing with %d keys not durable", len(self._dirty))
-        self.store.close()
+        self.store.close(clean=not self._dirty)  # else the next start takes a new actor
 
     async def _drain(self) -> None:
         """Until every commit on its way has its result."""

@@ -63,7 +63,7 @@ def init(node: Node, body: Body, src: str | None) -> Body:
 
 def mv_write(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
-    value = require_value(body, "value")
+    value = require_value(body, "value", checked=node.integers_checked)
     raw_context = body.get("context")
     context = (
         None
@@ -100,7 +100,7 @@ def mv_merge(node: Node, body: Body, src: str | None) -> Body | None:
 
 def kv_put(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
-    value = require_value(body, "value")
+    value = require_value(body, "value", checked=node.integers_checked)
     clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER)
     result = node.keyspaces.kv_put(key, value, clock)
     reply: Body = {"type": "kv_put_ok", "status": result.status}
@@ -118,7 +118,7 @@ def kv_get(node: Node, body: Body, src: str | None) -> Body:
 
 def kv_resolve(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
-    value = require_value(body, "value")
+    value = require_value(body, "value", checked=node.integers_checked)
     clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER)
     try:
         node.keyspaces.kv_resolve(key, value, clock)
@@ -141,7 +141,7 @@ def kv_merge(node: Node, body: Body, src: str | None) -> Body | None:
 
 def mvcc_put(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
-    value = require_value(body, "value")
+    value = require_value(body, "value", checked=node.integers_checked)
     timestamp = optional_count(body, "timestamp")
     try:
         version, ts = node.keyspaces.mvcc_put(key, value, timestamp)
@@ -217,7 +217,7 @@ def _version_view(version: Version, number: int) -> Body:
 
 def lww_write(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
-    value = require_value(body, "value")
+    value = require_value(body, "value", checked=node.integers_checked)
     timestamp = optional_count(body, "timestamp")
     try:
         ts = node.keyspaces.lww_write(key, value, timestamp)

@@ -10,10 +10,10 @@ the contract defines becomes its code, and anything unexpected is logged with
 its traceback and answered with error 13 while the node keeps serving.
 
 An integer outside what the encoder writes back, [-2**63, 2**64 - 1], is
-error 12 here at the door: the decoder would read it as an inexact float.
-Only a line holding a run of 19 or more digits (found by a translate and a
-find, both in C) is parsed a second time, by `json`, to tell such integers
-apart from long digit runs in strings or fractions.
+error 12 at the door: the decoder reads it as an inexact float.  Fields that
+must be integers refuse floats anyway; a value holding a float with no
+fraction of magnitude 2**63 or more is `Suspect`, and only then is the line
+parsed a second time, by `json`, to tell such an integer from a real float.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from replica import handlers
-from replica.crdt.malformed import Malformed
+from replica.crdt.malformed import Malformed, Suspect
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, Keyspaces
 from replica.replicator import Replicator
@@ -45,8 +45,6 @@ LINE = orjson.OPT_APPEND_NEWLINE  # every encoded message is one line
 DEFAULT_MVCC_RETENTION_MS = 3_600_000
 MIN_INTEGER = -(1 << 63)  # the range of integers the encoder writes back: i64 and u64
 MAX_INTEGER = (1 << 64) - 1
-_DIGITS_AS_ZERO = bytes(b"0"[0] if b"0"[0] <= b <= b"9"[0] else b for b in range(256))
-_LONG_DIGIT_RUN = b"0" * 19  # every integer outside the range has at least 19 digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +72,8 @@ class Node:
         self.node_ids: list[str] = list(node_ids)
         self.settings = settings or NodeSettings()
         self.next_msg_id = 0
+        self.line = b""  # the request line being handled, read again only for a `Suspect` value
+        self.integers_checked = False  # while handling it again, that line checked
         self.keyspaces = Keyspaces(
             node_id or "",
             mvcc_retention_ms=self.settings.mvcc_retention_ms,
@@ -117,28 +117,19 @@ class Node:
             return self.error_line(ErrorCode.MALFORMED_REQUEST, f"not valid JSON: {exc}")
         if type(message) is not dict:
             return self.error_line(ErrorCode.MALFORMED_REQUEST, "a message must be a JSON object")
-        refusal = None
-        if _LONG_DIGIT_RUN in line.translate(_DIGITS_AS_ZERO) and (big := _big_integer(line)):
-            refusal = (
-                f"integer {big} is outside the range a node stores exactly: "
-                f"{MIN_INTEGER} to {MAX_INTEGER}"
-            )
+        self.line = line
         if "type" not in message and "body" in message:
-            return self._handle_envelope(message, refusal)
-        reply = (
-            self.handle_body(message, None) if refusal is None else self._refuse(message, refusal)
-        )
+            return self._handle_envelope(message)
+        reply = self.handle_body(message, None)
         return None if reply is None else orjson.dumps(reply, option=LINE)
 
-    def _handle_envelope(self, message: Body, refusal: str | None) -> bytes | None:
+    def _handle_envelope(self, message: Body) -> bytes | None:
         body = message["body"]
         src = message.get("src")
         if not isinstance(body, dict):
             reply: Body | None = self._error(
                 None, ErrorCode.MALFORMED_REQUEST, "field 'body' must be an object"
             )
-        elif refusal is not None:
-            reply = self._refuse(body, refusal)
         else:
             src_id = src if isinstance(src, str) else None
             reply = self.handle_body(body, src_id)
@@ -183,7 +174,10 @@ class Node:
                 msg_id, ErrorCode.TEMPORARILY_UNAVAILABLE, "node not initialised: send init first"
             )
         try:
-            reply = handler(self, body, src)
+            try:
+                reply = handler(self, body, src)
+            except Suspect:
+                reply = self._handle_checked(handler, body, src)
         except Malformed as exc:
             return self._error(msg_id, ErrorCode.MALFORMED_REQUEST, str(exc))
         except RequestError as exc:
@@ -199,12 +193,24 @@ class Node:
         self.next_msg_id = next_id + 1
         return reply
 
-    def _refuse(self, body: Body, text: str) -> Body:
-        """Error 12 for a body that was read but must not be handled."""
-        msg_id = body.get("msg_id")
-        return self._error(
-            msg_id if type(msg_id) is int else None, ErrorCode.MALFORMED_REQUEST, text
-        )
+    def _handle_checked(self, handler: Handler, body: Body, src: str | None) -> Body | None:
+        """After a `Suspect` value: refuse the line if it holds an integer beyond 64 bits.
+
+        The decoder reads such an integer as a float, so a value holding a
+        float that may be one is refused when the line holds one, and handled
+        again otherwise: only such rare requests read their line a second time.
+        """
+        big = _big_integer(self.line)
+        if big is not None:
+            raise Malformed(
+                f"integer {big} is outside the range a node stores exactly: "
+                f"{MIN_INTEGER} to {MAX_INTEGER}"
+            )
+        self.integers_checked = True
+        try:
+            return handler(self, body, src)
+        finally:
+            self.integers_checked = False
 
     def _error(self, msg_id: int | None, code: ErrorCode, text: str) -> Body:
         reply: Body = {"type": "error", "code": int(code), "text": text}

@@ -137,7 +137,9 @@ class Store(Protocol):
         """What `status` shows of the store, beyond the commits."""
         ...
 
-    def close(self) -> None: ...
+    def close(self, *, clean: bool = True) -> None:
+        """Release the store; `clean` False: the node leaves writes that never became durable."""
+        ...
 
 
 def new_actor(node_id: str, taken: Iterable[str] = ()) -> str:
@@ -193,7 +195,7 @@ class MemoryStore:
     def status(self) -> dict[str, Any]:
         return {}
 
-    def close(self) -> None:
+    def close(self, *, clean: bool = True) -> None:
         pass
 
 
@@ -554,12 +556,14 @@ class LmdbStore:
         self._incarnation = True
         return actor
 
-    def close(self) -> None:
+    def close(self, *, clean: bool = True) -> None:
         """Checkpoint everything, so the next start replays nothing; then let the data dir go.
 
         A checkpoint that fails here loses nothing: the log keeps every
         commit, and the next start replays it, under a new actor: only a
-        close whose checkpoint succeeded marks the stop clean.
+        close whose checkpoint succeeded marks the stop clean, and only when
+        `clean` says the node made every write it took durable (in "async"
+        mode a write that never was may have reached peers with its dot).
         """
         if self._closed:
             return
@@ -568,7 +572,7 @@ class LmdbStore:
                 self.begin_writes()  # its writer checkpoints the log at close
             if self._link is not None:
                 self._link.close()
-            if self._incarnation:
+            if self._incarnation and clean:
                 with self.env.begin(write=True) as txn:
                     txn.put(CLEAN_STOP_KEY, b"1", db=self._meta)
         except (LogFailed, StorageError, self._lmdb.Error) as exc:

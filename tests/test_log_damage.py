@@ -26,7 +26,8 @@ import pytest
 
 from replica.commit_log import HEADER, frame, parse, segment_name
 from replica.crdt.lww import LWWRegister
-from replica.keyspaces import LWW
+from replica.durability import Durability
+from replica.keyspaces import LWW, Keyspaces
 from replica.log_manifest import MANIFEST, load_manifest
 from replica.records import encode_batch
 from replica.storage import LmdbStore, StorageError, open_store
@@ -307,6 +308,32 @@ def test_an_incarnation_is_clean_only_after_a_close_that_checkpointed(tmp_path: 
     store, third = open_store(data, "n1")
     assert third == first
     store.close()
+
+
+async def test_a_close_that_leaves_writes_not_durable_is_no_clean_stop(tmp_path: Path) -> None:
+    """In "async" mode such writes were acknowledged, and may be at peers with their dots."""
+    data = tmp_path / "n1"
+    store, first = open_store(data, "n1")
+    keyspaces = Keyspaces("n1", mvcc_retention_ms=0, actor=first)
+    durability = Durability(keyspaces, FailingStore(store), mode="async", flush_interval_ms=10_000)
+    keyspaces.mv_write("k", "acknowledged at once", None)
+    await durability.close()  # its one commit fails: the write never reached disk
+    store, second = open_store(data, "n1")
+    store.close()
+    assert second != first
+
+
+class FailingStore:
+    """A real store whose commits all fail (as on a disk that refuses every write)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def submit(self, record: bytes, done: Any) -> None:
+        asyncio.get_running_loop().call_soon(done, "OSError: [Errno 28] No space left on device")
 
 
 # -- a dead checkpointer -----------------------------------------------------------------------

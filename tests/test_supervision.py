@@ -329,6 +329,37 @@ async def test_nodes_of_a_killed_cluster_up_stop_cleanly_and_a_new_one_starts(
         assert await read_each(ports, "before") == [{"kill"}] * len(NODES)
 
 
+async def test_a_cluster_up_started_right_after_a_killed_one_waits_for_its_data_dirs(
+    scratch_dir: Path,
+) -> None:
+    """The old nodes still hold their data dirs while they stop; the new ones wait for them."""
+    config, ports = cluster_file(scratch_dir)
+    argv = replica_command("cluster", "up", "--config", str(config))
+    with supervised(argv, scratch_dir / "first.log", cwd=scratch_dir) as first:
+        await asyncio.to_thread(wait_listening, ports, first)
+        await write_everywhere(ports, "before", "kill")
+        await eventually(
+            lambda: read_each(ports, "before"),
+            lambda seen: seen == [{"kill"}] * len(NODES),
+            "the write on every node",
+        )
+        await asyncio.to_thread(first.wait_tree, len(NODES))
+        os.kill(first.pid, signal.SIGKILL)
+        with supervised(argv, scratch_dir / "second.log", cwd=scratch_dir) as second:
+
+            async def second_log() -> str:
+                return second.log_text()
+
+            await eventually(
+                second_log,
+                lambda log: all(f"{n} listening" in log for n in NODES) or "exited" in log,
+                "every node of the second cluster listening",
+            )
+            log = second.log_text()
+            assert "in use" not in log and "exited" not in log, log
+            assert await read_each(ports, "before") == [{"kill"}] * len(NODES)
+
+
 def test_serve_stops_cleanly_at_the_end_of_its_watch_fd(scratch_dir: Path) -> None:
     (port,) = free_ports(1)
     config = write_cluster(scratch_dir, ["n1"], ports=[port])

@@ -22,8 +22,23 @@ gossip wrap a value in at most a dozen more levels, well inside the 254 the
 JSON encoder can write, so a value that was accepted can always be encoded."""
 
 
+INEXACT_FROM = float(1 << 63)
+"""A float with no fraction this large may be how the decoder read an integer literal
+beyond 64 bits (it reads those as floats): such a value is `Suspect` until its line is
+checked."""
+
+
 class Malformed(ValueError):
     """A request or peer message has a missing or ill-typed field."""
+
+
+class Suspect(Malformed):
+    """A value holds a float that may be an integer literal beyond 64 bits.
+
+    Only the request's own text can tell (1e19 is a float, 10000000000000000000
+    an integer); the shell checks it and refuses the request, or handles it again
+    with that check done.
+    """
 
 
 def require_str(body: Mapping[str, Any], field: str) -> str:
@@ -47,30 +62,40 @@ def require_count(value: Any, what: str, limit: int = MAX_INT) -> int:
     return value
 
 
-def require_value(body: Mapping[str, Any], field: str) -> Any:
+def require_value(body: Mapping[str, Any], field: str, *, checked: bool = False) -> Any:
     """A client's value: any JSON value, present, nested at most `MAX_VALUE_DEPTH` deep.
 
-    Scalars, the common case, cost one type test; containers are walked level by level.
+    Raises `Suspect` for a float that may be an integer beyond 64 bits, unless the
+    request's text was `checked` for those.  Scalars, the common case, cost a type
+    test or two; containers are walked level by level.
     """
     if field not in body:
         raise Malformed(f"field {field!r} is required")
     value = body[field]
     kind = type(value)
     if kind is list or kind is dict:
-        _check_depth(value, field)
+        _check_depth(value, field, checked)
+    elif kind is float and not checked and _inexact(value):
+        raise Suspect(f"field {field!r} may hold an integer beyond 64 bits")
     return value
 
 
-def _check_depth(value: list[Any] | dict[str, Any], field: str) -> None:
+def _inexact(number: float) -> bool:
+    return abs(number) >= INEXACT_FROM and number.is_integer()
+
+
+def _check_depth(value: list[Any] | dict[str, Any], field: str, checked: bool) -> None:
     level = [value]
     depth = 1
     while True:
-        inner = [
+        children = [
             child
             for container in level
             for child in (container.values() if type(container) is dict else container)
-            if type(child) is list or type(child) is dict
         ]
+        if not checked and any(type(c) is float and _inexact(c) for c in children):
+            raise Suspect(f"field {field!r} may hold an integer beyond 64 bits")
+        inner = [child for child in children if type(child) is list or type(child) is dict]
         if not inner:
             return
         depth += 1
