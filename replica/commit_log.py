@@ -188,6 +188,21 @@ def sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def replace_durably(path: Path, data: bytes, tmp: Path) -> None:
+    """Make `data` the content of `path` all at once, durably: written to `tmp`, then renamed."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with memoryview(data) as view:
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    sync_directory(path.parent)
+
+
 def remove_segments(directory: Path, seqs: Iterable[int]) -> None:
     for seq in seqs:
         (directory / segment_name(seq)).unlink(missing_ok=True)

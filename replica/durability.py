@@ -113,6 +113,7 @@ class Durability:
         self.keys_committed = 0
         self.failures = 0
         self.timeouts = 0  # barriers failed because the disk took longer than the timeout
+        self.unsettled_reads = 0  # reads that showed a change still on its way to disk
         self.last_error: str | None = None
         self._failing = False  # the latest commit to end failed
         self._closed = False
@@ -136,6 +137,16 @@ class Durability:
     def all_settled(self) -> bool:
         """True when no change at all is on its way to disk (or in "async" mode)."""
         return self.mode == ASYNC or not (self._dirty or self._in_flight)
+
+    def note_read(self, keyspace: str, key: str) -> None:
+        """A request showed this key's state: count it when a change to it is not yet durable.
+
+        A transport compares `unsettled_reads` before and after a request, as it
+        does `changes`: such a reply waits for the commit, so no client sees a
+        value a crash could still lose.
+        """
+        if (self._dirty or self._in_flight) and not self.settled(keyspace, key):
+            self.unsettled_reads += 1
 
     def status(self) -> dict[str, Any]:
         """The counters `status` shows, and the disk's state: "ok", "stalled" or "failing".

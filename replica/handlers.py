@@ -32,7 +32,7 @@ from replica.crdt.malformed import (
 from replica.crdt.mv_register import MVRegister, Sibling
 from replica.crdt.mvcc import TimestampConflict, Version, VersionChain
 from replica.errors import ErrorCode, RequestError
-from replica.keyspaces import KV, MV, TooFarAhead
+from replica.keyspaces import KV, LWW, MV, MVCC, TooFarAhead
 
 if TYPE_CHECKING:
     from replica.node import Node
@@ -78,7 +78,9 @@ def mv_write(node: Node, body: Body, src: str | None) -> Body:
 
 
 def mv_read(node: Node, body: Body, src: str | None) -> Body:
-    register = node.keyspaces.mv.get(require_str(body, "key"))
+    key = require_str(body, "key")
+    node.shown(MV, key)
+    register = node.keyspaces.mv.get(key)
     if register is None:
         return {"type": "mv_read_ok", "values": [], "context": {}}
     values, context = register.read_view()
@@ -112,7 +114,9 @@ def kv_put(node: Node, body: Body, src: str | None) -> Body:
 
 
 def kv_get(node: Node, body: Body, src: str | None) -> Body:
-    siblings = node.keyspaces.kv.get(require_str(body, "key"))
+    key = require_str(body, "key")
+    node.shown(KV, key)
+    siblings = node.keyspaces.kv.get(key)
     return {"type": "kv_get_ok", "values": [] if siblings is None else siblings.to_wire()}
 
 
@@ -159,6 +163,7 @@ def mvcc_get(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     read_timestamp = optional_count(body, "read_timestamp")
     _check_horizon(node, read_timestamp)
+    node.shown(MVCC, key)
     found = node.keyspaces.mvcc_read(key, read_timestamp)
     if found is None:
         at = "" if read_timestamp is None else f" at or before timestamp {read_timestamp}"
@@ -174,6 +179,7 @@ def mvcc_snapshot(node: Node, body: Body, src: str | None) -> Body:
     _check_horizon(node, read_timestamp)
     values: Body = {}
     for key in keys:
+        node.shown(MVCC, key)
         found = node.keyspaces.mvcc_read(key, read_timestamp)
         values[key] = None if found is None else _version_view(*found)
     return {"type": "mvcc_snapshot_ok", "values": values}
@@ -228,6 +234,7 @@ def lww_write(node: Node, body: Body, src: str | None) -> Body:
 
 def lww_read(node: Node, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
+    node.shown(LWW, key)
     register = node.keyspaces.lww.get(key)
     if register is None:
         raise RequestError(ErrorCode.KEY_DOES_NOT_EXIST, f"no value for {key!r}")

@@ -18,14 +18,13 @@ JSON), so damage to it is seen as damage to a segment is.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from replica.commit_log import CorruptLog, frame, parse, sync_directory
+from replica.commit_log import CorruptLog, frame, parse, replace_durably
 
 MANIFEST = "log-manifest"
 MANIFEST_TMP = "log-manifest.tmp"
@@ -88,18 +87,7 @@ class Manifest:
 
     def save(self, directory: Path) -> None:
         """Replace the manifest in `directory` with this one, durably."""
-        tmp = directory / MANIFEST_TMP
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            data = self.encode()
-            written = 0
-            while written < len(data):
-                written += os.write(fd, data[written:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / MANIFEST)
-        sync_directory(directory)
+        replace_durably(directory / MANIFEST, self.encode(), directory / MANIFEST_TMP)
 
 
 def load_manifest(directory: Path) -> Manifest | None:

@@ -30,7 +30,6 @@ been acknowledged.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,9 +38,9 @@ from replica.commit_log import (
     frame,
     list_segments,
     remove_segments,
+    replace_durably,
     scan_segment,
     segment_name,
-    sync_directory,
     truncate_segment,
     written_end,
 )
@@ -180,15 +179,5 @@ class _Recovery:
 def _rewrite(path: Path, payloads: list[bytes]) -> int:
     """Replace a segment by the records read from it, durably; the new length."""
     data = frame(payloads)
-    tmp = path.with_name(path.name + ".salvaged")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    sync_directory(path.parent)
+    replace_durably(path, data, path.with_name(path.name + ".salvaged"))
     return len(data)

@@ -102,6 +102,11 @@ class Node:
         peers = [n for n in self.node_ids if n != self.node_id]
         self.replicator = Replicator(self, peers) if peers else None
 
+    def shown(self, keyspace: str, key: str) -> None:
+        """A reply is about to show the key's state (see `Durability.note_read`)."""
+        if self.durability is not None:
+            self.durability.note_read(keyspace, key)
+
     def envelope(self, dest: str, body: Body) -> bytes:
         """Encode a message of our own to `dest`, numbering it."""
         body["msg_id"] = self.take_msg_id()

@@ -40,7 +40,6 @@ import hiredis
 import orjson
 
 from replica.crdt.malformed import MAX_INT
-from replica.durability import Durability
 from replica.keyspaces import LWW, MV, TooFarAhead
 from replica.node import Node
 from replica.tcp import ServedConnection, TcpServer
@@ -73,24 +72,6 @@ def integer(value: int) -> bytes:
 
 def array(items: list[bytes]) -> bytes:
     return b"*%d\r\n%s" % (len(items), b"".join(items))
-
-
-READ_KEYSPACES = {b"MVREG": MV, b"TREG": LWW}
-SHOWS_NO_STATE = frozenset({b"PING", b"ECHO", b"QUIT", b"HELLO", b"CLIENT", b"COMMAND", b"SELECT"})
-
-
-def _reads_settled(request: Args, durability: Durability) -> bool:
-    """False when the command may show or change a key's state not yet on disk."""
-    name = request[0].upper()
-    if name in SHOWS_NO_STATE:
-        return True
-    keyspace = READ_KEYSPACES.get(name)
-    if keyspace is None or len(request) != 3 or request[1].upper() != b"GET":
-        return False
-    try:
-        return durability.settled(keyspace, request[2].decode())
-    except UnicodeDecodeError:
-        return True  # refused: it shows nothing
 
 
 def error(text: str) -> bytes:
@@ -163,7 +144,9 @@ class Commands:
             return OK
         if sub == b"GET":
             _arity("mvreg|get", args, 2)
-            register = self.node.keyspaces.mv.get(_text(args[1], "key"))
+            key = _text(args[1], "key")
+            self.node.shown(MV, key)
+            register = self.node.keyspaces.mv.get(key)
             if register is None:
                 return EMPTY_ARRAY
             return array([bulk(_value_bytes(v)) for v in register.values()])
@@ -175,7 +158,9 @@ class Commands:
         sub = args[0].upper() if args else b""
         if sub == b"GET":
             _arity("treg|get", args, 2)
-            register = self.node.keyspaces.lww.get(_text(args[1], "key"))
+            key = _text(args[1], "key")
+            self.node.shown(LWW, key)
+            register = self.node.keyspaces.lww.get(key)
             if register is None:
                 return EMPTY_ARRAY
             return array([bulk(_value_bytes(register.value)), integer(register.timestamp)])
@@ -300,13 +285,11 @@ class RespConnection(ServedConnection):
         self.reader = hiredis.Reader(notEnoughData=False)
         self.pending = 0
         self.commands = Commands(node)
-        self.executed: list[Args] = []  # the commands of the latest input, for `reads_settled`
 
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         """The replies to every complete command in the input so far; True to close after."""
         replies: list[bytes] = []
         execute, join = self.commands.execute, b"".join
-        executed = self.executed = []
         self.reader.feed(data)
         completed = False
         while True:
@@ -329,7 +312,6 @@ class RespConnection(ServedConnection):
             if size > self.limit:
                 replies.append(self._too_long())
                 return replies, True
-            executed.append(request)
             try:
                 replies.append(execute(request))
             except Exception:  # every command answers for itself; this is a bug
@@ -348,9 +330,6 @@ class RespConnection(ServedConnection):
             replies.append(self._too_long())
             return replies, True
         return replies, False
-
-    def reads_settled(self, durability: Durability) -> bool:
-        return all(_reads_settled(request, durability) for request in self.executed)
 
     def _too_long(self) -> bytes:
         log.info("closing RESP connection %s: request over max_line_bytes", self.peer)

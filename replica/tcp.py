@@ -37,10 +37,9 @@ from typing import Any, cast
 import orjson
 
 from replica import peer_handshake
-from replica.durability import Durability, barrier_failure
+from replica.durability import barrier_failure
 from replica.errors import ErrorCode
 from replica.framing import LineFramer
-from replica.keyspaces import KV, LWW, MV, MVCC
 from replica.node import Node
 
 log = logging.getLogger("replica.tcp")
@@ -83,15 +82,6 @@ class ServedConnection(asyncio.Protocol):
         """The held replies, rewritten as errors because their commit failed."""
         raise NotImplementedError
 
-    def reads_settled(self, durability: Durability) -> bool:
-        """True when the requests `replies_to` last answered only read settled keys.
-
-        Asked only of input that changed nothing while some change is on its
-        way to disk: such replies go out at once, with no barrier.  False,
-        the default, makes them wait for every change so far.
-        """
-        return False
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
@@ -115,12 +105,9 @@ class ServedConnection(asyncio.Protocol):
         if durability is None or not durability.holds_replies:
             replies, close = self.replies_to(data)
         else:
-            changes = durability.changes
+            changes, reads = durability.changes, durability.unsettled_reads
             replies, close = self.replies_to(data)
-            if replies and (
-                durability.changes != changes
-                or not (durability.all_settled() or self.reads_settled(durability))
-            ):
+            if replies and (durability.changes != changes or durability.unsettled_reads != reads):
                 barrier = durability.barrier()
         if close:
             self.input_done = True
@@ -222,8 +209,7 @@ class Connection(ServedConnection):
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         handle_line = self.node.handle_line
         replies = []
-        self.lines = lines = self.framer.feed(data)
-        for line in lines:
+        for line in self.framer.feed(data):
             try:
                 reply = handle_line(line)
             except Exception:  # the node answers every request itself; this is a bug
@@ -248,46 +234,10 @@ class Connection(ServedConnection):
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         return [_not_durable(reply, failure) for reply in replies]
 
-    def reads_settled(self, durability: Durability) -> bool:
-        # Decoded a second time, only while some change is on its way to disk.
-        return all(_reads_settled(line, durability) for line in self.lines)
-
 
 _Held = tuple["asyncio.Future[None] | None", list[bytes], bool, int]
 """A chunk's replies waiting for its commit, whether the connection closes after them, and
 their size in bytes."""
-
-
-SINGLE_KEY_READS = {"mv_read": MV, "kv_get": KV, "lww_read": LWW, "mvcc_get": MVCC}
-READ_NO_KEY = frozenset({"status", "init"})
-
-
-def _reads_settled(line: bytes, durability: Durability) -> bool:
-    """False when the request may show or change a key's state not yet on disk.
-
-    Any request but a read, `status` or `init` counts as one that may; a
-    request the node cannot read answers with an error and shows nothing.
-    """
-    try:
-        message = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return True
-    if type(message) is not dict:
-        return True
-    body = message["body"] if "type" not in message and "body" in message else message
-    kind = body.get("type") if type(body) is dict else None
-    if type(kind) is not str:
-        return True
-    keyspace = SINGLE_KEY_READS.get(kind)
-    if keyspace is not None:
-        key = body.get("key")
-        return type(key) is not str or durability.settled(keyspace, key)
-    if kind == "mvcc_snapshot":
-        keys = body.get("keys")
-        return type(keys) is not list or all(
-            type(key) is not str or durability.settled(MVCC, key) for key in keys
-        )
-    return kind in READ_NO_KEY
 
 
 def _not_durable(reply: bytes, failure: str) -> bytes:

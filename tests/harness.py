@@ -74,13 +74,22 @@ class NodeProcess:
     """One `replica serve` child process."""
 
     def __init__(
-        self, config: Path, node_id: str, host: str, port: int, *, log_level: str = "info"
+        self,
+        config: Path,
+        node_id: str,
+        host: str,
+        port: int,
+        *,
+        log_level: str = "info",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
+        """`extra_args` go to every `replica serve` this starts (`--salvage`, say)."""
         self.config = config
         self.node_id = node_id
         self.host = host
         self.port = port
         self.log_level = log_level
+        self.extra_args = extra_args
         self.stderr_path = config.parent / f"{node_id}.stderr.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -89,10 +98,11 @@ class NodeProcess:
         assert self.process is not None
         return self.process.pid
 
-    def start(self) -> NodeProcess:
+    def start(self, *extra: str) -> NodeProcess:
+        """Start `replica serve`, with `extra` arguments this time only."""
         command = replica_command(
             "serve", "--config", str(self.config), "--node", self.node_id,
-            "--log-level", self.log_level,
+            "--log-level", self.log_level, *self.extra_args, *extra,
         )  # fmt: skip
         with self.stderr_path.open("ab") as stderr:
             self.process = subprocess.Popen(

@@ -171,7 +171,7 @@ class Cluster:
         self.data_file = self.data / "data.mdb"
 
     def node(self, *extra: str) -> NodeProcess:
-        return ServeProcess(self.config, "n1", LOOPBACK, self.port, extra)
+        return NodeProcess(self.config, "n1", LOOPBACK, self.port, extra_args=extra)
 
     def serve_once(self) -> subprocess.CompletedProcess[str]:
         """`replica serve` over the data dir, for a start that must fail."""
@@ -182,32 +182,6 @@ class Cluster:
             text=True,
             timeout=SERVE_TIMEOUT,
         )
-
-
-class ServeProcess(NodeProcess):
-    """A `replica serve` child with extra arguments (`--salvage`)."""
-
-    def __init__(
-        self, config: Path, node_id: str, host: str, port: int, extra: tuple[str, ...]
-    ) -> None:
-        super().__init__(config, node_id, host, port)
-        self.extra = extra
-
-    def start(self) -> NodeProcess:
-        command = replica_command(
-            "serve", "--config", str(self.config), "--node", self.node_id,
-            "--log-level", self.log_level, *self.extra,
-        )  # fmt: skip
-        with self.stderr_path.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                command,
-                cwd=self.config.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        return self
 
 
 def value_of(i: int) -> str:

@@ -205,7 +205,7 @@ async def test_salvage_starts_a_damaged_log_under_a_new_actor_saying_what_it_cut
         path.write_bytes(bytes(data))
         assert serve_once(node.config, node.port).returncode == 2  # never by default
         start = end - HEADER.size - len(payloads[-1])
-        start_salvaging(node)
+        node.start("--salvage")
         node.wait_ready()
         log = node.stderr_text()
         assert re.search(
@@ -217,20 +217,6 @@ async def test_salvage_starts_a_damaged_log_under_a_new_actor_saying_what_it_cut
         assert after != before and after.startswith("n1~"), (before, after)
         values = await read_keys(node)
         assert values[:-1] == list(range(KEYS - 1))  # only the damaged last write is gone
-
-
-def start_salvaging(node: NodeProcess) -> None:
-    """`node` started as `NodeProcess.start` would, with `--salvage`."""
-    command = replica_command("serve", "--config", str(node.config), "--node", "n1", "--salvage")
-    with node.stderr_path.open("ab") as stderr:
-        node.process = subprocess.Popen(
-            command,
-            cwd=node.config.parent,
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            start_new_session=True,
-        )
 
 
 # -- a torn tail is cut, with a warning --------------------------------------------------------

@@ -112,7 +112,8 @@ def test_a_split_state_counts_as_delivered_only_with_its_last_part() -> None:
     assert receiver.keyspaces.mv == node.keyspaces.mv
 
 
-def test_a_refused_batch_is_done_with_at_the_sender() -> None:
+def one_batch_sent() -> tuple[Replicator, int]:
+    """n1's replicator after pushing one key to n2, and the msg_id of that batch."""
     node = Node("n1", ["n1", "n2"])
     replicator = node.replicator
     assert replicator is not None
@@ -121,22 +122,18 @@ def test_a_refused_batch_is_done_with_at_the_sender() -> None:
     replicator.link_up("n2")
     node.keyspaces.mv_write("k", 1, None)
     replicator.push()
-    msg_id = orjson.loads(lines[0])["body"]["msg_id"]
+    return replicator, orjson.loads(lines[0])["body"]["msg_id"]
+
+
+def test_a_refused_batch_is_done_with_at_the_sender() -> None:
+    replicator, msg_id = one_batch_sent()
     replicator.on_reply("n2", {"type": "error", "code": 12, "text": "no", "in_reply_to": msg_id})
     assert replicator.tracker.pending("n2") == 0
 
 
 def test_a_batch_the_peer_could_not_make_durable_is_sent_again() -> None:
     """Error 13 from a peer's failed commit is no refusal: the keys stay owed to it."""
-    node = Node("n1", ["n1", "n2"])
-    replicator = node.replicator
-    assert replicator is not None
-    lines: list[bytes] = []
-    replicator.outbox = lambda dest, line: not lines.append(line)
-    replicator.link_up("n2")
-    node.keyspaces.mv_write("k", 1, None)
-    replicator.push()
-    msg_id = orjson.loads(lines[0])["body"]["msg_id"]
+    replicator, msg_id = one_batch_sent()
     error = {"type": "error", "code": 13, "text": "write not durable", "in_reply_to": msg_id}
     replicator.on_reply("n2", error)
     assert replicator.tracker.pending("n2") == 1

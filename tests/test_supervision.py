@@ -298,19 +298,24 @@ def test_a_signal_to_cluster_up_stops_every_node_and_helper(scratch_dir: Path, s
         stop_and_check(running, sig, ports)
 
 
+async def written_everywhere(ports: list[int], running: Supervised) -> None:
+    """Once the cluster listens, key "before" written on every node and seen on every node."""
+    await asyncio.to_thread(wait_listening, ports, running)
+    await write_everywhere(ports, "before", "kill")
+    await eventually(
+        lambda: read_each(ports, "before"),
+        lambda seen: seen == [{"kill"}] * len(NODES),
+        "the write on every node",
+    )
+
+
 async def test_nodes_of_a_killed_cluster_up_stop_cleanly_and_a_new_one_starts(
     scratch_dir: Path,
 ) -> None:
     config, ports = cluster_file(scratch_dir)
     argv = replica_command("cluster", "up", "--config", str(config))
     with supervised(argv, scratch_dir / "first.log", cwd=scratch_dir) as first:
-        await asyncio.to_thread(wait_listening, ports, first)
-        await write_everywhere(ports, "before", "kill")
-        await eventually(
-            lambda: read_each(ports, "before"),
-            lambda seen: seen == [{"kill"}] * len(NODES),
-            "the write on every node",
-        )
+        await written_everywhere(ports, first)
         tree = await asyncio.to_thread(first.wait_tree, len(NODES))
         nodes = [pid for pid, cmdline in tree.items() if role(cmdline) == "serve"]
         os.kill(first.pid, signal.SIGKILL)
@@ -336,13 +341,7 @@ async def test_a_cluster_up_started_right_after_a_killed_one_waits_for_its_data_
     config, ports = cluster_file(scratch_dir)
     argv = replica_command("cluster", "up", "--config", str(config))
     with supervised(argv, scratch_dir / "first.log", cwd=scratch_dir) as first:
-        await asyncio.to_thread(wait_listening, ports, first)
-        await write_everywhere(ports, "before", "kill")
-        await eventually(
-            lambda: read_each(ports, "before"),
-            lambda seen: seen == [{"kill"}] * len(NODES),
-            "the write on every node",
-        )
+        await written_everywhere(ports, first)
         await asyncio.to_thread(first.wait_tree, len(NODES))
         os.kill(first.pid, signal.SIGKILL)
         with supervised(argv, scratch_dir / "second.log", cwd=scratch_dir) as second:
