@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from replica.checkpointer import (
+from replica.crdt.lww import LWWRegister
+from replica.durable.checkpointer import (
     CHECKPOINT_KEY,
     CheckpointFailed,
     open_environment,
     write_sealed,
 )
-from replica.commit_log import Segment, frame
-from replica.crdt.lww import LWWRegister
-from replica.records import LWW, MV, decode_state, encode_batch, encode_removal
+from replica.durable.commit_log import Segment, frame
+from replica.durable.records import LWW, MV, decode_state, encode_batch, encode_removal
 
 MAP_SIZE = 1 << 26
 

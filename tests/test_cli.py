@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from replica.cli import main
+from replica.cli.main import main
 from tests.harness import LOOPBACK, NodeProcess, free_ports, replica_command, write_cluster
 
 NODE = '[[nodes]]\nid = "n1"\nhost = "127.0.0.1"\nport = {port}\n'

@@ -139,7 +139,7 @@ def test_status_reports_a_down_node_and_fails(scratch_dir: Path) -> None:
 
 
 def test_the_status_table_shows_each_nodes_disk_and_its_failures() -> None:
-    from replica.status_table import format_table
+    from replica.cli.status_table import format_table
 
     durable = {"mode": "sync", "failures": 2, "checkpoint_failures": 1, "checkpoints": 4}
     table = format_table(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replica.commit_log import (
+from replica.durable.commit_log import (
     FILL_CHUNK,
     HEADER,
     SECTOR,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from replica.config import ClusterConfig, ConfigError, NodeConfig, load_cluster
+from replica.cli.config import ClusterConfig, ConfigError, NodeConfig, load_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 

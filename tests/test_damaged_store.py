@@ -20,9 +20,8 @@ import orjson
 import pytest
 
 from replica.crdt.lww import LWWRegister
-from replica.keyspaces import LWW, MV
-from replica.lmdb_file import META, P_BRANCH, P_LEAF, check_data_file
-from replica.records import (
+from replica.durable.lmdb_file import META, P_BRANCH, P_LEAF, check_data_file
+from replica.durable.records import (
     CRC_RESIDUE,
     FORMAT_VERSION,
     TYPE_TAGS,
@@ -35,6 +34,7 @@ from replica.records import (
     encode_stored,
     log_entries,
 )
+from replica.keyspaces import LWW, MV
 from tests.harness import LOOPBACK, NodeProcess, free_ports, replica_command, write_cluster
 
 KEYS = 4000
@@ -114,7 +114,7 @@ def lmdb_workload(path: Path, seed: int, transactions: int) -> Iterator[Path]:
 
 
 def newest_meta_end(data_file: Path) -> tuple[int, int]:
-    """(file size, end of the newest meta's last page), read as `replica.lmdb_file` does."""
+    """(file size, end of the newest meta's last page), read as `replica.durable.lmdb_file` does."""
     raw = data_file.read_bytes()
     page_size = META.unpack_from(raw)[5]
     metas = [META.unpack_from(raw, 0), META.unpack_from(raw, page_size)]
@@ -304,7 +304,7 @@ async def test_salvage_removes_a_damaged_value_and_serves_every_other_key(
         assert values == {i: value_of(i) for i in range(KEYS) if i != 1234}
         assert await actor_of(node) != actor  # a new incarnation
         log = node.stderr_text()
-        assert " ERROR replica.storage: salvage: removed 1 damaged values" in log, log
+        assert " ERROR replica.durable.storage: salvage: removed 1 damaged values" in log, log
         assert "fails its checksum" in log, log
         assert "Traceback" not in log, log
         assert node.stop() == 0
@@ -327,7 +327,7 @@ async def test_salvage_sets_an_unreadable_data_file_aside_and_starts_from_the_lo
     try:
         node.start().wait_ready()
         log = node.stderr_text()
-        assert " ERROR replica.storage: salvage: " in log, log
+        assert " ERROR replica.durable.storage: salvage: " in log, log
         assert "is cut short" in log and "the rest from the log" in log, log
         assert "Traceback" not in log, log
         await fill(node, 10)  # it takes writes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replica.delta_tracker import DeltaTracker
+from replica.replication.delta_tracker import DeltaTracker
 
 A = ("mv", "a")
 B = ("mv", "b")

@@ -5,7 +5,13 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replica.digest import BUCKETS, KeyspaceDigest, bucket_of, compare_keys, differing_buckets
+from replica.replication.digest import (
+    BUCKETS,
+    KeyspaceDigest,
+    bucket_of,
+    compare_keys,
+    differing_buckets,
+)
 
 states = st.dictionaries(st.text(max_size=6), st.binary(max_size=8), max_size=30)
 

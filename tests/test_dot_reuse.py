@@ -48,7 +48,7 @@ async def hung_disk_then_kill_9(cluster: ProxiedCluster) -> tuple[str, list[Any]
     """Run the scenario; returns n1's actor before the crash and the acknowledged write's dot."""
     data_dir = cluster.directory / "data" / "n1"
     before = (await cluster.request("n1", {"type": "status"}))["actor"]
-    (writer,) = helper_pids(data_dir)["replica.log_writer"]
+    (writer,) = helper_pids(data_dir)["replica.durable.log_writer"]
     os.kill(writer, signal.SIGSTOP)
     stuck = await JsonClient.connect("127.0.0.1", cluster.ports["n1"])
     try:
@@ -57,7 +57,7 @@ async def hung_disk_then_kill_9(cluster: ProxiedCluster) -> tuple[str, list[Any]
     finally:
         await stuck.close()
         await cluster.kill("n1")
-        for pid in helper_pids(data_dir)["replica.log_writer"]:
+        for pid in helper_pids(data_dir)["replica.durable.log_writer"]:
             os.kill(pid, signal.SIGKILL)  # a stopped process still takes SIGKILL
     await asyncio.to_thread(wait_unlocked, data_dir)
     await cluster.restart("n1", wipe=False)

@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from replica import durability as durability_module
-from replica.config import ConfigError, parse_cluster
+from replica.cli.config import ConfigError, parse_cluster
 from replica.crdt.mv_register import MVRegister
-from replica.durability import Durability, NotDurable
+from replica.durable import durability as durability_module
+from replica.durable.durability import Durability, NotDurable
+from replica.durable.log_link import Done
+from replica.durable.records import log_entries
+from replica.durable.storage import CheckpointFailed, LmdbStore, MemoryStore, open_store
 from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
-from replica.log_link import Done
-from replica.node import Node
-from replica.records import log_entries
-from replica.storage import CheckpointFailed, LmdbStore, MemoryStore, open_store
-from replica.tcp import serve_tcp
+from replica.node.router import Node
+from replica.transports.tcp import serve_tcp
 from tests.harness import (
     CONVERGE_TIMEOUT,
     LOOPBACK,
@@ -596,7 +596,10 @@ async def test_a_full_lmdb_map_fails_commits_once_a_checkpoint_fails(tmp_path: P
 
 def helper_pids(data_dir: Path) -> dict[str, list[int]]:
     """The log writer and checkpointer processes working on `data_dir`, by their command lines."""
-    pids: dict[str, list[int]] = {"replica.log_writer": [], "replica.checkpointer": []}
+    pids: dict[str, list[int]] = {
+        "replica.durable.log_writer": [],
+        "replica.durable.checkpointer": [],
+    }
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -616,7 +619,10 @@ async def test_the_log_writer_and_checkpointer_go_when_their_node_is_killed(
     (port,) = free_ports(1)
     node = durable_node(scratch_dir, port)
     data_dir = (scratch_dir / "data" / "n1").resolve()
-    none: dict[str, list[int]] = {"replica.log_writer": [], "replica.checkpointer": []}
+    none: dict[str, list[int]] = {
+        "replica.durable.log_writer": [],
+        "replica.durable.checkpointer": [],
+    }
     try:
         node.start().wait_ready()
         acked = await pipelined_writes(node, 0, 200)
@@ -650,7 +656,7 @@ async def test_a_killed_log_writer_fails_its_commits_and_a_new_one_takes_over(
     try:
         node.start().wait_ready()
         acked = await pipelined_writes(node, 0, 100)
-        (writer,) = helper_pids(data_dir)["replica.log_writer"]
+        (writer,) = helper_pids(data_dir)["replica.durable.log_writer"]
         os.kill(writer, signal.SIGKILL)
         deadline = time.monotonic() + 20
         replies: list[dict[str, Any]] = []
@@ -663,7 +669,7 @@ async def test_a_killed_log_writer_fails_its_commits_and_a_new_one_takes_over(
                 assert reply["code"] == 13, reply  # not durable: an error, never an ack
                 await asyncio.sleep(0.05)
         assert replies[-1]["type"] == "lww_write_ok", replies
-        (successor,) = helper_pids(data_dir)["replica.log_writer"]
+        (successor,) = helper_pids(data_dir)["replica.durable.log_writer"]
         assert successor != writer
         async with await node.connect() as client:
             status = await client.request({"type": "status"})
@@ -701,7 +707,7 @@ async def test_writes_wait_for_a_stalled_log_writer_and_lose_nothing(scratch_dir
     value, count = "v" * 30_000, 400  # 12 MB of commits: many times what a pipe holds
     try:
         node.start().wait_ready()
-        (writer,) = helper_pids(data_dir)["replica.log_writer"]
+        (writer,) = helper_pids(data_dir)["replica.durable.log_writer"]
         os.kill(writer, signal.SIGSTOP)
         try:
             async with await node.connect() as client:

@@ -31,7 +31,7 @@ from replica.crdt.malformed import MAX_COUNTER, MAX_INT, MAX_VALUE_DEPTH, Malfor
 from replica.crdt.mv_register import MVRegister
 from replica.crdt.mvcc import Version, VersionChain
 from replica.keyspaces import KV, MV, Keyspaces, TooFarAhead, wall_clock_ms
-from replica.node import MAX_INTEGER, MIN_INTEGER, Node
+from replica.node.router import MAX_INTEGER, MIN_INTEGER, Node
 from tests.harness import (
     LOOPBACK,
     NodeProcess,

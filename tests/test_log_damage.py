@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from replica.commit_log import HEADER, frame, parse, segment_name
 from replica.crdt.lww import LWWRegister
-from replica.durability import Durability
+from replica.durable.commit_log import HEADER, frame, parse, segment_name
+from replica.durable.durability import Durability
+from replica.durable.log_manifest import MANIFEST, load_manifest
+from replica.durable.records import encode_batch
+from replica.durable.storage import LmdbStore, StorageError, open_store
 from replica.keyspaces import LWW, Keyspaces
-from replica.log_manifest import MANIFEST, load_manifest
-from replica.records import encode_batch
-from replica.storage import LmdbStore, StorageError, open_store
 from tests.harness import (
     LOOPBACK,
     START_TIMEOUT,
@@ -360,7 +360,7 @@ async def test_writes_are_acknowledged_while_the_checkpointer_is_killed(
         try:
             deadline = time.monotonic() + 40
             while len(kills) < 2 and time.monotonic() < deadline and not failures:
-                for pid in helper_pids(data_dir)["replica.checkpointer"]:
+                for pid in helper_pids(data_dir)["replica.durable.checkpointer"]:
                     if pid not in kills and checkpointer_busy(pid):
                         os.kill(pid, signal.SIGKILL)
                         kills.append(pid)

@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
-from replica import delta_compression
-from replica import node as node_module
 from replica.keyspaces import Keyspaces, wall_clock_ms
-from replica.node import Node, NodeSettings
+from replica.node.router import Node, NodeSettings
+from replica.node import router as node_module
+from replica.replication import delta_compression
 
 
 class Client:
@@ -484,7 +484,7 @@ def test_gossip_compresses_large_batches_and_a_peer_applies_them() -> None:
 def test_anti_entropy_waits_until_the_digests_are_rehashed_a_slice_per_tick(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from replica import replicator as replicator_module
+    from replica.replication import replicator as replicator_module
 
     monkeypatch.setattr(replicator_module, "REHASH_KEYS_PER_TICK", 10)
     node = make_node()

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from replica.crdt.clocked_siblings import ClockedSiblings
 from replica.crdt.mv_register import MVRegister
-from replica.node import Node
-from replica.replicator import Replicator, _split_siblings
+from replica.node.router import Node
+from replica.replication.replicator import Replicator, _split_siblings
 from tests.harness import (
     LOOPBACK,
     JsonClient,

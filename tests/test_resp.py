@@ -12,9 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from replica.config import ConfigError, parse_cluster
-from replica.node import Node
-from replica.resp import HEADER_ALLOWANCE, serve_resp
+from replica.cli.config import ConfigError, parse_cluster
+from replica.node.router import Node
+from replica.transports.resp import HEADER_ALLOWANCE, serve_resp
 from tests.harness import (
     LOOPBACK,
     NodeProcess,

@@ -257,8 +257,8 @@ def test_stdout_carries_only_messages_and_logs_go_to_stderr() -> None:
     assert [r.get("body", r)["type"] for r in replies] == ["init_ok", "error", "error"]
     assert [r["code"] for r in replies[1:]] == [12, 10]
     log = result.stderr.decode()
-    assert "n1 INFO replica.stdio: initialised as n1; peers: none" in log
-    assert "n1 DEBUG replica.stdio: end of input" in log
+    assert "n1 INFO replica.transports.stdio: initialised as n1; peers: none" in log
+    assert "n1 DEBUG replica.transports.stdio: end of input" in log
 
 
 def test_an_oversized_line_gets_error_12_and_the_next_line_is_served() -> None:

@@ -16,15 +16,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replica.cli import _recover
-from replica.commit_log import frame, parse
+from replica.cli.main import _recover
 from replica.crdt.lww import LWWRegister
 from replica.crdt.mv_register import MVRegister
 from replica.crdt.version_vector import Dot, VersionVector
-from replica.digest import BUCKETS
-from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
-from replica.node import Node
-from replica.records import (
+from replica.durable.commit_log import frame, parse
+from replica.durable.records import (
     BATCH_HEADER,
     FORMAT_VERSION,
     TYPE_TAGS,
@@ -37,7 +34,10 @@ from replica.records import (
     log_entries,
     state_of,
 )
-from replica.storage import FORMAT_MARKER, LmdbStore, MemoryStore, StorageError, open_store
+from replica.durable.storage import FORMAT_MARKER, LmdbStore, MemoryStore, StorageError, open_store
+from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
+from replica.node.router import Node
+from replica.replication.digest import BUCKETS
 from tests.harness import free_ports, replica_command
 from tests.strategies_mv import mv_registers
 from tests.strategies_types import clocked_siblings, lww_registers, version_chains
@@ -444,7 +444,7 @@ CRASHING_WRITER = """
 import os, sys
 from replica.crdt.lww import LWWRegister
 from replica.keyspaces import LWW
-from replica.storage import LmdbStore
+from replica.durable.storage import LmdbStore
 
 store = LmdbStore(sys.argv[1], checkpoint_interval_s=3600)  # none before the crash
 

@@ -23,14 +23,14 @@ from typing import Any
 import orjson
 import pytest
 
-from replica import durability as durability_module
-from replica.config import ConfigError, parse_cluster
-from replica.durability import Durability, NotDurable
+from replica.cli.config import ConfigError, parse_cluster
+from replica.durable import durability as durability_module
+from replica.durable.durability import Durability, NotDurable
+from replica.durable.log_link import Done
+from replica.durable.storage import MemoryStore
 from replica.keyspaces import LWW, MV, Keyspaces
-from replica.log_link import Done
-from replica.node import Node
-from replica.storage import MemoryStore
-from replica.tcp import serve_tcp
+from replica.node.router import Node
+from replica.transports.tcp import serve_tcp
 from tests.harness import (
     LOOPBACK,
     JsonClient,
@@ -228,7 +228,7 @@ async def test_a_read_never_overtakes_the_held_reply_to_an_earlier_write() -> No
 
 
 def test_the_status_table_shows_a_stalled_or_failing_disk() -> None:
-    from replica.status_table import format_table
+    from replica.cli.status_table import format_table
 
     stalled = {"mode": "sync", "disk": "stalled", "failures": 0}
     failing = {"mode": "sync", "disk": "failing", "failures": 3}
@@ -260,7 +260,7 @@ def durable_node(directory: Path, *, resp: bool = False, **cluster: int) -> Node
 
 def log_writer_pid(node: NodeProcess) -> int:
     found = subprocess.run(
-        ["pgrep", "-P", str(node.pid), "-f", "replica.log_writer"],
+        ["pgrep", "-P", str(node.pid), "-f", "replica.durable.log_writer"],
         capture_output=True,
         text=True,
         check=False,

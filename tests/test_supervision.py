@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from replica.commit_log import list_segments
+from replica.durable.commit_log import list_segments
 from tests.harness import (
     LOOPBACK,
     JsonClient,
@@ -103,8 +103,8 @@ def descendants(root: int) -> dict[int, str]:
 def role(cmdline: str) -> str:
     """What a process of the tree is: serve, log_writer, checkpointer or other."""
     for marker, name in (
-        ("-m replica.checkpointer ", "checkpointer"),
-        ("-m replica.log_writer ", "log_writer"),
+        ("-m replica.durable.checkpointer ", "checkpointer"),
+        ("-m replica.durable.log_writer ", "log_writer"),
         ("-m replica serve ", "serve"),
     ):
         if marker in cmdline:
@@ -255,7 +255,7 @@ def run_py_root(directory: Path) -> Path:
     (venv_bin / "python").symlink_to(sys.executable)
     replica = venv_bin / "replica"
     replica.write_text(
-        f"#!{sys.executable}\nimport sys\nfrom replica.cli import main\nsys.exit(main())\n"
+        f"#!{sys.executable}\nimport sys\nfrom replica.cli.main import main\nsys.exit(main())\n"
     )
     replica.chmod(0o755)
     digest = hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()

@@ -170,6 +170,10 @@ class ClockedSiblings:
     def to_wire(self) -> list[dict[str, Any]]:
         return [s.to_wire() for s in self.siblings]
 
+    def to_stored(self) -> list[dict[str, Any]]:
+        """The form this node's own store keeps: the wire form."""
+        return self.to_wire()
+
     @staticmethod
     def from_wire(raw: Any) -> ClockedSiblings:
         """Validate `[{value, clock}...]` and normalise it, whatever order it came in."""

@@ -52,6 +52,10 @@ class LWWRegister:
     def to_wire(self) -> dict[str, Any]:
         return {"value": self.value, "timestamp": self.timestamp, "replica": self.replica}
 
+    def to_stored(self) -> dict[str, Any]:
+        """The form this node's own store keeps: the wire form."""
+        return self.to_wire()
+
     @staticmethod
     def from_wire(raw: Any) -> LWWRegister:
         obj = require_object(raw, "an LWW register")

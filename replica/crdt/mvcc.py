@@ -143,6 +143,10 @@ class VersionChain:
             "dropped": self.dropped,
         }
 
+    def to_stored(self) -> dict[str, Any]:
+        """The form this node's own store keeps: the wire form."""
+        return self.to_wire()
+
     @staticmethod
     def from_wire(raw: Any) -> VersionChain:
         """Validate `{versions, floor, dropped}`; order and duplicate timestamps are normalised."""

@@ -3,7 +3,7 @@
 Requests are parsed by `hiredis.Reader`.  Every complete command of one
 `data_received` chunk is answered, and the replies of the chunk leave in a
 single `transport.write`, so pipelined clients get batched replies exactly as
-on the JSON port.  Backpressure and reply holding work as in `replica.tcp`: a
+on the JSON port.  Backpressure and reply holding work as in `replica.transports.tcp`: a
 connection whose unsent replies pass the high-water mark stops being read,
 and when the node commits synchronously a chunk's replies wait for the
 commit that makes its writes durable (a failed commit turns every non-error
@@ -41,10 +41,10 @@ import orjson
 
 from replica.crdt.malformed import MAX_INT
 from replica.keyspaces import LWW, MV, TooFarAhead
-from replica.node import Node
-from replica.tcp import ServedConnection, TcpServer
+from replica.node.router import Node
+from replica.transports.tcp import ServedConnection, TcpServer
 
-log = logging.getLogger("replica.resp")
+log = logging.getLogger("replica.transports.resp")
 
 HEADER_ALLOWANCE = 4096
 """Bytes beyond `max_line_bytes` an incomplete request may buffer: its array and

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from replica import delta_compression, peer_handshake
 from replica.crdt import version_vector
 from replica.crdt.clocked_siblings import ClockedSiblings, NotCovered, clock_from_wire
 from replica.crdt.lww import LWWRegister
@@ -33,10 +32,11 @@ from replica.crdt.mv_register import MVRegister, Sibling
 from replica.crdt.mvcc import TimestampConflict, Version, VersionChain
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import KV, LWW, MV, MVCC, TooFarAhead
+from replica.replication import delta_compression, peer_handshake
 
 if TYPE_CHECKING:
-    from replica.node import Node
-    from replica.replicator import Replicator
+    from replica.node.router import Node
+    from replica.replication.replicator import Replicator
 
 Body = dict[str, Any]
 State = TypeVar("State")

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from replica import __version__
-from replica.config import ClusterConfig, ConfigError, NodeConfig, load_cluster
-from replica.logs import LEVELS, configure_logging
+from replica.cli.config import ClusterConfig, ConfigError, NodeConfig, load_cluster
+from replica.cli.logs import LEVELS, configure_logging
 
 if TYPE_CHECKING:
-    from replica.node import Node
-    from replica.storage import Store
+    from replica.durable.storage import Store
+    from replica.node.router import Node
 
-log = logging.getLogger("replica.cli")
+log = logging.getLogger("replica.cli.main")
 
 Commands = argparse._SubParsersAction  # what add_subparsers returns
 
@@ -118,7 +118,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         return _config_error(message)
     configure_logging(args.log_level, me.id)
     data_dir = None if args.memory else me.data_dir
-    from replica.storage import StorageError, open_store
+    from replica.durable.storage import StorageError, open_store
 
     try:
         store, actor = open_store(data_dir, me.id, salvage=args.salvage)
@@ -147,10 +147,10 @@ async def _serve(
 async def _serve_until(
     stop: asyncio.Event, config: ClusterConfig, me: NodeConfig, store: Store | None, actor: str
 ) -> int:
-    from replica.durability import Durability
-    from replica.node import Node
-    from replica.storage import StorageError
-    from replica.tcp import serve_tcp
+    from replica.durable.durability import Durability
+    from replica.durable.storage import StorageError
+    from replica.node.router import Node
+    from replica.transports.tcp import serve_tcp
 
     node = Node(me.id, config.node_ids, config.node_settings(), actor=actor)
     _collect_less_often()
@@ -177,7 +177,7 @@ async def _serve_until(
     log.info("%s listening on %s", me.id, me.address)
     resp_server = None
     if me.resp_port is not None:
-        from replica.resp import serve_resp
+        from replica.transports.resp import serve_resp
 
         try:
             resp_server = await serve_resp(node, me.host, me.resp_port)
@@ -250,7 +250,7 @@ def _start_replication(
     peers = config.peers(me.id)
     if not peers or node.replicator is None:
         return _nothing_to_stop
-    from replica.peer_links import PeerLinks, gossip_forever
+    from replica.replication.peer_links import PeerLinks, gossip_forever
 
     links = PeerLinks(node, peers)
     links.start()
@@ -314,7 +314,7 @@ def _add_stdio(commands: Commands) -> None:
 
 
 def _run_stdio(args: argparse.Namespace) -> int:
-    from replica.node import Node, NodeSettings
+    from replica.node.router import Node, NodeSettings
 
     settings = NodeSettings(
         max_line_bytes=args.max_line_bytes,
@@ -327,7 +327,7 @@ def _run_stdio(args: argparse.Namespace) -> int:
 
 
 async def _stdio(node: Node, gossip_interval_ms: int) -> int:
-    from replica.stdio import StdioTransport
+    from replica.transports.stdio import StdioTransport
 
     transport = StdioTransport(node, gossip_interval_ms=gossip_interval_ms)
     loop = asyncio.get_running_loop()
@@ -360,7 +360,7 @@ def _run_cluster_up(args: argparse.Namespace) -> int:
         config = load_cluster(args.config)
     except ConfigError as exc:
         return _config_error(str(exc))
-    from replica.cluster_up import cluster_up
+    from replica.cli.cluster_up import cluster_up
 
     return uvloop.run(cluster_up(Path(args.config), config, args.log_level))
 
@@ -384,7 +384,7 @@ def _run_status(args: argparse.Namespace) -> int:
         config = load_cluster(args.config)
     except ConfigError as exc:
         return _config_error(str(exc))
-    from replica.status_table import cluster_status, format_table
+    from replica.cli.status_table import cluster_status, format_table
 
     rows = uvloop.run(cluster_status(config))
     print(format_table(rows))

@@ -2,7 +2,7 @@
 
 Each node dials every peer and keeps one connection per peer, on which it sends
 its own gossip and anti-entropy messages and reads the peer's answers.  A new
-connection first says `peer_hello` (see `replica.peer_handshake`) and counts as
+connection first says `peer_hello` (see `replica.replication.peer_handshake`) and counts as
 up only once the peer accepts it; a refusal is logged once per distinct reason.
 A dead or refusing peer is redialled with capped exponential backoff and
 jitter, so a cluster restarting at once does not dial in lockstep.  Sending never waits: a link that
@@ -22,10 +22,10 @@ from typing import cast
 
 import orjson
 
-from replica import peer_handshake
-from replica.framing import LineFramer
-from replica.node import Node
-from replica.replicator import Replicator
+from replica.node.router import Node
+from replica.replication import peer_handshake
+from replica.replication.replicator import Replicator
+from replica.transports.framing import LineFramer
 
 log = logging.getLogger("replica.peers")
 

@@ -36,7 +36,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from replica.records import DamagedStore, StorageError
+from replica.durable.records import DamagedStore, StorageError
 
 PAGE_HEADER = 16
 MAGIC = 0xBEEFC0DE
@@ -206,7 +206,7 @@ def _read_in_child(
     directory: Path, names: list[bytes], direction: str
 ) -> tuple[list[tuple[int, bytes, bytes]], str | None]:
     """The records a child read, and why it stopped early (None: it read everything)."""
-    argv = [sys.executable, "-m", "replica.lmdb_file", str(directory), direction]
+    argv = [sys.executable, "-m", "replica.durable.lmdb_file", str(directory), direction]
     argv += [name.hex() for name in names]
     try:
         child = subprocess.run(argv, capture_output=True, timeout=READ_TIMEOUT_S)

@@ -39,7 +39,7 @@ written but whose checksum fails, or a bad record with valid ones after it.
 A store must not start without it, unless told to salvage what it can.
 
 Which segments exist, and how long each is, is recorded apart from the files
-(`replica.log_manifest`), so that a lost or cut segment is noticed too.
+(`replica.durable.log_manifest`), so that a lost or cut segment is noticed too.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ SECTOR = 512
 _ZERO_SECTOR = bytes(SECTOR)
 _NONZERO = re.compile(rb"[^\x00]")
 
-log = logging.getLogger("replica.commit_log")
+log = logging.getLogger("replica.durable.commit_log")
 
 
 class CorruptLog(Exception):

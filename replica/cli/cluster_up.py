@@ -25,8 +25,8 @@ import signal
 import sys
 from pathlib import Path
 
-from replica.config import ClusterConfig
-from replica.data_dir import lock_holder
+from replica.cli.config import ClusterConfig
+from replica.durable.data_dir import lock_holder
 
 STOP_GRACE_SECONDS = 5.0
 DATA_DIR_WAIT_SECONDS = 30.0

@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from replica import handlers
 from replica.crdt.malformed import Malformed, Suspect
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, Keyspaces
-from replica.replicator import Replicator
+from replica.node import handlers
+from replica.replication.replicator import Replicator
 
 if TYPE_CHECKING:
-    from replica.durability import Durability
+    from replica.durable.durability import Durability
 
-log = logging.getLogger("replica.node")
+log = logging.getLogger("replica.node.router")
 
 Body = dict[str, Any]
 Handler = Callable[["Node", Body, str | None], Body | None]

@@ -28,10 +28,10 @@ import select
 import threading
 
 from replica.errors import ErrorCode
-from replica.framing import LineFramer
-from replica.node import Node
+from replica.node.router import Node
+from replica.transports.framing import LineFramer
 
-log = logging.getLogger("replica.stdio")
+log = logging.getLogger("replica.transports.stdio")
 
 READ_SIZE = 1 << 16
 
@@ -174,7 +174,7 @@ class StdioTransport:
         replicator = self.node.replicator
         if replicator is None:
             return
-        from replica.peer_links import gossip_forever
+        from replica.replication.peer_links import gossip_forever
 
         def outbox(peer: str, line: bytes) -> bool:
             self.send(line)

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from replica.config import ClusterConfig
+from replica.cli.config import ClusterConfig
 
 TIMEOUT_SECONDS = 2.0
 

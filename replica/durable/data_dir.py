@@ -22,9 +22,9 @@ import os
 import time
 from pathlib import Path
 
-from replica.commit_log import segment_seq
-from replica.log_manifest import MANIFEST, MANIFEST_TMP
-from replica.records import StorageError
+from replica.durable.commit_log import segment_seq
+from replica.durable.log_manifest import MANIFEST, MANIFEST_TMP
+from replica.durable.records import StorageError
 
 LMDB_FILES = {"data.mdb", "lock.mdb"}
 LOCK_FILE = "replica.lock"

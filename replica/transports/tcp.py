@@ -36,13 +36,13 @@ from typing import Any, cast
 
 import orjson
 
-from replica import peer_handshake
-from replica.durability import barrier_failure
+from replica.durable.durability import barrier_failure
 from replica.errors import ErrorCode
-from replica.framing import LineFramer
-from replica.node import Node
+from replica.node.router import Node
+from replica.replication import peer_handshake
+from replica.transports.framing import LineFramer
 
-log = logging.getLogger("replica.tcp")
+log = logging.getLogger("replica.transports.tcp")
 
 WRITE_HIGH_WATER = 256 * 1024  # unsent reply bytes at which a connection stops being read
 WRITE_LOW_WATER = 64 * 1024

@@ -40,18 +40,18 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from replica import delta_compression
 from replica.crdt.canonical import canonical
 from replica.crdt.malformed import Malformed, require_list, require_object, require_str
-from replica.delta_tracker import MAX_PENDING_KEYS, DeltaTracker, KeyRef
-from replica.digest import KeyspaceDigest, compare_keys, differing_buckets
 from replica.errors import ErrorCode
 from replica.keyspaces import KV, LWW, MV, MVCC
+from replica.replication import delta_compression
+from replica.replication.delta_tracker import MAX_PENDING_KEYS, DeltaTracker, KeyRef
+from replica.replication.digest import KeyspaceDigest, compare_keys, differing_buckets
 
 if TYPE_CHECKING:
-    from replica.node import Node
+    from replica.node.router import Node
 
-log = logging.getLogger("replica.replicator")
+log = logging.getLogger("replica.replication.replicator")
 
 KEYSPACES = (MV, KV, MVCC, LWW)
 MERGE_TYPE = {MV: "mv_merge", KV: "kv_merge", MVCC: "mvcc_merge", LWW: "lww_merge"}

@@ -1,7 +1,7 @@
 """Group commit: the keys a loop turn changed reach disk in one synced batch.
 
 Making a write durable costs a sync of the store's commit log (see
-`replica.storage`), and a sync costs about as much for one key as for a few
+`replica.durable.storage`), and a sync costs about as much for one key as for a few
 hundred, so committing every write on its own would cap a node at a few
 thousand writes a second.  Instead the node applies writes in memory, notes
 which keys changed (with the state each change left, while it is in the
@@ -43,11 +43,11 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
+from replica.durable.records import KEYSPACES, encode_commit
+from replica.durable.storage import KeyRef, Store
 from replica.keyspaces import Keyspaces
-from replica.records import KEYSPACES, encode_commit
-from replica.storage import KeyRef, Store
 
-log = logging.getLogger("replica.durability")
+log = logging.getLogger("replica.durable.durability")
 
 SYNC, ASYNC = "sync", "async"
 MODES = (SYNC, ASYNC)

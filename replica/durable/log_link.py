@@ -1,4 +1,4 @@
-"""The node's end of its log writer (`replica.log_writer`): commits down a pipe, results back.
+"""The node's end of its log writer (`log_writer`): commits down a pipe, results back.
 
 On the event loop (`submit`), a commit is written to the pipe without
 blocking (what the pipe cannot take waits in a buffer for the loop to say it
@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from replica.log_writer import (
+from replica.durable.log_writer import (
     APPEND,
     CHECKPOINT_LINE,
     CLOSE,
@@ -40,7 +40,7 @@ from replica.log_writer import (
     write_all,
 )
 
-log = logging.getLogger("replica.log_link")
+log = logging.getLogger("replica.durable.log_link")
 
 Done = Callable[[str | None], None]
 """Called with None once a commit is durable, or with why it is not."""
@@ -86,7 +86,7 @@ class LogLink:
         argv = [
             sys.executable,
             "-m",
-            "replica.log_writer",
+            "replica.durable.log_writer",
             str(self.path),
             str(self._checkpointed()),
             *self.settings.to_args(),

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from replica.node import NodeSettings
+    from replica.node.router import NodeSettings
 
 DEFAULT_GOSSIP_INTERVAL_MS = 200
 DEFAULT_MAX_LINE_BYTES = 1 << 20
@@ -103,7 +103,7 @@ class ClusterConfig:
         return {n.id: (n.host, n.port) for n in self.nodes if n.id != node_id}
 
     def node_settings(self) -> NodeSettings:
-        from replica.node import NodeSettings
+        from replica.node.router import NodeSettings
 
         return NodeSettings(
             max_line_bytes=self.max_line_bytes,

@@ -8,7 +8,7 @@ its throughput and put 10-35 ms spikes into its p99; on a thread of the log
 writer it would delay the writer's acknowledgements the same way.  As a
 separate process it runs on the machine's other core instead.
 
-The log writer (`replica.log_writer`) talks to it over a pipe: one line per checkpoint, the
+The log writer (`replica.durable.log_writer`) talks to it over a pipe: one line per checkpoint, the
 sequence numbers of the sealed segments separated by spaces, after the word
 `paced` for a background checkpoint (see `write_sealed`); the answer is
 `ok <keys written>` once the last LMDB transaction carrying them is synced
@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from replica.commit_log import read_segment, segment_name
-from replica.records import KEYSPACES, db_key_of, encode_stored, log_entries
+from replica.durable.commit_log import read_segment, segment_name
+from replica.durable.records import KEYSPACES, db_key_of, encode_stored, log_entries
 
 STOP_TIMEOUT_S = 30.0
 CHUNK_KEYS = 10_000
@@ -103,7 +103,7 @@ class Checkpointer:
             argv = [
                 sys.executable,
                 "-m",
-                "replica.checkpointer",
+                "replica.durable.checkpointer",
                 str(self.path),
                 str(self.map_size),
                 str(os.getpid()),

@@ -1,7 +1,7 @@
 """The log writer: a process of its own that makes a durable node's commits durable.
 
 A commit is durable once it is appended to the commit log with one `pwrite`
-of an O_DSYNC file (`replica.commit_log`): 0.15-0.3 ms of disk.  A thread of
+of an O_DSYNC file (`replica.durable.commit_log`): 0.15-0.3 ms of disk.  A thread of
 the node can wait for that without the interpreter lock, but it must take the
 lock back after every call it makes, and a busy event loop hands it over only
 at a switch interval: under 16 x 16 mv_write a commit took 2.8 ms from start
@@ -13,11 +13,11 @@ without waiting, and the writer appends everything that has arrived with one
 `pwrite`, a group commit over the node's commits.
 
 The writer owns the log: it opens a new segment when it starts (an old one's
-tail may be torn: it seals it, see `replica.log_recovery`), and a checkpoint
+tail may be torn: it seals it, see `replica.durable.log_recovery`), and a checkpoint
 thread, every few seconds or once the segment is large, moves appends to the
-next segment and has the checkpointer process (`replica.checkpointer`) write
+next segment and has the checkpointer process (`replica.durable.checkpointer`) write
 the closed ones into LMDB, then deletes them.  Each segment is listed in the
-manifest (`replica.log_manifest`) before its first append and sealed there
+manifest (`replica.durable.log_manifest`) before its first append and sealed there
 with its length when appends move on.
 
 A checkpointer that dies is replaced at once and the checkpoint retried.
@@ -26,7 +26,7 @@ While checkpoints fail, appends go on as long as the log is not at risk
 restart replays and one checkpoint must take, and the disk keeps
 `FREE_RESERVE` bytes, room for the checkpoint that ends the failures.  Past
 that, appends are refused (`CheckpointFailed`) until a checkpoint succeeds.
-Every segment's zeros fit the disk (`replica.commit_log.fitting_preallocation`).
+Every segment's zeros fit the disk (`replica.durable.commit_log.fitting_preallocation`).
 
 Protocol.  The node sends requests, each `u32 LE length | kind | body`:
 `APPEND` (the body is one log record), `CHECKPOINT` and `CLOSE` (no body).
@@ -61,8 +61,8 @@ from pathlib import Path
 
 import orjson
 
-from replica.checkpointer import Checkpointer, CheckpointerGone, CheckpointFailed
-from replica.commit_log import (
+from replica.durable.checkpointer import Checkpointer, CheckpointerGone, CheckpointFailed
+from replica.durable.commit_log import (
     FILL_CHUNK,
     Segment,
     fitting_preallocation,
@@ -71,9 +71,9 @@ from replica.commit_log import (
     remove_segments,
     truncate_segment,
 )
-from replica.log_recovery import recover_log
+from replica.durable.log_recovery import recover_log
 
-log = logging.getLogger("replica.log_writer")
+log = logging.getLogger("replica.durable.log_writer")
 
 REQUEST = struct.Struct("<IB")
 """A request's header: the body's length, then its kind."""
@@ -383,7 +383,7 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m replica.log_writer")
+    parser = argparse.ArgumentParser(prog="python -m replica.durable.log_writer")
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("checkpointed", type=int, help="the newest segment LMDB holds")
     parser.add_argument("--map-size", type=int, required=True)

@@ -11,9 +11,9 @@ the cost of making a commit durable bounds the node's write rate.  A synced
 LMDB transaction writes every B-tree page it touched, scattered over the file,
 then the meta page: about 2.3 ms for a group of a hundred keys, whatever their
 size.  So a commit is made durable by appending it to a commit log
-(`replica.commit_log`), a few tenths of a millisecond, and LMDB is written
+(`replica.durable.commit_log`), a few tenths of a millisecond, and LMDB is written
 behind the log by checkpoints.  Both are the work of the log writer, a
-process of its own (`replica.log_writer`, which says why); the store talks to
+process of its own (`replica.durable.log_writer`, which says why); the store talks to
 it through a `LogLink`.  The node holds no copy of what it logged.
 
 LMDB rather than the log alone, because it bounds the log and keeps loading a
@@ -23,9 +23,9 @@ state, so the latest one wins); the transaction of a checkpoint records the
 newest segment it covers, so segments that a crash left behind after their
 checkpoint are deleted, not replayed.  A clean close checkpoints everything,
 so the next start replays nothing.  How states and log records are encoded
-is `replica.records`.
+is `replica.durable.records`.
 
-A data dir is locked while a store has it open (`replica.data_dir`): two
+A data dir is locked while a store has it open (`replica.durable.data_dir`): two
 processes appending to one log would each overwrite the other's records.
 
 Incarnations: no dot is ever issued twice.  MV dots carry an actor id, the
@@ -33,7 +33,7 @@ node id and a random suffix, instead of the bare node id, and each
 incarnation of a data dir has one (`LmdbStore.begin_incarnation`):
 
 - a dot leaves the node, in a reply or to a peer, only once its commit is
-  durable (`replica.durability`), so every dot anyone has seen of an actor
+  durable (`replica.durable.durability`), so every dot anyone has seen of an actor
   is in its data dir's log or LMDB;
 - a clean stop ends with a checkpoint of everything, after which the store
   writes its clean marker; the next start loads every dot the actor issued,
@@ -61,14 +61,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from replica.checkpointer import CHECKPOINT_KEY, CheckpointFailed, open_environment
-from replica.commit_log import CorruptLog
-from replica.data_dir import LOCK_WAIT_S, check_dir, lock_dir, set_aside_name
-from replica.lmdb_file import check_data_file, check_in_child, readable_records
-from replica.log_link import Done, LogFailed, LogLink
-from replica.log_recovery import recover_log
-from replica.log_writer import APPEND, CHECKPOINT, LogSettings
-from replica.records import (
+from replica.durable.checkpointer import CHECKPOINT_KEY, CheckpointFailed, open_environment
+from replica.durable.commit_log import CorruptLog
+from replica.durable.data_dir import LOCK_WAIT_S, check_dir, lock_dir, set_aside_name
+from replica.durable.lmdb_file import check_data_file, check_in_child, readable_records
+from replica.durable.log_link import Done, LogFailed, LogLink
+from replica.durable.log_recovery import recover_log
+from replica.durable.log_writer import APPEND, CHECKPOINT, LogSettings
+from replica.durable.records import (
     KEYSPACES,
     DamagedStore,
     Entry,
@@ -83,7 +83,7 @@ from replica.records import (
 
 __all__ = ["CheckpointFailed", "LmdbStore", "MemoryStore", "StorageError", "Store", "open_store"]
 
-log = logging.getLogger("replica.storage")
+log = logging.getLogger("replica.durable.storage")
 
 FORMAT_MARKER = b"replica-store/4"
 READABLE_MARKERS = {b"replica-store/1", b"replica-store/2", b"replica-store/3", FORMAT_MARKER}
@@ -122,7 +122,7 @@ class Store(Protocol):
         ...
 
     def submit(self, record: bytes, done: Done) -> None:
-        """Make a log record (`replica.records`) durable; `done` gets the result on the loop."""
+        """Make a log record (see `records`) durable; `done` gets the result on the loop."""
         ...
 
     def store_batch(self, entries: list[Entry]) -> None:
@@ -417,7 +417,7 @@ class LmdbStore:
         return int(marker)
 
     def _read_log(self) -> None:
-        """Check and read the segments no checkpoint covers (`replica.log_recovery`).
+        """Check and read the segments no checkpoint covers (`replica.durable.log_recovery`).
 
         A torn tail is cut; damage is a StorageError, or cut out when salvaging.
         """

@@ -5,13 +5,13 @@ covers, to load it; each log writer runs it as it starts, reading only the
 segments that were still taking appends when their writer stopped, to seal
 them.  What it refuses, each with a `CorruptLog` of one line naming the file:
 
-- a manifest (`replica.log_manifest`) that is damaged, or missing from a data
+- a manifest (`replica.durable.log_manifest`) that is damaged, or missing from a data
   dir that has had one;
 - a listed segment that is missing;
 - a sealed segment without its recorded length of whole, valid records;
 - a segment that was taking appends and is shorter than its preallocation
   (it was truncated), or whose records are followed by damage rather than a
-  torn tail (`replica.commit_log.scan_segment`).
+  torn tail (`replica.durable.commit_log.scan_segment`).
 
 A torn tail is cut, logged at WARNING with the segment, the offset and the
 bytes.  Segments on disk that the manifest does not list are read as found: a
@@ -33,7 +33,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replica.commit_log import (
+from replica.durable.commit_log import (
     CorruptLog,
     frame,
     list_segments,
@@ -44,9 +44,9 @@ from replica.commit_log import (
     truncate_segment,
     written_end,
 )
-from replica.log_manifest import MANIFEST, Manifest, SegmentEntry, load_manifest
+from replica.durable.log_manifest import MANIFEST, Manifest, SegmentEntry, load_manifest
 
-log = logging.getLogger("replica.log_recovery")
+log = logging.getLogger("replica.durable.log_recovery")
 
 
 @dataclass

@@ -5,7 +5,7 @@ a deleted newest segment, or one cut short, reads as a log that ended
 earlier, and the commits it held would be lost without a word.  So the log
 writer records each segment here before its first append, with the zeros it
 was preallocated, and its length once it is sealed (it takes no more
-appends).  Recovery (`replica.log_recovery`) checks the files against it.
+appends).  Recovery (`replica.durable.log_recovery`) checks the files against it.
 
 It is a file of its own, `log-manifest`, replaced whole: written to a
 temporary file, synced, renamed over the old one, and the directory synced,
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from replica.commit_log import CorruptLog, frame, parse, replace_durably
+from replica.durable.commit_log import CorruptLog, frame, parse, replace_durably
 
 MANIFEST = "log-manifest"
 MANIFEST_TMP = "log-manifest.tmp"

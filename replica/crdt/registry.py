@@ -1,0 +1,122 @@
+"""The registry of data types: each type named once, with everything the shell needs of it.
+
+A node holds one keyspace per type: `mv_*` and `kv_*` messages name different
+keys even when the key string is the same.  Everything generic about a type
+(its keyspace and message prefix, its record tag, its merge message, how its
+state travels and is stored, what `status` counts of it) is read from its
+`DataType` here, so replication, durable storage, the merge handler and
+`status` serve every type through one path, and a new type is one core
+module, its handlers and one entry in `TYPES`.
+
+Every state class keeps one small contract (riak_dt's, in Python): an empty
+state stands for the absent key, `merge` is commutative, associative and
+idempotent, `to_wire` is what peers exchange and `from_wire` validates it
+(raising `Malformed`), `to_stored` is what the node's own store keeps and
+`from_stored` reads it back trusting its invariants.  Operations return new
+states; none mutates one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, Self
+
+from replica.crdt.clocked_siblings import ClockedSiblings
+from replica.crdt.lww import LWWRegister
+from replica.crdt.mv_register import MVRegister
+from replica.crdt.mvcc import VersionChain
+
+
+class State(Protocol):
+    """What every data type's state offers the shell."""
+
+    def merge(self, other: Self) -> Self: ...
+
+    def to_wire(self) -> Any: ...
+
+    def to_stored(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DataType:
+    """One data type, as the node's shell sees it."""
+
+    name: str
+    """The keyspace and the prefix of its messages (`mv` for `mv_write`, `mv_merge`)."""
+    tag: int
+    """The type tag of its stored records: never reused, so old data stays readable."""
+    empty: Any
+    """The state of an absent key (riak_dt's `new`); None for a type that has none (LWW)."""
+    from_wire: Callable[[Any], Any]
+    """A peer's state, validated; raises `Malformed`."""
+    from_stored: Callable[[Any], Any]
+    """A state this node stored, read back trusting its invariants; raises on a wrong shape."""
+    state_field: str
+    """The field of a `<name>_merge` delta that carries the state."""
+    has_siblings: bool = False
+    """Whether a state is a list of siblings: counted in `max_siblings`, split when large."""
+    newest_timestamp: Callable[[Any], int | None] | None = None
+    """The newest hybrid-clock timestamp a state carries, for the node's clock to observe."""
+
+    @property
+    def merge_type(self) -> str:
+        return f"{self.name}_merge"
+
+    def size(self, state: Any) -> int:
+        """How many siblings a state holds (0 for an absent key or a type without siblings)."""
+        return len(state.siblings) if self.has_siblings and state is not None else 0
+
+
+def _newest_version(chain: VersionChain) -> int | None:
+    newest = chain.newest()
+    return None if newest is None else newest.timestamp
+
+
+def _lww_timestamp(register: LWWRegister) -> int:
+    return register.timestamp
+
+
+MV = DataType(
+    "mv",
+    0x01,
+    MVRegister(),
+    MVRegister.from_wire,
+    MVRegister.from_stored,
+    "siblings",
+    has_siblings=True,
+)
+KV = DataType(
+    "kv",
+    0x02,
+    ClockedSiblings(),
+    ClockedSiblings.from_wire,
+    ClockedSiblings.from_stored,
+    "siblings",
+    has_siblings=True,
+)
+MVCC = DataType(
+    "mvcc",
+    0x03,
+    VersionChain(),
+    VersionChain.from_wire,
+    VersionChain.from_stored,
+    "state",
+    newest_timestamp=_newest_version,
+)
+LWW = DataType(
+    "lww",
+    0x04,
+    None,
+    LWWRegister.from_wire,
+    LWWRegister.from_stored,
+    "state",
+    newest_timestamp=_lww_timestamp,
+)
+
+TYPES: tuple[DataType, ...] = (MV, KV, MVCC, LWW)
+"""Every data type, in the order `status`, storage and anti-entropy list them."""
+BY_NAME: dict[str, DataType] = {t.name: t for t in TYPES}
+BY_TAG: dict[int, DataType] = {t.tag: t for t in TYPES}
+BY_MERGE_TYPE: dict[str, DataType] = {t.merge_type: t for t in TYPES}
+NAMES: tuple[str, ...] = tuple(BY_NAME)
