@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replica.cli.main import _recover
+from replica.cli.serve import recover as _recover
 from replica.crdt.lww import LWWRegister
 from replica.crdt.mv_register import MVRegister
 from replica.crdt.version_vector import Dot, VersionVector

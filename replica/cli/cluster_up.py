@@ -18,6 +18,7 @@ cluster started right after such a death waits for its old nodes to finish.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -25,12 +26,21 @@ import signal
 import sys
 from pathlib import Path
 
-from replica.cli.config import ClusterConfig
+import uvloop
+
+from replica.cli.config import ClusterConfig, load_cluster
+from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from replica.durable.data_dir import lock_holder
 
 STOP_GRACE_SECONDS = 5.0
 DATA_DIR_WAIT_SECONDS = 30.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run_cluster_up(args: argparse.Namespace) -> int:
+    """`replica cluster up`: ConfigError for a cluster file it cannot use."""
+    config = load_cluster(args.config)
+    return uvloop.run(cluster_up(Path(args.config), config, args.log_level))
 
 
 async def cluster_up(config_path: Path, config: ClusterConfig, log_level: str) -> int:
@@ -66,7 +76,7 @@ async def cluster_up(config_path: Path, config: ClusterConfig, log_level: str) -
         await _stop_all(children)
         for fd in lifelines:
             os.close(fd)
-    return 0 if stop.is_set() and not died else 1
+    return EXIT_OK if stop.is_set() and not died else EXIT_FAILURE
 
 
 async def _wait_for_data_dir(node_id: str, data_dir: Path, stop: asyncio.Event) -> None:

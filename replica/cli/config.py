@@ -130,6 +130,15 @@ def load_cluster(path: str | Path) -> ClusterConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def load_node(path: str | Path, node_id: str) -> tuple[ClusterConfig, NodeConfig]:
+    """The cluster file at `path` and node `node_id` of it; ConfigError naming the file."""
+    config = load_cluster(path)
+    try:
+        return config, config.node(node_id)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> ClusterConfig:
     """Check a decoded cluster document; relative `data_dir`s are joined to `base_dir`."""
     _no_unknown_fields(document, TOP_LEVEL_FIELDS, "top level")
@@ -144,7 +153,8 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
         raise ConfigError(f"[cluster] mvcc_retention_ms must be 0 or more, not {mvcc_retention_ms}")
     durability = cluster.get("durability", DEFAULT_DURABILITY)
     if durability not in DURABILITY_MODES:
-        raise ConfigError(f'[cluster] durability must be "sync" or "async", not {durability!r}')
+        modes = " or ".join(f'"{mode}"' for mode in DURABILITY_MODES)
+        raise ConfigError(f"[cluster] durability must be {modes}, not {durability!r}")
     flush_interval_ms = _positive(cluster, "flush_interval_ms", DEFAULT_FLUSH_INTERVAL_MS)
     max_clock_skew_ms = _integer(cluster, "max_clock_skew_ms", DEFAULT_MAX_CLOCK_SKEW_MS)
     if max_clock_skew_ms < 0:

@@ -6,14 +6,24 @@ hanging the command: status is what an operator runs when something is wrong.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from typing import Any
 
 import orjson
+import uvloop
 
-from replica.cli.config import ClusterConfig
+from replica.cli.config import ClusterConfig, load_cluster
+from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 
 TIMEOUT_SECONDS = 2.0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """`replica status`: exit code 1 when a node is down; ConfigError for a bad cluster file."""
+    rows = uvloop.run(cluster_status(load_cluster(args.config)))
+    print(format_table(rows))
+    return EXIT_OK if all(isinstance(status, dict) for _, status in rows) else EXIT_FAILURE
 
 
 async def fetch_status(host: str, port: int, timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]:
