@@ -1,20 +1,23 @@
-"""The node's state: four separate keyspaces over the pure data types.
+"""The node's state: one keyspace per data type of the registry, and the hybrid clock.
 
-`mv_*`, `kv_*`, `mvcc_*` and `lww_*` name four different keys even when the key
-string is the same, so each keyspace is its own dictionary.  This class applies
-operations and merges to them, keeps the hybrid logical clock above every
+`mv_*` and `kv_*` name different keys even when the key string is the same, so
+each type's keys are a dictionary of their own (`states[type name]`).  This
+class replaces and merges states, keeps the hybrid logical clock above every
 timestamp the node has seen, and tells listeners which keys changed: that
 single notification is what replication and durable storage hook into, so the
-handlers never need to know either exists.
+handlers never need to know either exists.  What an operation does to a state
+is the data type's (`replica.crdt`) and its handlers' (`replica.node.handlers`);
+nothing here knows one type from another beyond its `DataType`.
 
 No timestamp from outside can carry the clock far into the future: a client's
 timestamp beyond `HybridLogicalClock.bound` (the wall clock plus
 `max_clock_skew_ms`) is refused with `TooFarAhead` before anything changes,
 and a peer's or a stored one beyond it is kept in its key but not observed.
-The automatic MVCC horizon trails only what the clock itself issued.
+The `horizon`, below which states may forget history, trails only what the
+clock itself issued.
 
-Sibling counts are kept as a histogram per keyspace, moved wherever a key's
-state is replaced, so `max_siblings` never scans the keys.
+Sibling counts are kept as a histogram per type with siblings, moved wherever
+a key's state is replaced, so `max_siblings` never scans the keys.
 """
 
 from __future__ import annotations
@@ -24,15 +27,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from replica.crdt.clocked_siblings import Clock, ClockedSiblings, PutResult
-from replica.crdt.hlc import HybridLogicalClock
-from replica.crdt.lww import LWWRegister
-from replica.crdt.mv_register import MVRegister, Sibling
-from replica.crdt.mvcc import Version, VersionChain
-from replica.crdt.version_vector import VersionVector
+from replica.crdt.hlc import LOGICAL_BITS, HybridLogicalClock
+from replica.crdt.registry import BY_NAME, TYPES, DataType
 
 ChangeListener = Callable[[str, str, bool], None]
-"""Called with (keyspace, key, local) after a key's state changed.
+"""Called with (type name, key, local) after a key's state changed.
 
 `local` is True for a client's write here and False for a merge from a peer.
 Replication pushes only local changes: every write reaches every peer from
@@ -40,10 +39,8 @@ the node that took it, so forwarding merged states would only echo them
 around the cluster; anti-entropy repairs what an origin failed to deliver.
 """
 
-MV, KV, MVCC, LWW = "mv", "kv", "mvcc", "lww"
-
-HLC_SHIFT = 16  # the hybrid logical clock keeps 16 bits of logical counter under the milliseconds
 DEFAULT_MAX_CLOCK_SKEW_MS = 60_000
+DEFAULT_MVCC_RETENTION_MS = 3_600_000
 
 
 def wall_clock_ms() -> int:
@@ -60,37 +57,63 @@ class TooFarAhead(Exception):
 
 
 class Keyspaces:
-    """All keys a node holds, and the operations that change them."""
+    """All keys a node holds, by data type, and the clock their timestamps come from."""
 
     def __init__(
         self,
         node_id: str,
         *,
-        mvcc_retention_ms: int,
+        mvcc_retention_ms: int = DEFAULT_MVCC_RETENTION_MS,
         actor: str | None = None,
         max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
         now_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.node_id = node_id
         self.actor = actor or node_id
-        self.mv: dict[str, MVRegister] = {}
-        self.kv: dict[str, ClockedSiblings] = {}
-        self.mvcc: dict[str, VersionChain] = {}
-        self.lww: dict[str, LWWRegister] = {}
+        self.states: dict[str, dict[str, Any]] = {t.name: {} for t in TYPES}
+        """Type name -> key -> state; the dictionaries are never replaced."""
         self.hlc = HybridLogicalClock()
         self._now_ms = now_ms
         self.max_clock_skew_ms = max_clock_skew_ms
-        self._retention = mvcc_retention_ms << HLC_SHIFT
+        self._retention = mvcc_retention_ms << LOGICAL_BITS
         self._gc_before = 0
         self.listeners: list[ChangeListener] = []
-        self._sizes: dict[str, dict[int, int]] = {MV: {}, KV: {}}
-        """Per keyspace with siblings: sibling count -> how many keys have that many."""
+        self._sizes: dict[str, dict[int, int]] = {t.name: {} for t in TYPES if t.has_siblings}
+        """Per type with siblings: sibling count -> how many keys have that many."""
 
-    def _changed(self, keyspace: str, key: str, local: bool = True) -> None:
+    # -- reading and replacing states ----------------------------------------------------
+
+    def get(self, data_type: DataType, key: str) -> Any:
+        """The key's state, or None for an absent key."""
+        return self.states[data_type.name].get(key)
+
+    def put(self, data_type: DataType, key: str, state: Any, *, local: bool = True) -> None:
+        """Replace the key's state and tell the listeners (`local`: a client's change here)."""
+        name = data_type.name
+        store = self.states[name]
+        sizes = self._sizes.get(name)
+        if sizes is not None:
+            _resize(sizes, data_type.size(store.get(key)), data_type.size(state))
+        store[key] = state
         for listener in self.listeners:
-            listener(keyspace, key, local)
+            listener(name, key, local)
 
-    def _timestamp(self, given: int | None) -> int:
+    def merge(self, data_type: DataType, key: str, incoming: Any) -> None:
+        """Merge a peer's state of a key into ours; listeners hear of it only if it changed."""
+        if data_type.newest_timestamp is not None:
+            newest = data_type.newest_timestamp(incoming)
+            if newest is not None:
+                self.observe(newest)
+        current = self.states[data_type.name].get(key)
+        merged = incoming if current is None else current.merge(incoming)
+        if data_type.collect is not None:
+            merged, _ = data_type.collect(merged, self.horizon)
+        if merged != current and not data_type.is_empty(merged):
+            self.put(data_type, key, merged, local=False)
+
+    # -- the hybrid clock -------------------------------------------------------------------
+
+    def timestamp(self, given: int | None) -> int:
         """A client's timestamp is observed; without one the clock issues a fresh one.
 
         Raises `TooFarAhead`, changing nothing, for a timestamp past the clock's bound.
@@ -106,199 +129,87 @@ class Keyspaces:
         self.hlc, issued = self.hlc.tick(self._now_ms())
         return issued
 
-    def _observe(self, timestamp: int) -> None:
+    def observe(self, timestamp: int) -> None:
         """Observe a peer's or a stored timestamp, unless it is past the clock's bound."""
         hlc = self.hlc
         if timestamp > hlc.last and timestamp <= hlc.bound(self._now_ms(), self.max_clock_skew_ms):
             self.hlc = hlc.observe(timestamp)
 
-    def max_siblings(self, keyspace: str) -> int:
-        """The largest sibling count of any key of `keyspace` (MV or KV); 0 when it has none."""
-        return max(self._sizes[keyspace], default=0)
-
-    def sibling_histogram(self, keyspace: str) -> dict[int, int]:
-        """Sibling count -> how many keys of `keyspace` have that many (counts of 0 omitted)."""
-        return dict(self._sizes[keyspace])
-
-    # -- MV registers --------------------------------------------------------------
-
-    def mv_write(
-        self, key: str, value: Any, context: VersionVector | None
-    ) -> tuple[MVRegister, Sibling]:
-        current = self.mv.get(key, _EMPTY_MV)
-        register, sibling = current.write(self.actor, value, context)
-        self.mv[key] = register
-        if len(register) != len(current):
-            _resize(self._sizes[MV], len(current), len(register))
-        self._changed(MV, key)
-        return register, sibling
-
-    def mv_merge(self, key: str, incoming: MVRegister) -> None:
-        current = self.mv.get(key)
-        merged = incoming if current is None else current.merge(incoming)
-        if merged.siblings:
-            self._absorb(MV, self.mv, key, merged)
-
-    # -- client-clocked KV ---------------------------------------------------------
-
-    def kv_put(self, key: str, value: Any, clock: Clock) -> PutResult:
-        current = self.kv.get(key, _EMPTY_KV)
-        updated, result = current.put(value, clock)
-        if updated != current:
-            self.kv[key] = updated
-            _resize(self._sizes[KV], len(current.siblings), len(updated.siblings))
-            self._changed(KV, key)
-        return result
-
-    def kv_resolve(self, key: str, value: Any, clock: Clock) -> None:
-        """Raises `NotCovered` and changes nothing when the clock misses a sibling."""
-        current = self.kv.get(key, _EMPTY_KV)
-        self.kv[key] = current.resolve(value, clock)
-        _resize(self._sizes[KV], len(current.siblings), 1)
-        self._changed(KV, key)
-
-    def kv_merge(self, key: str, incoming: ClockedSiblings) -> None:
-        current = self.kv.get(key)
-        merged = incoming if current is None else current.merge(incoming)
-        if merged.siblings:
-            self._absorb(KV, self.kv, key, merged)
-
-    # -- MVCC ------------------------------------------------------------------------
-
     @property
-    def mvcc_horizon(self) -> int:
-        """Reads below this timestamp may have lost versions to garbage collection.
+    def horizon(self) -> int:
+        """States may forget history below this timestamp (MVCC's garbage collection).
 
         The automatic part trails the newest timestamp the node's clock issued
         by the retention: neither a client's nor a peer's timestamp moves it,
-        so clients that bring their own timestamps (as seed 003 does) keep
-        their history, and a timestamp from the future destroys none.
+        so clients that bring their own timestamps keep their history, and a
+        timestamp from the future destroys none.
         """
         automatic = self.hlc.issued - self._retention if self._retention else 0
         return max(self._gc_before, automatic, 0)
 
-    def mvcc_put(self, key: str, value: Any, timestamp: int | None) -> tuple[int, int]:
-        """Returns (version, timestamp); raises `TimestampConflict` and changes nothing."""
-        current = self.mvcc.get(key, _EMPTY_CHAIN)
-        ts = self._timestamp(timestamp)
-        chain, version = current.put(ts, value, self.node_id)
-        if chain is not current:
-            # collection only drops versions older than this one: its number stands
-            self.mvcc[key], _ = chain.collect(self.mvcc_horizon)
-            self._changed(MVCC, key)
-        return version, ts
-
-    def mvcc_read(self, key: str, read_timestamp: int | None) -> tuple[Version, int] | None:
-        chain = self.mvcc.get(key)
-        return None if chain is None else chain.read(read_timestamp)
-
-    def mvcc_gc(self, before: int) -> int:
-        """Advance the horizon to at least `before`; returns how many versions were dropped."""
+    def collect_garbage(self, before: int = 0) -> int:
+        """Raise the horizon to at least `before` and collect; returns how much was dropped."""
         self._gc_before = max(self._gc_before, before)
-        return self.collect_garbage()
-
-    def collect_garbage(self) -> int:
-        horizon = self.mvcc_horizon
+        horizon = self.horizon
         removed = 0
-        for key, chain in list(self.mvcc.items()):
-            collected, count = chain.collect(horizon)
-            if count:
-                self.mvcc[key] = collected
-                removed += count
-                self._changed(MVCC, key)
+        for data_type in TYPES:
+            if data_type.collect is None:
+                continue
+            for key, state in list(self.states[data_type.name].items()):
+                collected, count = data_type.collect(state, horizon)
+                if count:
+                    self.put(data_type, key, collected)
+                    removed += count
         return removed
 
-    def mvcc_merge(self, key: str, incoming: VersionChain) -> None:
-        newest = incoming.newest()
-        if newest is not None:
-            self._observe(newest.timestamp)
-        current = self.mvcc.get(key)
-        merged = incoming if current is None else current.merge(incoming)
-        merged, _ = merged.collect(self.mvcc_horizon)
-        if merged.versions:
-            self._absorb(MVCC, self.mvcc, key, merged)
+    # -- siblings ----------------------------------------------------------------------------
 
-    # -- LWW registers --------------------------------------------------------------
+    def max_siblings(self, name: str) -> int:
+        """The largest sibling count of any key of type `name`; 0 when it has none."""
+        return max(self._sizes[name], default=0)
 
-    def lww_write(self, key: str, value: Any, timestamp: int | None) -> int:
-        ts = self._timestamp(timestamp)
-        written = LWWRegister(value, ts, self.node_id)
-        current = self.lww.get(key)
-        merged = written if current is None else current.merge(written)
-        if merged != current:
-            self.lww[key] = merged
-            self._changed(LWW, key)
-        return ts
+    def sibling_histogram(self, name: str) -> dict[int, int]:
+        """Sibling count -> how many keys of type `name` have that many (counts of 0 omitted)."""
+        return dict(self._sizes[name])
 
-    def lww_merge(self, key: str, incoming: LWWRegister) -> None:
-        self._observe(incoming.timestamp)
-        current = self.lww.get(key)
-        merged = incoming if current is None else current.merge(incoming)
-        self._absorb(LWW, self.lww, key, merged)
+    # -- recovery ------------------------------------------------------------------------------
 
-    # -- recovery -------------------------------------------------------------------------
-
-    def load(self, keyspace: str, key: str, state: Any) -> None:
+    def load(self, name: str, key: str, state: Any) -> None:
         """Put a state read back from durable storage.
 
         Listeners hear of it as of a merge (`local` False): replication indexes
         the key for anti-entropy without pushing it to peers again.
         """
-        if isinstance(state, LWWRegister):
-            self._observe(state.timestamp)
-        elif isinstance(state, VersionChain) and (newest := state.newest()) is not None:
-            self._observe(newest.timestamp)
-        store = getattr(self, keyspace)
-        sizes = self._sizes.get(keyspace)
-        if sizes is not None:
-            _resize(sizes, _size(store.get(key)), _size(state))
-        store[key] = state
-        self._changed(keyspace, key, local=False)
+        data_type = BY_NAME[name]
+        if data_type.newest_timestamp is not None:
+            newest = data_type.newest_timestamp(state)
+            if newest is not None:
+                self.observe(newest)
+        self.put(data_type, key, state, local=False)
 
     def load_many(self, states: Iterable[tuple[str, str, Any]]) -> int:
-        """`load` every (keyspace, key, state) of a recovery; returns how many.
+        """`load` every (type name, key, state) of a recovery; returns how many.
 
         The sibling histograms are counted once at the end rather than moved
-        key by key: recovery loads every key once, and a million moves cost
-        more than one count.
+        key by key: recovery loads every key once.
         """
-        stores: dict[str, dict[str, Any]] = {
-            MV: self.mv,
-            KV: self.kv,
-            MVCC: self.mvcc,
-            LWW: self.lww,
-        }
-        changed, observe = self._changed, self._observe
+        stores = self.states
+        clocked = {t.name: t.newest_timestamp for t in TYPES if t.newest_timestamp is not None}
+        listeners, observe = self.listeners, self.observe
         count = 0
-        for keyspace, key, state in states:
-            if keyspace == LWW:
-                observe(state.timestamp)
-            elif keyspace == MVCC and (newest := state.newest()) is not None:
-                observe(newest.timestamp)
-            stores[keyspace][key] = state
-            changed(keyspace, key, False)
+        for name, key, state in states:
+            newest_of = clocked.get(name)
+            if newest_of is not None and (newest := newest_of(state)) is not None:
+                observe(newest)
+            stores[name][key] = state
+            for listener in listeners:
+                listener(name, key, False)
             count += 1
-        for keyspace, sizes in (
-            (MV, map(len, self.mv.values())),
-            (KV, map(_size, self.kv.values())),
-        ):
-            self._sizes[keyspace] = {n: keys for n, keys in Counter(sizes).items() if n}
+        for name in self._sizes:
+            size = BY_NAME[name].size
+            counts = Counter(map(size, stores[name].values()))
+            self._sizes[name] = {n: keys for n, keys in counts.items() if n}
         return count
-
-    # -- merges from peers ----------------------------------------------------------
-
-    def _absorb(self, keyspace: str, store: dict[str, Any], key: str, merged: Any) -> None:
-        current = store.get(key)
-        if merged != current:
-            store[key] = merged
-            sizes = self._sizes.get(keyspace)
-            if sizes is not None:
-                _resize(sizes, _size(current), _size(merged))
-            self._changed(keyspace, key, local=False)
-
-
-def _size(state: MVRegister | ClockedSiblings | None) -> int:
-    return 0 if state is None else len(state.siblings)
 
 
 def _resize(sizes: dict[int, int], old: int, new: int) -> None:
@@ -313,8 +224,3 @@ def _resize(sizes: dict[int, int], old: int, new: int) -> None:
             del sizes[old]
     if new:
         sizes[new] = sizes.get(new, 0) + 1
-
-
-_EMPTY_MV = MVRegister()
-_EMPTY_KV = ClockedSiblings()
-_EMPTY_CHAIN = VersionChain()

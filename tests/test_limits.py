@@ -24,13 +24,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from replica.crdt import registry
 from replica.crdt.clocked_siblings import ClockedSiblings, NotCovered
 from replica.crdt.hlc import LOGICAL_BITS
 from replica.crdt.lww import LWWRegister
 from replica.crdt.malformed import MAX_COUNTER, MAX_INT, MAX_VALUE_DEPTH, Malformed, require_value
 from replica.crdt.mv_register import MVRegister
 from replica.crdt.mvcc import Version, VersionChain
-from replica.keyspaces import KV, MV, Keyspaces, TooFarAhead, wall_clock_ms
+from replica.keyspaces import Keyspaces, TooFarAhead, wall_clock_ms
+from replica.node.handlers import kv as kv_ops
+from replica.node.handlers import lww as lww_ops
+from replica.node.handlers import mv as mv_handlers
+from replica.node.handlers import mvcc as mvcc_ops
 from replica.node.router import MAX_INTEGER, MIN_INTEGER, Node
 from tests.harness import (
     LOOPBACK,
@@ -41,6 +46,7 @@ from tests.harness import (
     running_cluster,
     write_cluster,
 )
+from tests.names import KV, MV
 
 SKEW_MS = 60_000
 
@@ -131,9 +137,9 @@ def test_the_deepest_value_allowed_survives_every_wrapper_a_node_adds() -> None:
     reply = node.handle_line(line)
     assert reply is not None and b"mv_write_ok" in reply
     batch = {"src": "n1", "dest": "n2", "body": {"type": "mv_merge", "msg_id": 1, "deltas": [
-        {"key": "k", "siblings": node.keyspaces.mv["k"].to_wire()}]}}  # fmt: skip
+        {"key": "k", "siblings": node.keyspaces.states["mv"]["k"].to_wire()}]}}  # fmt: skip
     orjson.dumps(batch)
-    orjson.dumps([[1, "k", node.keyspaces.mv["k"].to_stored()]])
+    orjson.dumps([[1, "k", node.keyspaces.states["mv"]["k"].to_stored()]])
 
 
 # -- item 10: integers past 64 bits -----------------------------------------------------------
@@ -183,7 +189,7 @@ def test_only_a_value_that_may_hide_a_big_integer_has_its_line_read_again() -> N
     # A real float as large is a float: read again, it passes, and is stored as it came.
     ok = node.handle_line(b'{"type":"lww_write","key":"f","value":[1e19,-2e300]}')
     assert ok is not None and b"lww_write_ok" in ok, ok
-    assert node.keyspaces.lww["f"].value == [1e19, -2e300]
+    assert node.keyspaces.states["lww"]["f"].value == [1e19, -2e300]
     assert not node.integers_checked
     # Fields that must be integers refuse what the decoder made a float.
     refused = orjson.loads(
@@ -299,23 +305,26 @@ def test_stdio_takes_max_clock_skew_ms_as_a_flag() -> None:
 def test_a_far_timestamp_from_a_peer_or_the_store_does_not_move_the_clock() -> None:
     now = [1_700_000_000_000]
     keyspaces = Keyspaces("n1", mvcc_retention_ms=3_600_000, now_ms=lambda: now[0])
-    keyspaces.lww_merge("f", LWWRegister("peer", MAX_INT, "n2"))
+    keyspaces.merge(registry.LWW, "f", LWWRegister("peer", MAX_INT, "n2"))
     keyspaces.load("lww", "g", LWWRegister("stored", MAX_INT - 1, "n2"))
     far = (now[0] + 7_200_000) << LOGICAL_BITS
-    keyspaces.mvcc_merge("m", VersionChain((Version(far, "future", "n2"),)))
-    assert keyspaces.lww["f"].value == "peer" and keyspaces.mvcc["m"].newest() is not None
+    keyspaces.merge(registry.MVCC, "m", VersionChain((Version(far, "future", "n2"),)))
+    assert (
+        keyspaces.states["lww"]["f"].value == "peer"
+        and keyspaces.states["mvcc"]["m"].newest() is not None
+    )
     assert keyspaces.hlc.last == 0
-    ts = keyspaces.lww_write("h", "mine", None)  # no OverflowError
+    ts = lww_ops.write(keyspaces, "h", "mine", None)  # no OverflowError
     assert ts == now[0] << LOGICAL_BITS
-    assert keyspaces.mvcc_horizon == ts - (3_600_000 << LOGICAL_BITS)
+    assert keyspaces.horizon == ts - (3_600_000 << LOGICAL_BITS)
     near = (now[0] + 1_000) << LOGICAL_BITS
-    keyspaces.lww_merge("n", LWWRegister("near", near, "n2"))
+    keyspaces.merge(registry.LWW, "n", LWWRegister("near", near, "n2"))
     assert keyspaces.hlc.last == near and keyspaces.hlc.issued == ts
     with pytest.raises(TooFarAhead):
-        keyspaces.lww_write("h", "x", ((now[0] + SKEW_MS) << LOGICAL_BITS) + 1)
+        lww_ops.write(keyspaces, "h", "x", ((now[0] + SKEW_MS) << LOGICAL_BITS) + 1)
     with pytest.raises(TooFarAhead):
-        keyspaces.mvcc_put("m2", "x", ((now[0] + SKEW_MS) << LOGICAL_BITS) + 1)
-    assert "m2" not in keyspaces.mvcc and keyspaces.lww["h"].value == "mine"
+        mvcc_ops.put(keyspaces, "m2", "x", ((now[0] + SKEW_MS) << LOGICAL_BITS) + 1)
+    assert "m2" not in keyspaces.states["mvcc"] and keyspaces.states["lww"]["h"].value == "mine"
     assert keyspaces.hlc.last == near
 
 
@@ -382,7 +391,7 @@ mv_ops = st.lists(
 
 
 def brute_force(keyspaces: Keyspaces, keyspace: str) -> dict[int, int]:
-    states = keyspaces.mv.values() if keyspace == MV else keyspaces.kv.values()
+    states = keyspaces.states["mv"].values() if keyspace == MV else keyspaces.states["kv"].values()
     return dict(Counter(n for n in (len(s.siblings) for s in states) if n))
 
 
@@ -397,25 +406,29 @@ def test_sibling_histogram_matches_a_scan_through_writes_merges_and_loads(ops) -
         there = replicas[(at + 1) % 3]
         key = f"k{key_index}"
         if kind == "write":
-            old = here.mv.get(key)
+            old = here.states["mv"].get(key)
             context = None if arg or old is None else old.context()
             if context is not None and old is not None and len(old) > 0:
                 context = {n: c for n, c in list(context.items())[:1]}  # a stale context
-            here.mv_write(key, f"v{len(ops)}", context)
+            mv_handlers.write(here, key, f"v{len(ops)}", context)
         elif kind == "merge":
-            if key in there.mv:
-                here.mv_merge(key, there.mv[key])
-            if key in there.kv:
-                here.kv_merge(key, there.kv[key])
+            if key in there.states["mv"]:
+                here.merge(registry.MV, key, there.states["mv"][key])
+            if key in there.states["kv"]:
+                here.merge(registry.KV, key, there.states["kv"][key])
         elif kind == "load":
             # Recovery replaces a key's state with whatever was stored, whatever was there.
-            state = there.mv.get(key, MVRegister()) if arg else there.kv.get(key, ClockedSiblings())
+            state = (
+                there.states["mv"].get(key, MVRegister())
+                if arg
+                else there.states["kv"].get(key, ClockedSiblings())
+            )
             here.load(MV if arg else KV, key, state)
         elif kind == "put":
-            here.kv_put(key, f"p{len(arg)}", tuple(arg))
+            kv_ops.put(here, key, f"p{len(arg)}", tuple(arg))
         else:
             with contextlib.suppress(NotCovered):
-                here.kv_resolve(key, "resolved", tuple(arg))
+                kv_ops.resolve(here, key, "resolved", tuple(arg))
         for replica in replicas:
             for keyspace in (MV, KV):
                 assert replica.sibling_histogram(keyspace) == brute_force(replica, keyspace)
@@ -432,10 +445,12 @@ def test_a_recovery_counts_the_same_histogram_a_replica_kept(ops) -> None:
     for kind, _, key_index, arg in ops:
         key = f"k{key_index}"
         if kind in ("write", "merge", "load"):
-            source.mv_write(key, f"v{len(ops)}", None if arg else {})
+            mv_handlers.write(source, key, f"v{len(ops)}", None if arg else {})
         elif kind == "put":
-            source.kv_put(key, f"p{len(arg)}", tuple(arg))
-    states = [(MV, k, v) for k, v in source.mv.items()] + [(KV, k, v) for k, v in source.kv.items()]
+            kv_ops.put(source, key, f"p{len(arg)}", tuple(arg))
+    states = [(MV, k, v) for k, v in source.states["mv"].items()] + [
+        (KV, k, v) for k, v in source.states["kv"].items()
+    ]
     recovered = Keyspaces("n1", mvcc_retention_ms=0)
     assert recovered.load_many(states) == len(states)
     for keyspace in (MV, KV):

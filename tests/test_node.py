@@ -13,8 +13,10 @@ import orjson
 import pytest
 
 from replica.keyspaces import Keyspaces, wall_clock_ms
-from replica.node.router import Node, NodeSettings
 from replica.node import router as node_module
+from replica.node.handlers import mv as mv_ops
+from replica.node.handlers import mvcc as mvcc_ops
+from replica.node.router import Node, NodeSettings
 from replica.replication import delta_compression
 
 
@@ -240,7 +242,7 @@ def test_mv_write_bad_fields_get_error_12_and_change_nothing(
     client: Client, fields: dict[str, Any]
 ) -> None:
     assert error_code(client("mv_write", **fields)) == 12
-    assert client.node.keyspaces.mv == {}
+    assert client.node.keyspaces.states["mv"] == {}
 
 
 # -- client-clocked KV ----------------------------------------------------------------
@@ -277,7 +279,7 @@ def test_kv_get_absent_key_is_empty(client: Client) -> None:
 def test_kv_put_bad_clock_gets_error_12(client: Client, clock: Any) -> None:
     fields = {"key": "u", "value": 1} | ({} if clock is None else {"clock": clock})
     assert error_code(client("kv_put", **fields)) == 12
-    assert client.node.keyspaces.kv == {}
+    assert client.node.keyspaces.states["kv"] == {}
 
 
 def test_kv_merge_keeps_concurrent_siblings(client: Client) -> None:
@@ -347,12 +349,12 @@ def test_mvcc_retention_moves_the_horizon_behind_the_clocks_own_timestamps() -> 
     step = 1 << 16  # one millisecond in the hybrid clock's units
     issued = []
     for _ in range(4):
-        issued.append(keyspaces.mvcc_put("x", len(issued), None)[1])
+        issued.append(mvcc_ops.put(keyspaces, "x", len(issued), None)[1])
         now[0] += 1
     assert issued == [t * step for t in range(1_000, 1_004)]
-    assert keyspaces.mvcc_horizon == issued[2]
-    assert keyspaces.mvcc_read("x", issued[2]) is not None
-    assert [v.timestamp for v in keyspaces.mvcc["x"].versions] == issued[2:]
+    assert keyspaces.horizon == issued[2]
+    assert mvcc_ops.read(keyspaces, "x", issued[2]) is not None
+    assert [v.timestamp for v in keyspaces.states["mvcc"]["x"].versions] == issued[2:]
 
 
 def test_client_timestamps_do_not_move_the_horizon() -> None:
@@ -360,7 +362,7 @@ def test_client_timestamps_do_not_move_the_horizon() -> None:
     step = 1 << 16
     for i in range(1, 5):
         client("mvcc_put", key="x", value=i, timestamp=i * step)
-    assert client.node.keyspaces.mvcc_horizon == 0
+    assert client.node.keyspaces.horizon == 0
     assert client("mvcc_get", key="x", read_timestamp=step)["version"] == 1
 
 
@@ -378,7 +380,7 @@ def test_client_timestamps_do_not_move_the_horizon() -> None:
 )
 def test_mvcc_bad_fields_get_error_12(client: Client, type_: str, fields: dict[str, Any]) -> None:
     assert error_code(client(type_, **fields)) == 12
-    assert client.node.keyspaces.mvcc == {}
+    assert client.node.keyspaces.states["mvcc"] == {}
 
 
 def test_mvcc_merge_of_a_timestamp_written_twice_picks_the_higher_origin(
@@ -460,7 +462,7 @@ def test_bad_compressed_batches_get_error_12_and_change_nothing(
     client: Client, deltas_z: object
 ) -> None:
     assert error_code(client("kv_merge", deltas_z=deltas_z)) == 12
-    assert client.node.keyspaces.kv == {}
+    assert client.node.keyspaces.states["kv"] == {}
 
 
 def test_gossip_compresses_large_batches_and_a_peer_applies_them() -> None:
@@ -470,7 +472,7 @@ def test_gossip_compresses_large_batches_and_a_peer_applies_them() -> None:
     sender.replicator.outbox = lambda dest, line: dest == "n2" and not lines.append(line)
     sender.replicator.link_up("n2")
     for i in range(200):
-        sender.keyspaces.mv_write(f"key{i}", "value", None)
+        mv_ops.write(sender.keyspaces, f"key{i}", "value", None)
     while sender.replicator.push():
         pass
     assert lines and all(b'"deltas_z"' in line for line in lines)
@@ -478,15 +480,15 @@ def test_gossip_compresses_large_batches_and_a_peer_applies_them() -> None:
     for line in lines:
         ack = receiver.handle_line(line.rstrip(b"\n"))
         assert ack is not None and b"mv_merge_ok" in ack
-    assert receiver.keyspaces.mv == sender.keyspaces.mv
+    assert receiver.keyspaces.states["mv"] == sender.keyspaces.states["mv"]
 
 
 def test_anti_entropy_waits_until_the_digests_are_rehashed_a_slice_per_tick(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from replica.replication import replicator as replicator_module
+    from replica.replication import anti_entropy as anti_entropy_module
 
-    monkeypatch.setattr(replicator_module, "REHASH_KEYS_PER_TICK", 10)
+    monkeypatch.setattr(anti_entropy_module, "REHASH_KEYS_PER_TICK", 10)
     node = make_node()
     client = Client(node)
     for i in range(25):

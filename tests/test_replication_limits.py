@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from replica.crdt.clocked_siblings import ClockedSiblings
 from replica.crdt.mv_register import MVRegister
+from replica.node.handlers import mv as mv_ops
 from replica.node.router import Node
 from replica.replication.replicator import Replicator, _split_siblings
 from tests.harness import (
@@ -94,8 +95,8 @@ def test_a_split_state_counts_as_delivered_only_with_its_last_part() -> None:
     accept = [True, False]  # the link takes the first part, then is full
     replicator.outbox = lambda dest, line: accept.pop(0) and not lines.append(line)
     replicator.link_up("n2")
-    node.keyspaces.mv_write("k", "a" * 300_000, {})
-    node.keyspaces.mv_write("k", "b" * 300_000, {})
+    mv_ops.write(node.keyspaces, "k", "a" * 300_000, {})
+    mv_ops.write(node.keyspaces, "k", "b" * 300_000, {})
     replicator.push()
     assert len(lines) == 1 and replicator.tracker.pending("n2") == 1  # still owed
     accept[:] = [True] * 4
@@ -109,7 +110,7 @@ def test_a_split_state_counts_as_delivered_only_with_its_last_part() -> None:
     receiver = Node("n2", ["n1", "n2"])
     for line in lines[1:]:
         receiver.handle_line(line.rstrip(b"\n"))
-    assert receiver.keyspaces.mv == node.keyspaces.mv
+    assert receiver.keyspaces.states["mv"] == node.keyspaces.states["mv"]
 
 
 def one_batch_sent() -> tuple[Replicator, int]:
@@ -120,7 +121,7 @@ def one_batch_sent() -> tuple[Replicator, int]:
     lines: list[bytes] = []
     replicator.outbox = lambda dest, line: not lines.append(line)
     replicator.link_up("n2")
-    node.keyspaces.mv_write("k", 1, None)
+    mv_ops.write(node.keyspaces, "k", 1, None)
     replicator.push()
     return replicator, orjson.loads(lines[0])["body"]["msg_id"]
 
@@ -141,11 +142,13 @@ def test_a_batch_the_peer_could_not_make_durable_is_sent_again() -> None:
 
 def test_pending_for_an_absent_peer_is_dropped_to_a_repair_when_it_connects() -> None:
     node = Node("n1", ["n1", "n2"])
-    node.replicator = replicator = Replicator(node, ["n2"], max_pending=3)
+    node.replicator = replicator = Replicator(
+        "n1", ["n2"], node.keyspaces, node.msg_ids, max_pending=3
+    )
     lines: list[bytes] = []
     replicator.outbox = lambda dest, line: not lines.append(line)
     for i in range(5):
-        node.keyspaces.mv_write(f"k{i}", i, None)
+        mv_ops.write(node.keyspaces, f"k{i}", i, None)
     (row,) = replicator.status()
     assert (row["pending"], row["dropped_to_repair"]) == (1, 4)
     replicator.link_up("n2")

@@ -28,7 +28,7 @@ from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from replica.cli.logs import configure_logging
 
 if TYPE_CHECKING:
-    from replica.durable.storage import Store
+    from replica.durable.store import Store
     from replica.node.router import Node
 
 log = logging.getLogger("replica.cli.serve")
@@ -41,7 +41,8 @@ def run_serve(args: argparse.Namespace) -> int:
     config, me = load_node(args.config, args.node)
     configure_logging(args.log_level, me.id)
     data_dir = None if args.memory else me.data_dir
-    from replica.durable.storage import StorageError, open_store
+    from replica.durable.errors import StorageError
+    from replica.durable.store import open_store
 
     try:
         store, actor = open_store(data_dir, me.id, salvage=args.salvage)
@@ -85,7 +86,7 @@ async def _serve_until(
     stop: asyncio.Event, config: ClusterConfig, me: NodeConfig, store: Store | None, actor: str
 ) -> int:
     from replica.durable.durability import Durability
-    from replica.durable.storage import StorageError
+    from replica.durable.errors import StorageError
     from replica.node.router import Node
     from replica.transports.tcp import serve_tcp
 
@@ -180,13 +181,14 @@ def _start_replication(
 ) -> Callable[[], Awaitable[None]]:
     """Dial every peer and start the gossip ticker; returns what stops them."""
     peers = config.peers(me.id)
-    if not peers or node.replicator is None:
+    replicator = node.replicator
+    if not peers or replicator is None:
         return _nothing_to_stop
     from replica.replication.peer_links import PeerLinks, gossip_forever
 
-    links = PeerLinks(node, peers)
+    links = PeerLinks(replicator, node.handle_line, peers, node.node_ids)
     links.start()
-    gossip = asyncio.create_task(gossip_forever(node, config.gossip_interval_ms))
+    gossip = asyncio.create_task(gossip_forever(replicator, config.gossip_interval_ms))
 
     async def stop() -> None:
         gossip.cancel()

@@ -58,10 +58,19 @@ class DataType:
     """Whether a state is a list of siblings: counted in `max_siblings`, split when large."""
     newest_timestamp: Callable[[Any], int | None] | None = None
     """The newest hybrid-clock timestamp a state carries, for the node's clock to observe."""
+    collect: Callable[[Any, int], tuple[Any, int]] | None = None
+    """Forget history no read at or above a horizon can see: (state, how much went)."""
+    holds_nothing: Callable[[Any], bool] | None = None
+    """Whether a state is as good as an absent key (not kept); default: equal to `empty`."""
 
     @property
     def merge_type(self) -> str:
         return f"{self.name}_merge"
+
+    def is_empty(self, state: Any) -> bool:
+        if self.holds_nothing is not None:
+            return self.holds_nothing(state)
+        return state == self.empty
 
     def size(self, state: Any) -> int:
         """How many siblings a state holds (0 for an absent key or a type without siblings)."""
@@ -71,6 +80,10 @@ class DataType:
 def _newest_version(chain: VersionChain) -> int | None:
     newest = chain.newest()
     return None if newest is None else newest.timestamp
+
+
+def _no_versions(chain: VersionChain) -> bool:
+    return not chain.versions
 
 
 def _lww_timestamp(register: LWWRegister) -> int:
@@ -103,6 +116,8 @@ MVCC = DataType(
     VersionChain.from_stored,
     "state",
     newest_timestamp=_newest_version,
+    collect=VersionChain.collect,
+    holds_nothing=_no_versions,
 )
 LWW = DataType(
     "lww",

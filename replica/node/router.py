@@ -18,31 +18,27 @@ parsed a second time, by `json`, to tell such an integer from a real float.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from replica.crdt.malformed import Malformed, Suspect
+from replica.durable.durability import Durability
 from replica.errors import ErrorCode, RequestError
-from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, Keyspaces
-from replica.node import handlers
+from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MVCC_RETENTION_MS, Keyspaces
+from replica.node.context import Body, Handler
+from replica.node.handlers import HANDLERS
+from replica.node.handlers.cluster import init
 from replica.replication.replicator import Replicator
-
-if TYPE_CHECKING:
-    from replica.durable.durability import Durability
 
 log = logging.getLogger("replica.node.router")
 
-Body = dict[str, Any]
-Handler = Callable[["Node", Body, str | None], Body | None]
-
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 LINE = orjson.OPT_APPEND_NEWLINE  # every encoded message is one line
-DEFAULT_MVCC_RETENTION_MS = 3_600_000
 MIN_INTEGER = -(1 << 63)  # the range of integers the encoder writes back: i64 and u64
 MAX_INTEGER = (1 << 64) - 1
 
@@ -71,7 +67,8 @@ class Node:
         self.node_id = node_id
         self.node_ids: list[str] = list(node_ids)
         self.settings = settings or NodeSettings()
-        self.next_msg_id = 0
+        self.msg_ids = itertools.count()
+        """Numbers every message the node sends, replies and peer messages alike."""
         self.line = b""  # the request line being handled, read again only for a `Suspect` value
         self.integers_checked = False  # while handling it again, that line checked
         self.keyspaces = Keyspaces(
@@ -81,7 +78,7 @@ class Node:
             max_clock_skew_ms=self.settings.max_clock_skew_ms,
         )
         self.replicator: Replicator | None = None
-        self.durability: Durability | None = None
+        self._durability: Durability | None = None
         if node_id is not None:
             self._start_replication()
 
@@ -100,17 +97,24 @@ class Node:
 
     def _start_replication(self) -> None:
         peers = [n for n in self.node_ids if n != self.node_id]
-        self.replicator = Replicator(self, peers) if peers else None
+        if peers and self.node_id is not None:
+            self.replicator = Replicator(self.node_id, peers, self.keyspaces, self.msg_ids)
+
+    @property
+    def durability(self) -> Durability | None:
+        """The node's durable storage; None for a node in memory."""
+        return self._durability
+
+    @durability.setter
+    def durability(self, durability: Durability | None) -> None:
+        self._durability = durability
+        if self.replicator is not None:
+            self.replicator.durability = durability
 
     def shown(self, keyspace: str, key: str) -> None:
         """A reply is about to show the key's state (see `Durability.note_read`)."""
-        if self.durability is not None:
-            self.durability.note_read(keyspace, key)
-
-    def envelope(self, dest: str, body: Body) -> bytes:
-        """Encode a message of our own to `dest`, numbering it."""
-        body["msg_id"] = self.take_msg_id()
-        return orjson.dumps({"src": self.node_id, "dest": dest, "body": body}, option=LINE)
+        if self._durability is not None:
+            self._durability.note_read(keyspace, key)
 
     # -- lines -----------------------------------------------------------------
 
@@ -167,14 +171,10 @@ class Node:
             return self._error(msg_id, ErrorCode.MALFORMED_REQUEST, "field 'type' must be a string")
         handler = HANDLERS.get(msg_type)
         if handler is None:
-            if "in_reply_to" in body and (msg_type.endswith("_ok") or msg_type == "error"):
-                if self.replicator is not None:
-                    self.replicator.on_reply(src, body)
-                return None  # a peer's answer to a message we sent
             return self._error(
                 msg_id, ErrorCode.NOT_SUPPORTED, f"unknown message type {msg_type!r}"
             )
-        if self.node_id is None and handler is not handlers.init:
+        if self.node_id is None and handler is not init:
             return self._error(
                 msg_id, ErrorCode.TEMPORARILY_UNAVAILABLE, "node not initialised: send init first"
             )
@@ -194,8 +194,7 @@ class Node:
             return None
         if msg_id is not None:
             reply["in_reply_to"] = msg_id
-        reply["msg_id"] = next_id = self.next_msg_id
-        self.next_msg_id = next_id + 1
+        reply["msg_id"] = next(self.msg_ids)
         return reply
 
     def _handle_checked(self, handler: Handler, body: Body, src: str | None) -> Body | None:
@@ -221,13 +220,8 @@ class Node:
         reply: Body = {"type": "error", "code": int(code), "text": text}
         if msg_id is not None:
             reply["in_reply_to"] = msg_id
-        reply["msg_id"] = self.take_msg_id()
+        reply["msg_id"] = next(self.msg_ids)
         return reply
-
-    def take_msg_id(self) -> int:
-        msg_id = self.next_msg_id
-        self.next_msg_id = msg_id + 1
-        return msg_id
 
 
 class _OutOfRange(Exception):
@@ -255,27 +249,3 @@ def _big_integer(line: bytes) -> str | None:
     except (ValueError, RecursionError):
         return None  # what json cannot read, orjson already did; nesting is checked later
     return None
-
-
-HANDLERS: dict[str, Handler] = {
-    "init": handlers.init,
-    "mv_write": handlers.mv_write,
-    "mv_read": handlers.mv_read,
-    "mv_merge": handlers.mv_merge,
-    "kv_put": handlers.kv_put,
-    "kv_get": handlers.kv_get,
-    "kv_resolve": handlers.kv_resolve,
-    "kv_merge": handlers.kv_merge,
-    "mvcc_put": handlers.mvcc_put,
-    "mvcc_get": handlers.mvcc_get,
-    "mvcc_snapshot": handlers.mvcc_snapshot,
-    "mvcc_gc": handlers.mvcc_gc,
-    "mvcc_merge": handlers.mvcc_merge,
-    "lww_write": handlers.lww_write,
-    "lww_read": handlers.lww_read,
-    "lww_merge": handlers.lww_merge,
-    "peer_hello": handlers.peer_hello,
-    "ae_roots": handlers.ae_roots,
-    "ae_keys": handlers.ae_keys,
-    "status": handlers.status,
-}

@@ -17,12 +17,11 @@ import contextlib
 import logging
 import random
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import orjson
 
-from replica.node.router import Node
 from replica.replication import peer_handshake
 from replica.replication.replicator import Replicator
 from replica.transports.framing import LineFramer
@@ -58,7 +57,7 @@ class _PeerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for line in self.framer.feed(data):
             if self.accepted:
-                self.links.node.handle_line(line)  # answers to our messages, never replied to
+                self.links.handle_line(line)  # answers to our messages, never replied to
             else:
                 self._answer_to_hello(line)
         if self.framer.overflowed and self.transport is not None:
@@ -102,13 +101,18 @@ class PeerLinks:
 
     def __init__(
         self,
-        node: Node,
+        replicator: Replicator,
+        handle_line: Callable[[bytes], object],
         addresses: Mapping[str, tuple[str, int]],
+        node_ids: Sequence[str],
         *,
         backoff_min: float = 0.05,
         backoff_max: float = 0.5,
     ) -> None:
-        self.node = node
+        """`handle_line` takes the peers' answers; `node_ids` is the cluster, in order."""
+        self.replicator = replicator
+        self.handle_line = handle_line
+        self.node_ids = list(node_ids)
         self.addresses = dict(addresses)
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
@@ -116,8 +120,7 @@ class PeerLinks:
         self._refusals = {peer: peer_handshake.ReasonLog() for peer in self.addresses}
         self._tasks: list[asyncio.Task[None]] = []
         self._drains: set[asyncio.Task[None]] = set()
-        if node.replicator is not None:
-            node.replicator.outbox = self.send
+        replicator.outbox = self.send
 
     def send(self, peer: str, line: bytes) -> bool:
         link = self._links.get(peer)
@@ -160,9 +163,8 @@ class PeerLinks:
 
     async def _say_hello(self, peer: str, link: _PeerProtocol) -> bool:
         """Send our hello and wait for the answer: True once the peer accepts this node."""
-        node = self.node
-        body = peer_handshake.hello(node.node_id or "", node.node_ids)
-        line = node.envelope(peer, body)  # numbers the body
+        body = peer_handshake.hello(self.replicator.node_id, self.node_ids)
+        line = self.replicator.envelope(peer, body)  # numbers the body
         link.hello_id = body["msg_id"]
         if not link.send(line):
             return False
@@ -189,10 +191,9 @@ class PeerLinks:
         self._links[peer] = link
         self._replicator_link(peer, up=True)
         log.info("connected to peer %s at %s:%d", peer, *self.addresses[peer])
-        if self.node.replicator is not None:  # a healed link need not wait for a tick
-            pushing = asyncio.create_task(drain(self.node.replicator))
-            self._drains.add(pushing)
-            pushing.add_done_callback(self._drains.discard)
+        pushing = asyncio.create_task(drain(self.replicator))  # a healed link need not wait
+        self._drains.add(pushing)
+        pushing.add_done_callback(self._drains.discard)
         connected_at = loop.time()
         await link.closed
         self._links.pop(peer, None)
@@ -201,23 +202,18 @@ class PeerLinks:
         return loop.time() - connected_at >= STABLE_LINK_SECONDS
 
     def _replicator_link(self, peer: str, *, up: bool) -> None:
-        replicator = self.node.replicator
-        if replicator is None:
-            return
+        replicator = self.replicator
         if up:
             replicator.link_up(peer)
         else:
             replicator.link_down(peer)
 
 
-async def gossip_forever(node: Node, interval_ms: int) -> None:
+async def gossip_forever(replicator: Replicator, interval_ms: int) -> None:
     """Every interval, push pending deltas slice by slice; a failure is logged, never fatal."""
     interval = interval_ms / 1000
     while True:
         await asyncio.sleep(interval)
-        replicator = node.replicator
-        if replicator is None:
-            continue
         try:
             replicator.tick()
         except Exception:

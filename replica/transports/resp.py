@@ -9,17 +9,13 @@ and when the node commits synchronously a chunk's replies wait for the
 commit that makes its writes durable (a failed commit turns every non-error
 reply of the chunk into an error).
 
-Commands (names case-insensitive):
-
-    MVREG GET key               array of the visible values (empty when absent)
-    MVREG SET key value         +OK; replaces the values visible here
-    TREG GET key                [value, timestamp] (empty array when absent)
-    TREG SET key value ts       +OK; ts is an integer from 0 to 2**63-1, older is ignored;
-                                one more than max_clock_skew_ms ahead of the clock is an error
-
-plus PING, ECHO, QUIT, HELLO, CLIENT, COMMAND and SELECT 0, answered the way
-redis-cli and redis-py expect.  Values set here are stored as JSON strings;
-stored values that are not strings are returned as their JSON text.
+The data types' commands (`MVREG`, `TREG`, ...) are turned into the same
+requests the JSON port takes, by the types' handler modules
+(`replica.node.handlers`, `RESP_COMMANDS`), and answered by the same
+handlers; README.md lists them.  A read of an absent key is an empty array.
+PING, ECHO, QUIT, HELLO, CLIENT, COMMAND and SELECT 0 are answered here, the
+way redis-cli and redis-py expect.  Values set here are stored as JSON
+strings; stored values that are not strings are returned as their JSON text.
 
 Size limit: a request whose bytes so far pass `max_line_bytes` plus a small
 allowance for headers, or any argument longer than `max_line_bytes`, gets an
@@ -39,8 +35,9 @@ from typing import Any
 import hiredis
 import orjson
 
-from replica.crdt.malformed import MAX_INT
-from replica.keyspaces import LWW, MV, TooFarAhead
+from replica.errors import ErrorCode
+from replica.node.handlers import RESP_COMMANDS
+from replica.node.resp_terms import Integer, RespError, Simple, Term, Value, arity
 from replica.node.router import Node
 from replica.transports.tcp import ServedConnection, TcpServer
 
@@ -56,10 +53,6 @@ NULL3 = b"_\r\n"  # RESP3's null, for clients that said HELLO 3
 EMPTY_ARRAY = b"*0\r\n"
 
 Args = list[bytes]
-
-
-class RespError(Exception):
-    """A request that is answered with an error and changes nothing."""
 
 
 def bulk(data: bytes) -> bytes:
@@ -83,23 +76,18 @@ def _name(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _text(raw: bytes, what: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RespError(f"ERR {what} must be valid UTF-8") from None
-
-
-def _value_bytes(value: Any) -> bytes:
-    """A stored value as a Redis client sees it: strings as they are, the rest as JSON."""
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return orjson.dumps(value)
-
-
-def _arity(command: str, args: Args, count: int) -> None:
-    if len(args) != count:
-        raise RespError(f"ERR wrong number of arguments for '{command}' command")
+def encode(term: Term) -> bytes:
+    """The RESP encoding of a reply's terms (see `replica.node.resp_terms.Term`)."""
+    if type(term) is Simple:
+        return b"+%s\r\n" % term.text.encode()
+    if type(term) is Integer:
+        return integer(term.value)
+    if type(term) is list:
+        return array([encode(item) for item in term])
+    if type(term) is Value:
+        value = term.value
+        return bulk(value.encode() if type(value) is str else orjson.dumps(value))
+    return NIL
 
 
 class Commands:
@@ -111,8 +99,6 @@ class Commands:
         self.protocol = 2
         self.quit = False
         self.table: dict[bytes, Callable[[Args], bytes]] = {
-            b"MVREG": self.mvreg,
-            b"TREG": self.treg,
             b"PING": self.ping,
             b"ECHO": self.echo,
             b"QUIT": self.quit_command,
@@ -125,62 +111,28 @@ class Commands:
     def execute(self, request: Args) -> bytes:
         """The reply to one command (its name first); errors become error replies."""
         name = request[0]
-        handler = self.table.get(name) or self.table.get(name.upper())
-        if handler is None:
-            return error(f"ERR unknown command '{_name(name)}'")
+        upper = name.upper()
         try:
+            if upper in RESP_COMMANDS:
+                return self.data_command(upper, request[1:])
+            handler = self.table.get(upper)
+            if handler is None:
+                return error(f"ERR unknown command '{_name(name)}'")
             return handler(request[1:])
         except RespError as exc:
             return error(str(exc))
 
-    # -- registers -----------------------------------------------------------------
-
-    def mvreg(self, args: Args) -> bytes:
-        sub = args[0].upper() if args else b""
-        if sub == b"SET":  # first: the command of every write
-            _arity("mvreg|set", args, 3)
-            key, value = _text(args[1], "key"), _text(args[2], "value")
-            self.node.keyspaces.mv_write(key, value, None)
-            return OK
-        if sub == b"GET":
-            _arity("mvreg|get", args, 2)
-            key = _text(args[1], "key")
-            self.node.shown(MV, key)
-            register = self.node.keyspaces.mv.get(key)
-            if register is None:
+    def data_command(self, name: bytes, args: Args) -> bytes:
+        """A data type's command, run by the same handler as its JSON request."""
+        body, reply_of = RESP_COMMANDS[name](args)
+        reply = self.node.handle_body(body, None)
+        if reply is None:
+            return error("ERR no reply")
+        if reply["type"] == "error":
+            if reply["code"] == ErrorCode.KEY_DOES_NOT_EXIST:
                 return EMPTY_ARRAY
-            return array([bulk(_value_bytes(v)) for v in register.values()])
-        if not args:
-            raise RespError("ERR wrong number of arguments for 'mvreg' command")
-        raise RespError(f"ERR unknown subcommand '{_name(args[0])}' for 'MVREG'")
-
-    def treg(self, args: Args) -> bytes:
-        sub = args[0].upper() if args else b""
-        if sub == b"GET":
-            _arity("treg|get", args, 2)
-            key = _text(args[1], "key")
-            self.node.shown(LWW, key)
-            register = self.node.keyspaces.lww.get(key)
-            if register is None:
-                return EMPTY_ARRAY
-            return array([bulk(_value_bytes(register.value)), integer(register.timestamp)])
-        if sub == b"SET":
-            _arity("treg|set", args, 4)
-            key = _text(args[1], "key")
-            value = _text(args[2], "value")
-            timestamp = _timestamp(args[3])
-            try:
-                self.node.keyspaces.lww_write(key, value, timestamp)
-            except TooFarAhead as exc:
-                skew = self.node.keyspaces.max_clock_skew_ms
-                raise RespError(
-                    f"ERR timestamp {timestamp} is more than max_clock_skew_ms ({skew}) ahead "
-                    f"of this node's hybrid clock (the largest it accepts now is {exc.bound})"
-                ) from None
-            return OK
-        if not args:
-            raise RespError("ERR wrong number of arguments for 'treg' command")
-        raise RespError(f"ERR unknown subcommand '{_name(args[0])}' for 'TREG'")
+            return error(f"ERR {reply['text']}")
+        return encode(reply_of(reply))
 
     # -- what clients send by habit -----------------------------------------------------
 
@@ -190,7 +142,7 @@ class Commands:
         return bulk(args[0]) if args else b"+PONG\r\n"
 
     def echo(self, args: Args) -> bytes:
-        _arity("echo", args, 1)
+        arity("echo", args, 1)
         return bulk(args[0])
 
     def quit_command(self, args: Args) -> bytes:
@@ -234,14 +186,14 @@ class Commands:
     def client(self, args: Args) -> bytes:
         sub = args[0].upper() if args else b""
         if sub == b"SETINFO":
-            _arity("client|setinfo", args, 3)
+            arity("client|setinfo", args, 3)
             return OK
         if sub == b"SETNAME":
-            _arity("client|setname", args, 2)
+            arity("client|setname", args, 2)
             self.client_name = args[1] or None
             return OK
         if sub == b"GETNAME":
-            _arity("client|getname", args, 1)
+            arity("client|getname", args, 1)
             if self.client_name is None:
                 return NULL3 if self.protocol == 3 else NIL
             return bulk(self.client_name)
@@ -257,7 +209,7 @@ class Commands:
         return EMPTY_ARRAY
 
     def select(self, args: Args) -> bytes:
-        _arity("select", args, 1)
+        arity("select", args, 1)
         raw = args[0]
         digits = raw[1:] if raw.startswith(b"-") else raw
         if not (digits.isdigit() and digits.isascii()):
@@ -265,12 +217,6 @@ class Commands:
         if int(digits) != 0:
             raise RespError("ERR DB index is out of range")
         return OK
-
-
-def _timestamp(raw: bytes) -> int:
-    if not raw.isdigit() or not raw.isascii() or int(raw) > MAX_INT:
-        raise RespError(f"ERR timestamp must be an integer from 0 to {MAX_INT}")
-    return int(raw)
 
 
 class RespConnection(ServedConnection):

@@ -184,7 +184,7 @@ class StdioTransport:
         for peer in replicator.peers:
             replicator.link_up(peer)  # the network between stdio nodes is Maelstrom's
         self._gossip = asyncio.get_running_loop().create_task(
-            gossip_forever(self.node, self.gossip_interval_ms)
+            gossip_forever(replicator, self.gossip_interval_ms)
         )
 
 

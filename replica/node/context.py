@@ -1,0 +1,54 @@
+"""What a handler may use of its node: the narrow context every handler is given.
+
+Handlers see the node's identity, its keyspaces, its replication and durable
+storage as far as `status` and repair need them, and nothing else: no
+transport, no routing, no way to send a message of their own.  `Node` is the
+one implementation; a test may hand handlers anything with these members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from replica.keyspaces import Keyspaces
+from replica.replication.replicator import Replicator
+
+Body = dict[str, Any]
+Handler = Callable[["Context", Body, str | None], Body | None]
+"""A handler: (context, request body, sender or None) -> reply body, None for no reply."""
+
+
+class Durable(Protocol):
+    """The part of durable storage `status` reports."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class Context(Protocol):
+    @property
+    def node_id(self) -> str | None: ...
+
+    @property
+    def node_ids(self) -> list[str]: ...
+
+    @property
+    def keyspaces(self) -> Keyspaces: ...
+
+    @property
+    def replicator(self) -> Replicator | None:
+        """None for a node alone, or one not yet bound to its cluster."""
+
+    @property
+    def durability(self) -> Durable | None:
+        """None for a node in memory."""
+
+    @property
+    def integers_checked(self) -> bool:
+        """True while a request is handled again after its line was found free of huge integers."""
+
+    def bind(self, node_id: str, node_ids: list[str]) -> None:
+        """Take an identity from `init`."""
+
+    def shown(self, keyspace: str, key: str) -> None:
+        """A reply is about to show the key's state (see `Durability.note_read`)."""

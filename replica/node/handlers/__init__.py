@@ -1,0 +1,29 @@
+"""Request handlers: one function per message type, named after it, in its type's module.
+
+A handler validates the body's fields (raising `Malformed` before touching any
+state, so a bad request changes nothing), works on the node's keyspaces
+through the narrow `Context`, and returns the reply body without
+`in_reply_to` and `msg_id`, which the node adds.  `mv_write` is
+`handlers.mv.mv_write`; every `<type>_merge` is `handlers.merging`'s, unless
+the type's module has its own.  A type's module may also turn Redis commands
+into the same requests (`RESP_COMMANDS`), so both ports run the same handlers.
+"""
+
+from __future__ import annotations
+
+from replica.node.context import Handler
+from replica.node.handlers import cluster, kv, lww, merging, mv, mvcc
+from replica.node.resp_terms import Command
+
+HANDLERS: dict[str, Handler] = {
+    **cluster.HANDLERS,
+    **merging.HANDLERS,
+    **mv.HANDLERS,
+    **kv.HANDLERS,
+    **mvcc.HANDLERS,
+    **lww.HANDLERS,
+}
+"""Every message type the node answers -> its handler."""
+
+RESP_COMMANDS: dict[bytes, Command] = {**mv.RESP_COMMANDS, **lww.RESP_COMMANDS}
+"""Redis commands of the data types (upper case) -> how they become requests."""

@@ -1,0 +1,85 @@
+"""Handlers of the node itself: `init`, `status`, the peer handshake, repair and peers' replies.
+
+Peers' answers to the messages this node sent (`<type>_merge_ok`,
+`ae_roots_ok`, `ae_keys_ok`, and `error`) are routed here like any request,
+by type, and handed to the replicator; they are never answered.
+"""
+
+from __future__ import annotations
+
+from replica.crdt.malformed import Malformed, require_list, require_str
+from replica.crdt.registry import TYPES
+from replica.errors import ErrorCode, RequestError
+from replica.node.context import Body, Context, Handler
+from replica.replication import peer_handshake
+from replica.replication.replicator import Replicator
+
+
+def init(ctx: Context, body: Body, src: str | None) -> Body:
+    node_id = require_str(body, "node_id")
+    node_ids = require_list(body.get("node_ids"), "field 'node_ids'")
+    if not all(isinstance(n, str) for n in node_ids):
+        raise Malformed("field 'node_ids' must be an array of strings")
+    if ctx.node_id is None:
+        ctx.bind(node_id, node_ids)
+    elif node_id != ctx.node_id:
+        raise RequestError(
+            ErrorCode.PRECONDITION_FAILED, f"this node is {ctx.node_id!r}, not {node_id!r}"
+        )
+    return {"type": "init_ok"}
+
+
+def peer_hello(ctx: Context, body: Body, src: str | None) -> Body:
+    """A dialling peer's hello: accepted only when both nodes list the same cluster."""
+    return peer_handshake.answer(ctx.node_id, ctx.node_ids, body)
+
+
+def ae_roots(ctx: Context, body: Body, src: str | None) -> Body:
+    return _replicator(ctx).answer_roots(body)
+
+
+def ae_keys(ctx: Context, body: Body, src: str | None) -> Body:
+    return _replicator(ctx).answer_keys(src, body)
+
+
+def peer_reply(ctx: Context, body: Body, src: str | None) -> None:
+    """A peer's answer to a message of ours: acknowledgements and anti-entropy answers."""
+    if "in_reply_to" not in body:
+        raise RequestError(
+            ErrorCode.NOT_SUPPORTED, f"{body['type']!r} is a reply and needs 'in_reply_to'"
+        )
+    if ctx.replicator is not None:
+        ctx.replicator.on_reply(src, body)
+
+
+def _replicator(ctx: Context) -> Replicator:
+    if ctx.replicator is None:
+        raise RequestError(ErrorCode.NOT_SUPPORTED, "this node has no peers to repair with")
+    return ctx.replicator
+
+
+def status(ctx: Context, body: Body, src: str | None) -> Body:
+    keyspaces, replicator = ctx.keyspaces, ctx.replicator
+    return {
+        "type": "status_ok",
+        "node_id": ctx.node_id,
+        "peers": [] if replicator is None else replicator.status(),
+        "keys": {t.name: len(keyspaces.states[t.name]) for t in TYPES},
+        "max_siblings": {t.name: keyspaces.max_siblings(t.name) for t in TYPES if t.has_siblings},
+        "gossip_bytes_sent": 0 if replicator is None else replicator.bytes_sent,
+        "actor": keyspaces.actor,
+        "durability": {"mode": "memory"} if ctx.durability is None else ctx.durability.status(),
+    }
+
+
+HANDLERS: dict[str, Handler] = {
+    "init": init,
+    "status": status,
+    "peer_hello": peer_hello,
+    "ae_roots": ae_roots,
+    "ae_keys": ae_keys,
+    **{f"{t.merge_type}_ok": peer_reply for t in TYPES},
+    "ae_roots_ok": peer_reply,
+    "ae_keys_ok": peer_reply,
+    "error": peer_reply,
+}

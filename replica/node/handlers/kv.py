@@ -1,0 +1,68 @@
+"""Handlers of the client-clocked KV (`kv_*`): the client's clock decides, conflicts are kept.
+
+`kv_put`, `kv_get` and `kv_resolve` as PROTOCOL.md has them; the siblings
+themselves are `replica.crdt.clocked_siblings`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replica.crdt.clocked_siblings import Clock, NotCovered, PutResult, clock_from_wire
+from replica.crdt.malformed import MAX_COUNTER, require_field, require_str, require_value
+from replica.crdt.registry import KV
+from replica.errors import ErrorCode, RequestError
+from replica.keyspaces import Keyspaces
+from replica.node.context import Body, Context
+
+
+def put(keyspaces: Keyspaces, key: str, value: Any, clock: Clock) -> PutResult:
+    current = keyspaces.states["kv"].get(key, KV.empty)
+    updated, result = current.put(value, clock)
+    if updated != current:
+        keyspaces.put(KV, key, updated)
+    return result
+
+
+def resolve(keyspaces: Keyspaces, key: str, value: Any, clock: Clock) -> None:
+    """Raises `NotCovered` and changes nothing when the clock misses a sibling."""
+    current = keyspaces.states["kv"].get(key, KV.empty)
+    keyspaces.put(KV, key, current.resolve(value, clock))
+
+
+def kv_put(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    value = require_value(body, "value", checked=ctx.integers_checked)
+    clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER)
+    result = put(ctx.keyspaces, key, value, clock)
+    reply: Body = {"type": "kv_put_ok", "status": result.status}
+    if result.status == "conflict":
+        reply["siblings"] = result.siblings
+    elif result.status == "rejected":
+        reply["reason"] = "stale"
+    return reply
+
+
+def kv_get(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    ctx.shown("kv", key)
+    siblings = ctx.keyspaces.states["kv"].get(key)
+    return {"type": "kv_get_ok", "values": [] if siblings is None else siblings.to_wire()}
+
+
+def kv_resolve(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    value = require_value(body, "value", checked=ctx.integers_checked)
+    clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER)
+    try:
+        resolve(ctx.keyspaces, key, value, clock)
+    except NotCovered as exc:
+        clocks = ", ".join(str(list(c)) for c in exc.uncovered)
+        raise RequestError(
+            ErrorCode.PRECONDITION_FAILED,
+            f"clock {list(clock)} does not cover sibling clocks {clocks}",
+        ) from None
+    return {"type": "kv_resolve_ok", "status": "resolved"}
+
+
+HANDLERS = {"kv_put": kv_put, "kv_get": kv_get, "kv_resolve": kv_resolve}

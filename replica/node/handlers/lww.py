@@ -1,0 +1,75 @@
+"""Handlers of the LWW register (`lww_*`): the greatest (timestamp, replica) wins.
+
+`lww_write` and `lww_read` as PROTOCOL.md has them, and Jylis's `TREG` for
+the Redis port; the register itself is `replica.crdt.lww`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replica.crdt.lww import LWWRegister
+from replica.crdt.malformed import optional_count, require_str, require_value
+from replica.crdt.registry import LWW
+from replica.errors import ErrorCode, RequestError
+from replica.keyspaces import Keyspaces, TooFarAhead
+from replica.node.context import Body, Context
+from replica.node.handlers.clocked import too_far_ahead
+from replica.node.resp_terms import OK, Integer, Reply, Term, Value, arity, integer, text, unknown
+
+
+def write(keyspaces: Keyspaces, key: str, value: Any, timestamp: int | None) -> int:
+    """Returns the write's timestamp; raises `TooFarAhead`, changing nothing."""
+    ts = keyspaces.timestamp(timestamp)
+    written = LWWRegister(value, ts, keyspaces.node_id)
+    current = keyspaces.states["lww"].get(key)
+    merged = written if current is None else current.merge(written)
+    if merged != current:
+        keyspaces.put(LWW, key, merged)
+    return ts
+
+
+def lww_write(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    value = require_value(body, "value", checked=ctx.integers_checked)
+    timestamp = optional_count(body, "timestamp")
+    try:
+        ts = write(ctx.keyspaces, key, value, timestamp)
+    except TooFarAhead as exc:
+        raise too_far_ahead(ctx.keyspaces, exc) from None
+    return {"type": "lww_write_ok", "timestamp": ts, "replica": ctx.node_id}
+
+
+def lww_read(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    ctx.shown("lww", key)
+    register = ctx.keyspaces.states["lww"].get(key)
+    if register is None:
+        raise RequestError(ErrorCode.KEY_DOES_NOT_EXIST, f"no value for {key!r}")
+    return {"type": "lww_read_ok", **register.to_wire()}
+
+
+def treg(args: list[bytes]) -> tuple[Body, Reply]:
+    """`TREG SET key value timestamp` (+OK) and `TREG GET key` ([value, timestamp] or [])."""
+    sub = args[0].upper() if args else b""
+    if sub == b"GET":
+        arity("treg|get", args, 2)
+        return {"type": "lww_read", "key": text(args[1], "key")}, _value_and_timestamp
+    if sub == b"SET":
+        arity("treg|set", args, 4)
+        key, value = text(args[1], "key"), text(args[2], "value")
+        timestamp = integer(args[3], "timestamp")
+        return {"type": "lww_write", "key": key, "value": value, "timestamp": timestamp}, _ok
+    raise unknown("treg", args)
+
+
+def _ok(reply: Body) -> Term:
+    return OK
+
+
+def _value_and_timestamp(reply: Body) -> Term:
+    return [Value(reply["value"]), Integer(reply["timestamp"])]
+
+
+HANDLERS = {"lww_write": lww_write, "lww_read": lww_read}
+RESP_COMMANDS = {b"TREG": treg}

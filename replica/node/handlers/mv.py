@@ -1,0 +1,90 @@
+"""Handlers of the MV register (`mv_*`): writes that never lose a concurrent value.
+
+`mv_write` and `mv_read` as PROTOCOL.md has them, the seed form of
+`mv_merge` (one dot-less `entry` from the sender), and Jylis's `MVREG` for the
+Redis port.  The register itself is `replica.crdt.mv_register`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replica.crdt import version_vector
+from replica.crdt.malformed import MAX_COUNTER, require_str, require_value
+from replica.crdt.mv_register import MVRegister, Sibling
+from replica.crdt.registry import MV
+from replica.crdt.version_vector import VersionVector
+from replica.keyspaces import Keyspaces
+from replica.node.context import Body, Context
+from replica.node.handlers.merging import ack, merge
+from replica.node.resp_terms import OK, Reply, Term, Value, arity, text, unknown
+
+
+def write(
+    keyspaces: Keyspaces, key: str, value: Any, context: VersionVector | None
+) -> tuple[MVRegister, Sibling]:
+    """A client's write at this node's actor; returns the new register and its sibling."""
+    current = keyspaces.states["mv"].get(key, MV.empty)
+    register, sibling = current.write(keyspaces.actor, value, context)
+    keyspaces.put(MV, key, register)
+    return register, sibling
+
+
+def mv_write(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    value = require_value(body, "value", checked=ctx.integers_checked)
+    raw_context = body.get("context")
+    context = (
+        None
+        if raw_context is None
+        else version_vector.from_wire(raw_context, "context", MAX_COUNTER)
+    )
+    register, sibling = write(ctx.keyspaces, key, value, context)
+    values, register_context = register.read_view()
+    # Alone, the new sibling's vclock is the register's context: one dict serves both.
+    vclock = register_context if len(values) == 1 else sibling.vclock()
+    return {"type": "mv_write_ok", "vclock": vclock, "context": register_context, "values": values}
+
+
+def mv_read(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    ctx.shown("mv", key)
+    register = ctx.keyspaces.states["mv"].get(key)
+    if register is None:
+        return {"type": "mv_read_ok", "values": [], "context": {}}
+    values, context = register.read_view()
+    return {"type": "mv_read_ok", "values": values, "context": context}
+
+
+def mv_merge(ctx: Context, body: Body, src: str | None) -> Body | None:
+    """Whole sibling sets, a batch of them, or the seed's single dot-less entry."""
+    if "entry" not in body:
+        return merge(ctx, body, src, MV)
+    key = require_str(body, "key")
+    ctx.keyspaces.merge(MV, key, MVRegister.of([Sibling.from_entry(body["entry"], src)]))
+    return ack(body)
+
+
+def mvreg(args: list[bytes]) -> tuple[Body, Reply]:
+    """`MVREG SET key value` (+OK) and `MVREG GET key` (the visible values)."""
+    sub = args[0].upper() if args else b""
+    if sub == b"SET":
+        arity("mvreg|set", args, 3)
+        key, value = text(args[1], "key"), text(args[2], "value")
+        return {"type": "mv_write", "key": key, "value": value}, _ok
+    if sub == b"GET":
+        arity("mvreg|get", args, 2)
+        return {"type": "mv_read", "key": text(args[1], "key")}, _values
+    raise unknown("mvreg", args)
+
+
+def _ok(reply: Body) -> Term:
+    return OK
+
+
+def _values(reply: Body) -> Term:
+    return [Value(v["value"]) for v in reply["values"]]
+
+
+HANDLERS = {"mv_write": mv_write, "mv_read": mv_read, "mv_merge": mv_merge}
+RESP_COMMANDS = {b"MVREG": mvreg}

@@ -1,0 +1,113 @@
+"""Handlers of the MVCC store (`mvcc_*`): versions by timestamp, snapshot reads.
+
+`mvcc_put`, `mvcc_get`, `mvcc_snapshot` and `mvcc_gc` as PROTOCOL.md has them;
+the version chain itself is `replica.crdt.mvcc`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replica.crdt.malformed import (
+    Malformed,
+    optional_count,
+    require_count,
+    require_list,
+    require_str,
+    require_value,
+)
+from replica.crdt.mvcc import TimestampConflict, Version
+from replica.crdt.registry import MVCC
+from replica.errors import ErrorCode, RequestError
+from replica.keyspaces import Keyspaces, TooFarAhead
+from replica.node.context import Body, Context
+from replica.node.handlers.clocked import too_far_ahead
+
+
+def put(keyspaces: Keyspaces, key: str, value: Any, timestamp: int | None) -> tuple[int, int]:
+    """Returns (version, timestamp).
+
+    Raises `TimestampConflict` or `TooFarAhead`, changing nothing.
+    """
+    current = keyspaces.states["mvcc"].get(key, MVCC.empty)
+    ts = keyspaces.timestamp(timestamp)
+    chain, version = current.put(ts, value, keyspaces.node_id)
+    if chain is not current:
+        # collection only drops versions older than this one: its number stands
+        collected, _ = chain.collect(keyspaces.horizon)
+        keyspaces.put(MVCC, key, collected)
+    return version, ts
+
+
+def read(keyspaces: Keyspaces, key: str, read_timestamp: int | None) -> tuple[Version, int] | None:
+    chain = keyspaces.states["mvcc"].get(key)
+    return None if chain is None else chain.read(read_timestamp)
+
+
+def mvcc_put(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    value = require_value(body, "value", checked=ctx.integers_checked)
+    timestamp = optional_count(body, "timestamp")
+    try:
+        version, ts = put(ctx.keyspaces, key, value, timestamp)
+    except TimestampConflict as exc:
+        raise RequestError(
+            ErrorCode.TXN_CONFLICT,
+            f"timestamp {timestamp} is at or below the key's newest version ({exc.newest})",
+        ) from None
+    except TooFarAhead as exc:
+        raise too_far_ahead(ctx.keyspaces, exc) from None
+    return {"type": "mvcc_put_ok", "version": version, "timestamp": ts}
+
+
+def mvcc_get(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    read_timestamp = optional_count(body, "read_timestamp")
+    _check_horizon(ctx.keyspaces, read_timestamp)
+    ctx.shown("mvcc", key)
+    found = read(ctx.keyspaces, key, read_timestamp)
+    if found is None:
+        at = "" if read_timestamp is None else f" at or before timestamp {read_timestamp}"
+        raise RequestError(ErrorCode.KEY_DOES_NOT_EXIST, f"no version of {key!r}{at}")
+    return {"type": "mvcc_get_ok", **_version_view(*found)}
+
+
+def mvcc_snapshot(ctx: Context, body: Body, src: str | None) -> Body:
+    keys = require_list(body.get("keys"), "field 'keys'")
+    if not all(isinstance(k, str) for k in keys):
+        raise Malformed("field 'keys' must be an array of strings")
+    read_timestamp = require_count(body.get("read_timestamp"), "field 'read_timestamp'")
+    _check_horizon(ctx.keyspaces, read_timestamp)
+    values: Body = {}
+    for key in keys:
+        ctx.shown("mvcc", key)
+        found = read(ctx.keyspaces, key, read_timestamp)
+        values[key] = None if found is None else _version_view(*found)
+    return {"type": "mvcc_snapshot_ok", "values": values}
+
+
+def mvcc_gc(ctx: Context, body: Body, src: str | None) -> Body:
+    before = require_count(body.get("before"), "field 'before'")
+    removed = ctx.keyspaces.collect_garbage(before)
+    return {"type": "mvcc_gc_ok", "removed": removed, "horizon": ctx.keyspaces.horizon}
+
+
+def _check_horizon(keyspaces: Keyspaces, read_timestamp: int | None) -> None:
+    horizon = keyspaces.horizon
+    if read_timestamp is not None and read_timestamp < horizon:
+        raise RequestError(
+            ErrorCode.PRECONDITION_FAILED,
+            f"read_timestamp {read_timestamp} is below the garbage-collection horizon {horizon}",
+        )
+
+
+def _version_view(version: Version, number: int) -> Body:
+    return {"value": version.value, "version": number, "as_of_timestamp": version.timestamp}
+
+
+HANDLERS = {
+    "mvcc_put": mvcc_put,
+    "mvcc_get": mvcc_get,
+    "mvcc_snapshot": mvcc_snapshot,
+    "mvcc_gc": mvcc_gc,
+}
