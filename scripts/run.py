@@ -2,7 +2,7 @@
 """Install replica into a private virtual environment, then start it or test it.
 
     python3 scripts/run.py cluster   # the local cluster of cluster.toml
-    python3 scripts/run.py test      # ruff, mypy, then the whole test suite
+    python3 scripts/run.py test      # ruff check, ruff format --check, mypy, then every test
 
 Only python3 is assumed.  The environment lives in `.venv` beside this
 repository and is reinstalled only when pyproject.toml changed since the last
@@ -73,9 +73,10 @@ def main() -> int:
     if command == "test":
         ensure_environment()
         lint = run([str(BIN / "ruff"), "check", "."])
+        formatted = run([str(BIN / "ruff"), "format", "--check", "."])
         types = run([str(BIN / "mypy")])
         tests = run([str(BIN / "python"), "-m", "pytest", *extra])
-        return lint or types or tests
+        return lint or formatted or types or tests
     if command == "cluster":
         ensure_environment()
         config = extra or ["--config", "cluster.toml"]
