@@ -15,6 +15,7 @@ import uvloop
 
 from replica.cli.config import ClusterConfig, load_cluster
 from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK
+from replica.crdt.registry import NAMES
 
 TIMEOUT_SECONDS = 2.0
 
@@ -54,30 +55,19 @@ async def cluster_status(config: ClusterConfig) -> list[tuple[str, dict[str, Any
 
 
 def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
-    header = (
-        "node",
-        "mv",
-        "kv",
-        "mvcc",
-        "lww",
-        "max sib",
-        "disk",
-        "peers (connected, last ack, pending)",
-    )
+    """One row per node: its keys of each data type, max siblings, disk and peers."""
+    header = ("node", *NAMES, "max sib", "disk", "peers (connected, last ack, pending)")
     lines = [header]
     for node_id, status in rows:
         if isinstance(status, str):
-            lines.append((node_id, "-", "-", "-", "-", "-", "-", status))
+            lines.append((node_id, *("-" for _ in NAMES), "-", "-", status))
             continue
         keys = status.get("keys", {})
         siblings = status.get("max_siblings", {})
         lines.append(
             (
                 node_id,
-                str(keys.get("mv", 0)),
-                str(keys.get("kv", 0)),
-                str(keys.get("mvcc", 0)),
-                str(keys.get("lww", 0)),
+                *(str(keys.get(name, 0)) for name in NAMES),
                 str(max(siblings.values(), default=0)),
                 _disk(status.get("durability", {})),
                 "  ".join(_peer(p) for p in status.get("peers", [])) or "none",
