@@ -8,20 +8,22 @@ from typing import Any
 import pytest
 
 from replica.crdt.lww import LWWRegister
-from replica.durable.checkpointer import (
-    CHECKPOINT_KEY,
-    CheckpointFailed,
-    open_environment,
-    write_sealed,
-)
 from replica.durable.commit_log import Segment, frame
-from replica.durable.records import LWW, MV, decode_state, encode_batch, encode_removal
+from replica.durable.errors import CheckpointFailed
+from replica.durable.lmdb_checkpoint import CHECKPOINT_KEY, open_environment, write_sealed
+from replica.durable.records import decode_state, encode_commit
+from tests.names import LWW, MV
 
 MAP_SIZE = 1 << 26
 
 
 def lww(value: Any, timestamp: int) -> LWWRegister:
     return LWWRegister(value, timestamp, "n1")
+
+
+def batch(entries: list[tuple[str, str, Any]]) -> bytes:
+    """One commit's log record of (keyspace, key, state or None)."""
+    return encode_commit({(keyspace, key): state for keyspace, key, state in entries})
 
 
 def write_segment(directory: Path, seq: int, records: list[bytes]) -> None:
@@ -46,8 +48,7 @@ def lmdb_contents(env: Any) -> tuple[dict[str, Any], bytes | None]:
 def rewritten_keys(directory: Path, keys: int) -> dict[str, Any]:
     """Segments 1 and 2 writing `keys` keys three times over; what each key ends as."""
     rounds = [
-        encode_batch([(LWW, f"k{i:04}", lww(f"v{i}-{r}", r)) for i in range(keys)])
-        for r in range(3)
+        batch([(LWW, f"k{i:04}", lww(f"v{i}-{r}", r)) for i in range(keys)]) for r in range(3)
     ]
     write_segment(directory, 1, rounds[:2])
     write_segment(directory, 2, rounds[2:])
@@ -70,9 +71,9 @@ def test_a_removal_after_a_state_removes_the_key(tmp_path: Path) -> None:
         tmp_path,
         1,
         [
-            encode_batch([(LWW, "gone", lww("a", 1)), (LWW, "kept", lww("b", 1))]),
-            encode_removal(LWW, "gone"),  # a replica-store/2 removal record
-            encode_batch([(MV, "other", None)]),
+            batch([(LWW, "gone", lww("a", 1)), (LWW, "kept", lww("b", 1))]),
+            batch([(LWW, "gone", None)]),
+            batch([(MV, "other", None)]),
         ],
     )
     env = open_environment(tmp_path, MAP_SIZE)

@@ -16,13 +16,19 @@ from typing import Any
 import pytest
 
 from replica.cli.config import ConfigError, parse_cluster
+from replica.crdt import registry
 from replica.crdt.mv_register import MVRegister
 from replica.durable import durability as durability_module
 from replica.durable.durability import Durability, NotDurable
+from replica.durable.lmdb_store import LmdbStore
 from replica.durable.log_link import Done
 from replica.durable.records import log_entries
-from replica.durable.storage import CheckpointFailed, LmdbStore, MemoryStore, open_store
-from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
+from replica.durable.store import MemoryStore, open_store
+from replica.keyspaces import Keyspaces
+from replica.node.handlers import kv as kv_ops
+from replica.node.handlers import lww as lww_ops
+from replica.node.handlers import mv as mv_ops
+from replica.node.handlers import mvcc as mvcc_ops
 from replica.node.router import Node
 from replica.transports.tcp import serve_tcp
 from tests.harness import (
@@ -34,6 +40,7 @@ from tests.harness import (
     free_ports,
     wait_unlocked,
 )
+from tests.names import KV, LWW, MV, MVCC
 
 
 class SlowStore(MemoryStore):
@@ -83,7 +90,7 @@ async def test_nothing_changed_means_no_barrier() -> None:
 async def test_a_barrier_resolves_once_the_change_is_stored() -> None:
     ks, store = keyspaces(), SlowStore()
     durability = Durability(ks, store)
-    ks.lww_write("k", "v", 1)
+    lww_ops.write(ks, "k", "v", 1)
     barrier = durability.barrier()
     assert barrier is not None
     assert store.records == {}
@@ -96,13 +103,13 @@ async def test_a_barrier_resolves_once_the_change_is_stored() -> None:
 async def test_barriers_asked_between_two_commits_share_one_future() -> None:
     ks, store = keyspaces(), SlowStore(delay=0)
     durability = Durability(ks, store)
-    ks.lww_write("a", "v", 1)
+    lww_ops.write(ks, "a", "v", 1)
     first = durability.barrier()
-    ks.lww_write("b", "v", 1)
+    lww_ops.write(ks, "b", "v", 1)
     assert durability.barrier() is first
     assert first is not None
     await first
-    ks.lww_write("c", "v", 1)
+    lww_ops.write(ks, "c", "v", 1)
     assert durability.barrier() not in (None, first)
     await durability.close()
 
@@ -111,7 +118,7 @@ async def test_changes_of_one_turn_are_one_commit() -> None:
     ks, store = keyspaces(), SlowStore()
     durability = Durability(ks, store)
     for i in range(1000):
-        ks.mv_write(f"k{i}", i, None)
+        mv_ops.write(ks, f"k{i}", i, None)
     barrier = durability.barrier()
     assert barrier is not None
     await barrier
@@ -127,7 +134,7 @@ async def test_changes_during_a_commit_gather_for_the_next_ones(
     durability = Durability(ks, store)
     barriers = []
     for i in range(300):  # one write per loop turn, while commits take 10 ms each
-        ks.kv_put(f"k{i}", i, (1,))
+        kv_ops.put(ks, f"k{i}", i, (1,))
         barriers.append(durability.barrier())
         await asyncio.sleep(0)
     await asyncio.gather(*barriers)
@@ -146,10 +153,10 @@ async def test_a_failed_commit_fails_the_commits_started_after_it(
     ks, store = keyspaces(), SlowStore(delay=0.02)
     store.fail_keys = {"a"}
     durability = Durability(ks, store)
-    ks.lww_write("a", "v", 1)
+    lww_ops.write(ks, "a", "v", 1)
     first = durability.barrier()
     await asyncio.sleep(0)
-    ks.lww_write("b", "v", 1)
+    lww_ops.write(ks, "b", "v", 1)
     second = durability.barrier()
     await asyncio.sleep(0)
     assert store.in_flight == 2
@@ -171,7 +178,7 @@ async def test_a_key_changed_many_times_between_commits_is_stored_once() -> None
     ks, store = keyspaces(), SlowStore()
     durability = Durability(ks, store)
     for i in range(50):
-        ks.lww_write("k", i, i + 1)
+        lww_ops.write(ks, "k", i, i + 1)
     await durability.barrier()  # type: ignore[misc]
     assert store.batch_sizes == [1]
     await durability.close()
@@ -184,7 +191,7 @@ async def test_a_failed_commit_fails_its_barrier_and_is_retried(
     ks, store = keyspaces(), SlowStore()
     store.fail_with = OSError(28, "No space left on device")
     durability = Durability(ks, store)
-    ks.mvcc_put("k", "v", 7)
+    mvcc_ops.put(ks, "k", "v", 7)
     barrier = durability.barrier()
     assert barrier is not None
     with pytest.raises(NotDurable, match="No space left"):
@@ -202,7 +209,7 @@ async def test_async_mode_commits_after_the_flush_interval() -> None:
     ks, store = keyspaces(), SlowStore(delay=0)
     durability = Durability(ks, store, mode="async", flush_interval_ms=20)
     assert not durability.holds_replies
-    ks.lww_write("k", "v", 1)
+    lww_ops.write(ks, "k", "v", 1)
     await asyncio.sleep(0.005)
     assert store.records == {}
     await asyncio.sleep(0.05)
@@ -213,7 +220,7 @@ async def test_async_mode_commits_after_the_flush_interval() -> None:
 async def test_close_commits_what_is_still_dirty(tmp_path: Path) -> None:
     ks = keyspaces()
     durability = Durability(ks, LmdbStore(tmp_path), mode="async", flush_interval_ms=60_000)
-    ks.kv_put("k", "v", (1,))
+    kv_ops.put(ks, "k", "v", (1,))
     await durability.close()
     store = LmdbStore(tmp_path)
     assert [(space, key) for space, key, _ in store.load_all()] == [(KV, "k")]
@@ -428,10 +435,10 @@ async def test_a_wiped_node_never_reuses_a_dot(tmp_path: Path) -> None:
     data = tmp_path / "n1"
     store, first_actor = open_store(data, "n1")
     before = Keyspaces("n1", mvcc_retention_ms=0, actor=first_actor)
-    before.mv_write("k", "old", None)
+    mv_ops.write(before, "k", "old", None)
     store.close()
     peer = Keyspaces("n2", mvcc_retention_ms=0)
-    peer.mv_merge("k", before.mv["k"])  # the old value reached n2
+    peer.merge(registry.MV, "k", before.states["mv"]["k"])  # the old value reached n2
 
     for file in data.iterdir():  # the disk is wiped
         file.unlink()
@@ -439,12 +446,12 @@ async def test_a_wiped_node_never_reuses_a_dot(tmp_path: Path) -> None:
     store.close()
     assert second_actor != first_actor
     after = Keyspaces("n1", mvcc_retention_ms=0, actor=second_actor)
-    _, sibling = after.mv_write("k", "new", None)  # no context: it has seen nothing
-    assert sibling.dot != before.mv["k"].siblings[0].dot
+    _, sibling = mv_ops.write(after, "k", "new", None)  # no context: it has seen nothing
+    assert sibling.dot != before.states["mv"]["k"].siblings[0].dot
 
-    healed = after.mv["k"].merge(peer.mv["k"])
+    healed = after.states["mv"]["k"].merge(peer.states["mv"]["k"])
     assert sorted(healed.values()) == ["new", "old"]
-    assert sorted(peer.mv["k"].merge(after.mv["k"]).values()) == ["new", "old"]
+    assert sorted(peer.states["mv"]["k"].merge(after.states["mv"]["k"]).values()) == ["new", "old"]
 
 
 def test_without_fresh_actors_a_wipe_would_lose_a_write() -> None:
@@ -571,17 +578,20 @@ async def test_a_full_lmdb_map_fails_commits_once_a_checkpoint_fails(tmp_path: P
     """The log takes the commit; while checkpoints cannot write LMDB, a log past its bound
     (four segments) stops the next ones."""
     ks = keyspaces()
-    store = LmdbStore(tmp_path, map_size=256 * 1024, segment_bytes=64 * 1024)
+    store = LmdbStore(
+        tmp_path, map_size=256 * 1024, segment_bytes=64 * 1024, checkpoint_interval_s=0.2
+    )
     durability = Durability(ks, store)
     for i in range(2000):
-        ks.lww_write(f"k{i}", "x" * 200, i + 1)
+        lww_ops.write(ks, f"k{i}", "x" * 200, i + 1)
     await durability.barrier()  # type: ignore[misc]
-    with pytest.raises(CheckpointFailed, match="MapFullError"):  # in the checkpointer process
-        store.checkpoint()
+    deadline = time.monotonic() + 30  # the full segment wakes a checkpoint, in the checkpointer
+    while store.status()["checkpoint_failures"] == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
     status = store.status()
     assert status["checkpoints"] == 0 and status["checkpoint_failures"] >= 1
     assert "MapFullError" in status["last_checkpoint"]["error"]
-    ks.lww_write("late", "x", 1)
+    lww_ops.write(ks, "late", "x", 1)
     barrier = durability.barrier()
     assert barrier is not None
     with pytest.raises(NotDurable, match="MapFullError"):

@@ -27,10 +27,13 @@ import pytest
 from replica.crdt.lww import LWWRegister
 from replica.durable.commit_log import HEADER, frame, parse, segment_name
 from replica.durable.durability import Durability
+from replica.durable.errors import StorageError
+from replica.durable.lmdb_store import LmdbStore
 from replica.durable.log_manifest import MANIFEST, load_manifest
-from replica.durable.records import encode_batch
-from replica.durable.storage import LmdbStore, StorageError, open_store
-from replica.keyspaces import LWW, Keyspaces
+from replica.durable.records import encode_commit
+from replica.durable.store import open_store
+from replica.keyspaces import Keyspaces
+from replica.node.handlers import mv as mv_ops
 from tests.harness import (
     LOOPBACK,
     START_TIMEOUT,
@@ -41,6 +44,7 @@ from tests.harness import (
     replica_command,
     wait_unlocked,
 )
+from tests.names import LWW
 from tests.test_durability import helper_pids
 
 KEYS = 60
@@ -227,7 +231,7 @@ async def test_a_torn_tail_is_cut_with_a_warning_and_the_node_starts(scratch_dir
     with durable_node(scratch_dir) as node:
         await keys_written_then_killed(node, data_dir)
         path, end, _ = newest_written_segment(data_dir)
-        late = encode_batch([(LWW, "late", LWWRegister(9, 1, "n1"))])
+        late = encode_commit({(LWW, "late"): LWWRegister(9, 1, "n1")})
         never_acknowledged = frame([late])[:-7]  # a write the crash cut short
         with path.open("r+b") as file:
             file.seek(end)
@@ -287,7 +291,8 @@ def test_an_incarnation_is_clean_only_after_a_close_that_checkpointed(tmp_path: 
     store, second = open_store(data, "n1")
     assert second == first
     assert isinstance(store, LmdbStore)
-    assert store.get_meta("clean") == b"0"  # cleared while the node runs
+    with store.env.begin() as txn:
+        assert txn.get(b"clean", db=store.env.open_db(b"meta", txn=txn)) == b"0"  # while it runs
     store.close()
     store = LmdbStore(data)  # a tool that opens the store is not an incarnation
     store.close()
@@ -302,7 +307,7 @@ async def test_a_close_that_leaves_writes_not_durable_is_no_clean_stop(tmp_path:
     store, first = open_store(data, "n1")
     keyspaces = Keyspaces("n1", mvcc_retention_ms=0, actor=first)
     durability = Durability(keyspaces, FailingStore(store), mode="async", flush_interval_ms=10_000)
-    keyspaces.mv_write("k", "acknowledged at once", None)
+    mv_ops.write(keyspaces, "k", "acknowledged at once", None)
     await durability.close()  # its one commit fails: the write never reached disk
     store, second = open_store(data, "n1")
     store.close()
@@ -470,7 +475,7 @@ async def test_a_full_disk_fails_writes_but_reads_and_status_answer_until_there_
 def sealed_log(data_dir: Path) -> tuple[Path, bytes]:
     """A closed store whose manifest lists one sealed segment no checkpoint has taken."""
     LmdbStore(data_dir).close()
-    records = [encode_batch([(LWW, f"k{i}", LWWRegister(i, 1, "n1"))]) for i in range(5)]
+    records = [encode_commit({(LWW, f"k{i}"): LWWRegister(i, 1, "n1")}) for i in range(5)]
     data = frame(records)
     path = data_dir / segment_name(1)
     path.write_bytes(data + bytes(4096))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +23,28 @@ from replica.crdt.lww import LWWRegister
 from replica.crdt.mv_register import MVRegister
 from replica.crdt.version_vector import Dot, VersionVector
 from replica.durable.commit_log import frame, parse
+from replica.durable.errors import StorageError
+from replica.durable.lmdb_store import LmdbStore
 from replica.durable.records import (
     BATCH_HEADER,
-    FORMAT_VERSION,
     TYPE_TAGS,
     VALUE_VERSION,
     decode_state,
-    encode_batch,
     encode_commit,
-    encode_removal,
-    encode_state,
+    encode_stored,
     log_entries,
     state_of,
 )
-from replica.durable.storage import FORMAT_MARKER, LmdbStore, MemoryStore, StorageError, open_store
-from replica.keyspaces import KV, LWW, MV, MVCC, Keyspaces
+from replica.durable.store import MemoryStore, open_store
+from replica.keyspaces import Keyspaces
+from replica.node.handlers import kv as kv_ops
+from replica.node.handlers import lww as lww_ops
+from replica.node.handlers import mv as mv_ops
+from replica.node.handlers import mvcc as mvcc_ops
 from replica.node.router import Node
 from replica.replication.digest import BUCKETS
 from tests.harness import free_ports, replica_command
+from tests.names import KV, LWW, MV, MVCC
 from tests.strategies_mv import mv_registers
 from tests.strategies_types import clocked_siblings, lww_registers, version_chains
 
@@ -46,28 +52,75 @@ from tests.strategies_types import clocked_siblings, lww_registers, version_chai
 def sample_states() -> dict[tuple[str, str], Any]:
     """One state of every keyspace, built by the node's own operations."""
     ks = Keyspaces("n1", mvcc_retention_ms=0, actor="n1~abc123")
-    ks.mv_write("cart", ["milk"], None)
-    ks.mv_write("cart", ["eggs"], VersionVector())  # a concurrent sibling
-    ks.kv_put("user", "Alice", (1, 0))
-    ks.kv_put("user", "Bob", (0, 1))
-    ks.mvcc_put("x", "v1", 100)
-    ks.mvcc_put("x", {"v": 2}, 200)
-    ks.mvcc_gc(150)
-    ks.lww_write("flag", True, 5)
-    ks.mv_write("k" * 2000, "a key longer than LMDB's key limit", None)
+    mv_ops.write(ks, "cart", ["milk"], None)
+    mv_ops.write(ks, "cart", ["eggs"], VersionVector())  # a concurrent sibling
+    kv_ops.put(ks, "user", "Alice", (1, 0))
+    kv_ops.put(ks, "user", "Bob", (0, 1))
+    mvcc_ops.put(ks, "x", "v1", 100)
+    mvcc_ops.put(ks, "x", {"v": 2}, 200)
+    ks.collect_garbage(150)
+    lww_ops.write(ks, "flag", True, 5)
+    mv_ops.write(ks, "k" * 2000, "a key longer than LMDB's key limit", None)
     return {
         (space, key): state
         for space in (MV, KV, MVCC, LWW)
-        for key, state in getattr(ks, space).items()
+        for key, state in ks.states[space].items()
     }
 
 
+LOOP = asyncio.new_event_loop()
+"""The loop a test's store commits on: a store's log link serves one loop."""
+
+
+def commit(store: Any, record: bytes) -> None:
+    """Make one log record durable through the store, as `Durability` does."""
+
+    async def submitted() -> str | None:
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        store.submit(record, done.set_result)
+        return await done
+
+    failure = LOOP.run_until_complete(submitted())
+    assert failure is None, failure
+
+
+def batch(entries: list[tuple[str, str, Any]]) -> bytes:
+    """The log record of a commit of (keyspace, key, state or None)."""
+    return encode_commit({(ks, key): state for ks, key, state in entries})
+
+
+def encode_state(keyspace: str, key: str, state: Any) -> bytes:
+    """A state's LMDB value, as a checkpoint writes it."""
+    return encode_stored(keyspace, key, state.to_stored())
+
+
+def value(tag: int, body: bytes, version: int = VALUE_VERSION) -> bytes:
+    """An LMDB value of any tag, version and body, with a valid checksum."""
+    data = bytes([tag, version]) + body
+    return data + zlib.crc32(data).to_bytes(4, "little")
+
+
 def store_all(store: Any, states: dict[tuple[str, str], Any]) -> None:
-    store.store_batch([(ks, key, s) for (ks, key), s in states.items()])
+    if isinstance(store, MemoryStore):
+        store.store_record(encode_commit(states))
+    else:
+        commit(store, encode_commit(states))
 
 
 def loaded(store: Any) -> dict[tuple[str, str], Any]:
     return {(ks, key): state for ks, key, state in store.load_all()}
+
+
+def reopened(store: LmdbStore) -> LmdbStore:
+    """Close `store` (a checkpoint of everything) and open its data dir again."""
+    store.close()
+    return LmdbStore(store.path)
+
+
+def count(store: LmdbStore) -> int:
+    """The keys in LMDB, as of the last checkpoint."""
+    with store.env.begin() as txn:
+        return sum(txn.stat(store.env.open_db(ks.encode(), txn=txn))["entries"] for ks in TYPE_TAGS)
 
 
 def test_every_keyspace_round_trips_through_lmdb(tmp_path: Path) -> None:
@@ -78,7 +131,7 @@ def test_every_keyspace_round_trips_through_lmdb(tmp_path: Path) -> None:
     reopened = LmdbStore(tmp_path / "data")
     try:
         assert loaded(reopened) == states
-        assert reopened.count() == len(states)
+        assert count(reopened) == len(states)
     finally:
         reopened.close()
 
@@ -93,10 +146,12 @@ def test_every_keyspace_round_trips_through_memory() -> None:
 def test_a_later_batch_replaces_a_key_and_remove_forgets_it(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path)
     first, second = LWWRegister("a", 1, "n1"), LWWRegister("b", 2, "n1")
-    store.store_batch([(LWW, "k", first)])
-    store.store_batch([(LWW, "k", second)])
+    commit(store, batch([(LWW, "k", first)]))
+    commit(store, batch([(LWW, "k", second)]))
+    store = reopened(store)
     assert loaded(store) == {(LWW, "k"): second}
-    store.store_batch([(LWW, "k", None), (MV, "absent", None)])
+    commit(store, batch([(LWW, "k", None), (MV, "absent", None)]))
+    store = reopened(store)
     assert loaded(store) == {}
     store.close()
 
@@ -110,11 +165,12 @@ def test_the_encoding_starts_with_a_type_tag_and_a_version() -> None:
 @pytest.mark.parametrize(
     ("data", "complaint"),
     [
-        (bytes([TYPE_TAGS[KV], FORMAT_VERSION]) + b'["k", []]', "wrong type tag"),
-        (bytes([TYPE_TAGS[MV], 99]) + b'["k", []]', "unknown format version"),
-        (bytes([TYPE_TAGS[MV], FORMAT_VERSION]) + b"not json", "not valid JSON"),
-        (bytes([TYPE_TAGS[MV], FORMAT_VERSION]) + b"[1, []]", "key is not a string"),
-        (bytes([TYPE_TAGS[MV], FORMAT_VERSION]) + b'["k", [{"dot": 3}]]', "undecodable"),
+        (value(TYPE_TAGS[KV], b'["k", []]'), "wrong type tag"),
+        (value(TYPE_TAGS[MV], b'["k", []]', 99), "unknown format version"),
+        (value(TYPE_TAGS[MV], b'["k", []]', 1), "unknown format version"),
+        (value(TYPE_TAGS[MV], b"not json"), "not valid JSON"),
+        (value(TYPE_TAGS[MV], b"[1, []]"), "key is not a string"),
+        (value(TYPE_TAGS[MV], b'["k", [{"dot": 3}]]'), "undecodable"),
         (b"", "wrong type tag"),
     ],
 )
@@ -123,7 +179,7 @@ def test_an_undecodable_record_is_a_storage_error(data: bytes, complaint: str) -
         decode_state(MV, data)
 
 
-# -- the trusted decoding recovery uses --------------------------------------------------------
+# -- the decoding recovery uses, which trusts invariants ---------------------------------
 
 keyed_states = st.one_of(
     st.tuples(st.just(MV), mv_registers(universe=None)),
@@ -134,14 +190,14 @@ keyed_states = st.one_of(
 
 
 @given(keyed_state=keyed_states)
-def test_trusted_decoding_gives_the_state_validating_decoding_gives(
+def test_decoding_gives_the_state_that_was_stored(
     keyed_state: tuple[str, Any],
 ) -> None:
     keyspace, state = keyed_state
     data = encode_state(keyspace, "k", state)
-    key, fast = decode_state(keyspace, data, trusted=True)
+    key, fast = decode_state(keyspace, data)
     assert key == "k"
-    assert fast == decode_state(keyspace, data)[1] == state
+    assert fast == state
     assert type(fast) is type(state)
     assert fast.to_wire() == state.to_wire()  # same order, not merely equal
     if keyspace == MV:
@@ -149,9 +205,9 @@ def test_trusted_decoding_gives_the_state_validating_decoding_gives(
         assert fast.context() == state.context()
 
 
-def test_every_keyspace_round_trips_through_trusted_decoding() -> None:
+def test_every_keyspace_round_trips_through_decoding() -> None:
     for (keyspace, key), state in sample_states().items():
-        assert decode_state(keyspace, encode_state(keyspace, key, state), trusted=True) == (
+        assert decode_state(keyspace, encode_state(keyspace, key, state)) == (
             key,
             state,
         )
@@ -160,13 +216,12 @@ def test_every_keyspace_round_trips_through_trusted_decoding() -> None:
 def test_mv_records_in_the_wire_form_still_load() -> None:
     state, _ = MVRegister().write("n1", {"a": [1]}, {"n2": 3})
     older = record(MV, state.to_wire())
-    assert decode_state(MV, older, trusted=True) == ("k", state)
     assert decode_state(MV, older) == ("k", state)
-    assert decode_state(MV, encode_state(MV, "k", state), trusted=True) == ("k", state)
+    assert decode_state(MV, encode_state(MV, "k", state)) == ("k", state)
 
 
 def record(keyspace: str, wire: Any) -> bytes:
-    return bytes([TYPE_TAGS[keyspace], FORMAT_VERSION]) + orjson.dumps(["k", wire])
+    return value(TYPE_TAGS[keyspace], orjson.dumps(["k", wire]))
 
 
 MISSHAPEN = [
@@ -208,29 +263,26 @@ MISSHAPEN = [
 ]
 
 
-@pytest.mark.parametrize("trusted", [True, False])
 @pytest.mark.parametrize(("keyspace", "wire"), MISSHAPEN)
-def test_a_misshapen_state_is_a_storage_error_either_way(
-    keyspace: str, wire: Any, trusted: bool
-) -> None:
+def test_a_misshapen_state_is_a_storage_error(keyspace: str, wire: Any) -> None:
     with pytest.raises(StorageError, match="undecodable"):
-        decode_state(keyspace, record(keyspace, wire), trusted=trusted)
+        decode_state(keyspace, record(keyspace, wire))
 
 
 @pytest.mark.parametrize(
     "data",
     [
         b"",
-        bytes([TYPE_TAGS[KV], FORMAT_VERSION]) + b'["k", []]',
-        bytes([TYPE_TAGS[MV], 99]) + b'["k", []]',
-        bytes([TYPE_TAGS[MV], FORMAT_VERSION]) + b"not json",
-        bytes([TYPE_TAGS[MV], FORMAT_VERSION]) + b'["k"]',
-        bytes([TYPE_TAGS[MV], FORMAT_VERSION]) + b"[1, []]",
+        value(TYPE_TAGS[KV], b'["k", []]'),
+        value(TYPE_TAGS[MV], b'["k", []]', 99),
+        value(TYPE_TAGS[MV], b"not json"),
+        value(TYPE_TAGS[MV], b'["k"]'),
+        value(TYPE_TAGS[MV], b"[1, []]"),
     ],
 )
-def test_trusted_decoding_still_checks_the_tag_version_and_framing(data: bytes) -> None:
+def test_decoding_still_checks_the_tag_version_and_framing(data: bytes) -> None:
     with pytest.raises(StorageError):
-        decode_state(MV, data, trusted=True)
+        decode_state(MV, data)
 
 
 def put_raw(path: Path, db: bytes, key: bytes, value: bytes) -> None:
@@ -250,7 +302,7 @@ def format_of(path: Path) -> bytes | None:
 
 
 def corrupt_one_record(path: Path) -> None:
-    put_raw(path, b"mv", b"k", b"\x01\x01{broken")
+    put_raw(path, b"mv", b"k", value(TYPE_TAGS[MV], b"{broken"))
 
 
 def test_a_corrupt_record_stops_loading(tmp_path: Path) -> None:
@@ -278,7 +330,7 @@ def test_a_record_of_the_wrong_shape_stops_loading(tmp_path: Path) -> None:
 def test_a_logged_state_of_the_wrong_shape_stops_loading(tmp_path: Path) -> None:
     shape = orjson.dumps([[TYPE_TAGS[MV], "bad", [{"value": 1, "dot": "ab", "past": {}}]]])
     record = BATCH_HEADER + shape
-    write_then_crash(tmp_path, f"store.begin_writes()\nstore._link.request(1, {record!r})")
+    write_then_crash(tmp_path, f"commit({record!r})")
     store = LmdbStore(tmp_path)
     with pytest.raises(StorageError, match="undecodable"):
         list(store.load_all())
@@ -289,6 +341,7 @@ def test_recovery_loads_every_key_and_tells_replication(tmp_path: Path) -> None:
     states = sample_states()
     store = LmdbStore(tmp_path)
     store_all(store, states)
+    store = reopened(store)  # loading comes before writes
     node = Node("n1", ["n1", "n2"], actor="n1~abc123")
     try:
         _recover(node, store)
@@ -299,12 +352,12 @@ def test_recovery_loads_every_key_and_tells_replication(tmp_path: Path) -> None:
     assert {
         (space, key): state
         for space in (MV, KV, MVCC, LWW)
-        for key, state in getattr(node.keyspaces, space).items()
+        for key, state in node.keyspaces.states[space].items()
     } == states
     assert node.replicator is not None
     for space in (MV, KV, MVCC, LWW):
         digest = node.replicator.digests[space]
-        assert set(digest.keys_in(range(BUCKETS))) == set(getattr(node.keyspaces, space))
+        assert set(digest.keys_in(range(BUCKETS))) == set(node.keyspaces.states[space])
     assert node.keyspaces.hlc.last >= 200  # the newest MVCC timestamp was observed
 
 
@@ -399,7 +452,8 @@ def one_node_config(directory: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "damage", ["corrupt-record", "corrupt-log", "foreign-store", "other-files", "in-use"]
+    "damage",
+    ["corrupt-record", "corrupt-log", "foreign-store", "other-files", "in-use", "old-format"],
 )
 def test_serve_over_a_bad_data_dir_exits_2_with_one_line(tmp_path: Path, damage: str) -> None:
     config = one_node_config(tmp_path)
@@ -420,6 +474,9 @@ def test_serve_over_a_bad_data_dir_exits_2_with_one_line(tmp_path: Path, damage:
         with env.begin(write=True) as txn:
             txn.put(b"theirs", b"data")
         env.close()
+    elif damage == "old-format":
+        LmdbStore(data).close()
+        put_raw(data, b"meta", b"format", b"replica-store/3")
     elif damage == "in-use":
         holder = LmdbStore(data)  # another process has it: this test's own
     else:
@@ -436,20 +493,33 @@ def test_serve_over_a_bad_data_dir_exits_2_with_one_line(tmp_path: Path, damage:
     assert lines[0].startswith("replica: storage error: "), result.stderr
     if damage == "in-use":
         assert lines[0].endswith("is in use by another process"), result.stderr
+    if damage == "old-format":
+        assert "holds format b'replica-store/3'" in lines[0], result.stderr
 
 
 # -- the commit log behind LMDB ----------------------------------------------------------------
 
 CRASHING_WRITER = """
-import os, sys
+import asyncio, os, sys
 from replica.crdt.lww import LWWRegister
-from replica.keyspaces import LWW
-from replica.durable.storage import LmdbStore
+from replica.durable.lmdb_store import LmdbStore
+from replica.durable.records import encode_commit
 
 store = LmdbStore(sys.argv[1], checkpoint_interval_s=3600)  # none before the crash
+loop = asyncio.new_event_loop()
+
+def commit(record):
+    async def submitted():
+        done = loop.create_future()
+        store.submit(record, done.set_result)
+        return await done
+    assert loop.run_until_complete(submitted()) is None
 
 def put(*pairs):
-    store.store_batch([(LWW, k, LWWRegister(v, 1, "n1")) for k, v in pairs])
+    commit(encode_commit({{("lww", k): LWWRegister(v, 1, "n1") for k, v in pairs}}))
+
+def remove(key):
+    commit(encode_commit({{("lww", key): None}}))
 
 {body}
 os._exit(0)  # no close, so no checkpoint: what a kill -9 leaves
@@ -466,12 +536,28 @@ def lww_values(store: LmdbStore) -> dict[str, Any]:
     return {key: state.value for ks, key, state in store.load_all() if ks == LWW}
 
 
+def reopened_values(store: LmdbStore) -> dict[str, Any]:
+    """Close `store` and read what its data dir holds then."""
+    store = reopened(store)
+    try:
+        return lww_values(store)
+    finally:
+        store.close()
+
+
 def segments_in(path: Path) -> list[str]:
     return sorted(name for name in os.listdir(path) if name.startswith("log."))
 
 
 def put(store: LmdbStore, *pairs: tuple[str, Any]) -> None:
-    store.store_batch([(LWW, k, LWWRegister(v, 1, "n1")) for k, v in pairs])
+    commit(store, batch([(LWW, k, LWWRegister(v, 1, "n1")) for k, v in pairs]))
+
+
+def wait_until(condition: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        LOOP.run_until_complete(asyncio.sleep(0.01))  # the link reads checkpoint lines
 
 
 def test_a_crash_before_any_checkpoint_loses_no_commit(tmp_path: Path) -> None:
@@ -479,12 +565,12 @@ def test_a_crash_before_any_checkpoint_loses_no_commit(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path)
     try:
         assert lww_values(store) == {"a": 1, "b": 3, "c": 3}  # the later record of b wins
-        assert store.count() == 0  # all of it came from the log
+        assert count(store) == 0  # all of it came from the log
     finally:
         store.close()
     store = LmdbStore(tmp_path)
     try:
-        assert store.count() == 3  # closing checkpointed it
+        assert count(store) == 3  # closing checkpointed it
         assert lww_values(store) == {"a": 1, "b": 3, "c": 3}
     finally:
         store.close()
@@ -495,7 +581,7 @@ def test_the_log_replaces_what_lmdb_holds(tmp_path: Path) -> None:
     put(store, ("a", "old"), ("b", "old"), ("gone", "old"))
     store.close()  # in LMDB now
     assert segments_in(tmp_path) == []  # a clean close leaves nothing to replay
-    write_then_crash(tmp_path, 'put(("a", "new"))\nstore.store_batch([("lww", "gone", None)])')
+    write_then_crash(tmp_path, 'put(("a", "new"))\nremove("gone")')
     store = LmdbStore(tmp_path)
     try:
         assert lww_values(store) == {"a": "new", "b": "old"}
@@ -504,9 +590,7 @@ def test_the_log_replaces_what_lmdb_holds(tmp_path: Path) -> None:
 
 
 def test_a_removal_then_a_write_of_the_same_key_keeps_the_write(tmp_path: Path) -> None:
-    write_then_crash(
-        tmp_path, 'put(("k", 1))\nstore.store_batch([("lww", "k", None)])\nput(("k", 2))'
-    )
+    write_then_crash(tmp_path, 'put(("k", 1))\nremove("k")\nput(("k", 2))')
     store = LmdbStore(tmp_path)
     try:
         assert lww_values(store) == {"k": 2}
@@ -521,7 +605,7 @@ def test_a_torn_tail_is_cut_and_every_whole_batch_loads(tmp_path: Path) -> None:
     end = parse(path.read_bytes())[1]
     with path.open("r+b") as file:  # the next batch was being written when the node died
         file.seek(end)
-        file.write(frame([encode_batch([(LWW, "late", LWWRegister(9, 1, "n1"))])])[:-7])
+        file.write(frame([batch([(LWW, "late", LWWRegister(9, 1, "n1"))])])[:-7])
     store = LmdbStore(tmp_path)
     try:
         assert lww_values(store) == {**{f"k{i}": i for i in range(50)}, "x": 49}
@@ -543,33 +627,30 @@ def test_a_damaged_record_in_the_middle_of_the_log_stops_the_store(tmp_path: Pat
 
 
 def test_a_checkpoint_moves_the_log_into_lmdb(tmp_path: Path) -> None:
-    store = LmdbStore(tmp_path)
-    try:
-        put(store, ("a", 1), ("b", 1))
-        put(store, ("a", 2))
-        (before,) = segments_in(tmp_path)
-        store.checkpoint()
-        assert store.count() == 2
-        assert before not in segments_in(tmp_path)
-        put(store, ("c", 3))  # appends go on in the next segment
-        assert lww_values(store) == {"a": 2, "b": 1, "c": 3}
-    finally:
-        store.close()
+    store = LmdbStore(tmp_path, checkpoint_interval_s=0.05)
+    put(store, ("a", 1), ("b", 1))
+    put(store, ("a", 2))
+    (before,) = segments_in(tmp_path)
+    wait_until(lambda: count(store) == 2 and before not in segments_in(tmp_path))
+    put(store, ("c", 3))  # appends go on in the next segment
+    assert reopened_values(store) == {"a": 2, "b": 1, "c": 3}
 
 
 def test_status_counts_the_checkpoints_that_wrote(tmp_path: Path) -> None:
-    store = LmdbStore(tmp_path)
+    store = LmdbStore(tmp_path, checkpoint_interval_s=0.05)
     try:
+        store.begin_writes()
         assert store.status()["checkpoints"] == 0
         put(store, ("a", 1), ("b", 1))
         put(store, ("a", 2))
-        store.checkpoint()
-        store.checkpoint()  # nothing new: no checkpoint to count
+        wait_until(lambda: store.status()["checkpoints"] == 1)
         status = store.status()
         assert (status["checkpoints"], status["checkpoint_failures"]) == (1, 0)
         last = status["last_checkpoint"]
         assert (last["keys"], last["error"]) == (2, None)  # "a" once: its latest state
         assert last["ms"] >= 0
+        LOOP.run_until_complete(asyncio.sleep(0.5))  # ten intervals with nothing new
+        assert store.status()["checkpoints"] == 1  # none counted
     finally:
         store.close()
 
@@ -580,9 +661,8 @@ def test_segments_a_crash_left_after_their_checkpoint_are_not_replayed(tmp_path:
     put(store, ("k", "first"))
     (first,) = segments_in(tmp_path)
     kept = (tmp_path / first).read_bytes()
-    store.checkpoint()
-    store.store_batch([(LWW, "k", None)])
-    store.checkpoint()
+    store = reopened(store)  # checkpointed, and its segments deleted
+    commit(store, batch([(LWW, "k", None)]))
     store.close()
     (tmp_path / first).write_bytes(kept)  # as if its deletion had never reached the disk
     store = LmdbStore(tmp_path)
@@ -595,24 +675,16 @@ def test_segments_a_crash_left_after_their_checkpoint_are_not_replayed(tmp_path:
 
 def test_checkpoints_run_on_their_own_while_commits_go_on(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path, segment_bytes=4096, checkpoint_interval_s=0.01)
-    try:
-        deadline = time.monotonic() + 30
-        i, segments = 0, set()
-        while (i < 300 or store.count() < 120) and time.monotonic() < deadline:
-            put(store, (f"k{i % 120}", i))
-            segments.update(segments_in(tmp_path))
-            i += 1
-            time.sleep(0.001)
-        assert store.count() == 120  # in LMDB, and no checkpoint was asked for
-        assert len(segments) >= 3  # the log moved on to new segments as it went
-        assert lww_values(store) == {f"k{j % 120}": j for j in range(i - 120, i)}
-    finally:
-        store.close()
-    store = LmdbStore(tmp_path)
-    try:
-        assert store.count() == 120
-    finally:
-        store.close()
+    deadline = time.monotonic() + 30
+    i, segments = 0, set()
+    while (i < 300 or count(store) < 120) and time.monotonic() < deadline:
+        put(store, (f"k{i % 120}", i))
+        segments.update(segments_in(tmp_path))
+        i += 1
+        time.sleep(0.001)
+    assert count(store) == 120  # in LMDB, and no checkpoint was asked for
+    assert len(segments) >= 3  # the log moved on to new segments as it went
+    assert reopened_values(store) == {f"k{j % 120}": j for j in range(i - 120, i)}
 
 
 def test_a_data_dir_is_opened_by_one_store_at_a_time(tmp_path: Path) -> None:
@@ -665,50 +737,38 @@ def test_log_segments_without_a_database_are_refused(tmp_path: Path) -> None:
         LmdbStore(tmp_path)
 
 
-def test_a_store_of_the_format_before_the_log_is_read_and_upgraded(tmp_path: Path) -> None:
-    env = lmdb.open(str(tmp_path), max_dbs=8)
-    with env.begin(write=True) as txn:
-        txn.put(b"format", b"replica-store/1", db=env.open_db(b"meta", txn=txn))
-        data = encode_state(LWW, "k", LWWRegister(1, 1, "n1"))
-        txn.put(b"k", data, db=env.open_db(b"lww", txn=txn))
-    env.close()
-    store = LmdbStore(tmp_path)
-    store.close()
-    assert format_of(tmp_path) == FORMAT_MARKER
-    store = LmdbStore(tmp_path)
-    try:
-        assert lww_values(store) == {"k": 1}
-    finally:
-        store.close()
+@pytest.mark.parametrize("marker", [b"replica-store/1", b"replica-store/2", b"replica-store/3"])
+def test_a_data_dir_of_an_earlier_format_is_refused(tmp_path: Path, marker: bytes) -> None:
+    LmdbStore(tmp_path).close()
+    put_raw(tmp_path, b"meta", b"format", marker)
+    with pytest.raises(StorageError, match=f"holds format b'{marker.decode()}'"):
+        LmdbStore(tmp_path)
+    assert format_of(tmp_path) == marker  # left as it was
 
 
 def test_a_log_record_gives_its_entries_in_order() -> None:
     states = sample_states()
-    record = encode_batch(
-        [*((ks, key, state) for (ks, key), state in states.items()), (KV, "gone", None)]
-    )
+    record = batch([*((ks, key, state) for (ks, key), state in states.items()), (KV, "gone", None)])
     entries = log_entries(record)
     assert [(ks, key) for ks, key, _ in entries] == [*states, (KV, "gone")]
     assert [state_of(ks, key, stored) for ks, key, stored in entries[:-1]] == list(states.values())
     assert entries[-1][2] is None
-    assert encode_commit({**states, (KV, "gone"): None}) == record
 
 
 @given(keyed_state=keyed_states)
 def test_a_logged_state_decodes_to_itself(keyed_state: tuple[str, Any]) -> None:
     keyspace, state = keyed_state
-    ((space, key, stored),) = log_entries(encode_batch([(keyspace, "k", state)]))
+    ((space, key, stored),) = log_entries(batch([(keyspace, "k", state)]))
     assert (space, key) == (keyspace, "k")
     assert state_of(keyspace, key, stored) == state
-    assert state_of(keyspace, key, stored, trusted=False) == state
-    assert encode_commit({(keyspace, "k"): state}) == encode_batch([(keyspace, "k", state)])
 
 
-def test_the_per_key_log_records_of_format_2_still_read() -> None:
+def test_log_records_of_one_key_are_refused() -> None:
     for (keyspace, key), state in sample_states().items():
-        ((space, name, stored),) = log_entries(encode_state(keyspace, key, state))
-        assert (space, name, state_of(space, name, stored)) == (keyspace, key, state)
-    assert log_entries(encode_removal(MVCC, "gone")) == [(MVCC, "gone", None)]
+        with pytest.raises(StorageError, match="not a batch"):
+            log_entries(encode_state(keyspace, key, state))
+    with pytest.raises(StorageError, match="not a batch"):
+        log_entries(bytes([0x7F, 1, TYPE_TAGS[MVCC]]) + b"gone")  # a removal of one key
 
 
 @pytest.mark.parametrize(
@@ -722,32 +782,12 @@ def test_the_per_key_log_records_of_format_2_still_read() -> None:
         BATCH_HEADER + b'[[9, "k", 1]]',
         BATCH_HEADER + b'[[true, "k", 1]]',
         BATCH_HEADER + b"[[1, 2, 1]]",
-        bytes([0x7F, FORMAT_VERSION, 0x09]) + b"k",
+        bytes([0x7F, 1, 0x09]) + b"k",
     ],
 )
 def test_a_log_record_that_is_not_ours_is_a_storage_error(record: bytes) -> None:
     with pytest.raises(StorageError):
         log_entries(record)
-
-
-def test_a_log_of_format_2_is_replayed_and_upgraded(tmp_path: Path) -> None:
-    LmdbStore(tmp_path).close()
-    put_raw(tmp_path, b"meta", b"format", b"replica-store/2")
-    put_raw(tmp_path, b"lww", b"gone", encode_state(LWW, "gone", LWWRegister(1, 1, "n1")))
-    records = [encode_state(LWW, "k", LWWRegister(7, 1, "n1")), encode_removal(LWW, "gone")]
-    (tmp_path / "log.000001").write_bytes(frame(records))
-    store = LmdbStore(tmp_path)
-    try:
-        assert lww_values(store) == {"k": 7}
-    finally:
-        store.close()
-    assert format_of(tmp_path) == FORMAT_MARKER
-    store = LmdbStore(tmp_path)
-    try:
-        assert lww_values(store) == {"k": 7}
-        assert store.count() == 1
-    finally:
-        store.close()
 
 
 def segment_sizes(path: Path) -> list[int]:
@@ -756,18 +796,14 @@ def segment_sizes(path: Path) -> list[int]:
 
 def test_zeros_for_each_segment_follow_what_the_last_one_took(tmp_path: Path) -> None:
     mib = 1 << 20
-    store = LmdbStore(tmp_path, segment_bytes=8 * mib)
-    try:
-        put(store, ("small", 1))
-        assert segment_sizes(tmp_path) == [8 * mib]  # a writer's first: a whole segment
-        store.checkpoint()
-        assert segment_sizes(tmp_path) == [mib]  # it took a few bytes: the least
-        put(store, ("big", "x" * 1_600_000))
-        store.checkpoint()
-        assert segment_sizes(tmp_path) == [4 * mib]  # twice 1.6 MB, in whole MiB
-        put(store, ("bigger", "x" * 6_000_000))
-        store.checkpoint()
-        assert segment_sizes(tmp_path) == [8 * mib]  # at most a segment
-        assert lww_values(store) == {"small": 1, "big": "x" * 1_600_000, "bigger": "x" * 6_000_000}
-    finally:
-        store.close()
+    store = LmdbStore(tmp_path, segment_bytes=8 * mib, checkpoint_interval_s=0.05)
+    store.begin_writes()
+    assert segment_sizes(tmp_path) == [8 * mib]  # a writer's first: a whole segment
+    put(store, ("small", 1))
+    wait_until(lambda: segment_sizes(tmp_path) == [mib])  # it took a few bytes: the least
+    put(store, ("big", "x" * 1_600_000))
+    wait_until(lambda: segment_sizes(tmp_path) == [4 * mib])  # twice 1.6 MB, in whole MiB
+    put(store, ("bigger", "x" * 6_000_000))
+    wait_until(lambda: segment_sizes(tmp_path) == [8 * mib])  # at most a segment
+    values = reopened_values(store)
+    assert values == {"small": 1, "big": "x" * 1_600_000, "bigger": "x" * 6_000_000}

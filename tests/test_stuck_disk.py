@@ -27,8 +27,10 @@ from replica.cli.config import ConfigError, parse_cluster
 from replica.durable import durability as durability_module
 from replica.durable.durability import Durability, NotDurable
 from replica.durable.log_link import Done
-from replica.durable.storage import MemoryStore
-from replica.keyspaces import LWW, MV, Keyspaces
+from replica.durable.store import MemoryStore
+from replica.keyspaces import Keyspaces
+from replica.node.handlers import lww as lww_ops
+from replica.node.handlers import mv as mv_ops
 from replica.node.router import Node
 from replica.transports.tcp import serve_tcp
 from tests.harness import (
@@ -39,6 +41,7 @@ from tests.harness import (
     free_ports,
     write_cluster,
 )
+from tests.names import LWW, MV
 
 COMMIT_TIMEOUT_MS = 500
 
@@ -71,7 +74,7 @@ async def test_a_key_is_settled_once_no_change_to_it_is_on_its_way() -> None:
     ks, store = Keyspaces("n1", mvcc_retention_ms=0), StuckStore()
     durability = Durability(ks, store)
     assert durability.settled(MV, "k") and durability.all_settled()
-    ks.mv_write("k", 1, None)
+    mv_ops.write(ks, "k", 1, None)
     assert not durability.settled(MV, "k")  # dirty
     assert durability.settled(MV, "other") and durability.settled(LWW, "k")
     await asyncio.sleep(0)
@@ -87,7 +90,7 @@ async def test_a_key_is_settled_once_no_change_to_it_is_on_its_way() -> None:
 async def test_async_mode_counts_every_key_as_settled() -> None:
     ks = Keyspaces("n1", mvcc_retention_ms=0)
     durability = Durability(ks, MemoryStore(), mode="async", flush_interval_ms=60_000)
-    ks.mv_write("k", 1, None)
+    mv_ops.write(ks, "k", 1, None)
     assert durability.settled(MV, "k") and durability.all_settled()
     await durability.close()
 
@@ -95,7 +98,7 @@ async def test_async_mode_counts_every_key_as_settled() -> None:
 async def test_a_commit_past_its_timeout_fails_its_barrier_and_may_still_land() -> None:
     ks, store = Keyspaces("n1", mvcc_retention_ms=0), StuckStore()
     durability = Durability(ks, store, commit_timeout_ms=50)
-    ks.lww_write("k", "v", 1)
+    lww_ops.write(ks, "k", "v", 1)
     barrier = durability.barrier()
     assert barrier is not None
     started = time.monotonic()
@@ -112,7 +115,7 @@ async def test_a_commit_past_its_timeout_fails_its_barrier_and_may_still_land() 
     assert durability.settled(LWW, "k")
     assert durability.barrier() is None
     assert durability.status()["disk"] == "ok"
-    ks.lww_write("k", "w", 2)  # and later writes are acknowledged as before
+    lww_ops.write(ks, "k", "w", 2)  # and later writes are acknowledged as before
     later = durability.barrier()
     assert later is not None
     await asyncio.sleep(0)
@@ -128,7 +131,7 @@ async def test_a_failing_disk_shows_in_status_until_a_commit_succeeds(
     ks, store = Keyspaces("n1", mvcc_retention_ms=0), StuckStore()
     store.fail_with = "OSError: [Errno 28] No space left on device"
     durability = Durability(ks, store)
-    ks.lww_write("k", "v", 1)
+    lww_ops.write(ks, "k", "v", 1)
     with pytest.raises(NotDurable, match="No space left"):
         await durability.barrier()  # type: ignore[misc]
     assert durability.status()["disk"] == "failing"
@@ -167,7 +170,7 @@ async def test_status_and_reads_answer_while_commits_fail_or_hang(
     store = StuckStore()
     node = Node("n1", ["n1"])
     node.durability = Durability(node.keyspaces, store, commit_timeout_ms=60_000)
-    node.keyspaces.lww_write("old", "v", 1)
+    lww_ops.write(node.keyspaces, "old", "v", 1)
     await asyncio.sleep(0)
     store.finish_all()
     server = await serve_tcp(node, LOOPBACK, 0)

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from replica.durable.commit_log import segment_seq
+from replica.durable.errors import StorageError
 from replica.durable.log_manifest import MANIFEST, MANIFEST_TMP
-from replica.durable.records import StorageError
 
 LMDB_FILES = {"data.mdb", "lock.mdb"}
 LOCK_FILE = "replica.lock"

@@ -1,7 +1,7 @@
 """Group commit: the keys a loop turn changed reach disk in one synced batch.
 
 Making a write durable costs a sync of the store's commit log (see
-`replica.durable.storage`), and a sync costs about as much for one key as for a few
+`replica.durable.lmdb_store`), and a sync costs about as much for one key as for a few
 hundred, so committing every write on its own would cap a node at a few
 thousand writes a second.  Instead the node applies writes in memory, notes
 which keys changed (with the state each change left, while it is in the
@@ -43,8 +43,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
-from replica.durable.records import KEYSPACES, encode_commit
-from replica.durable.storage import KeyRef, Store
+from replica.durable.records import encode_commit
+from replica.durable.store import KeyRef, Store
 from replica.keyspaces import Keyspaces
 
 log = logging.getLogger("replica.durable.durability")
@@ -92,7 +92,7 @@ class Durability:
         if commit_timeout_ms <= 0:
             raise ValueError(f"commit_timeout_ms must be greater than 0, not {commit_timeout_ms}")
         self.keyspaces = keyspaces
-        self._states = {ks: getattr(keyspaces, ks) for ks in KEYSPACES}  # never replaced
+        self._states = keyspaces.states  # {type name: {key: state}}, never replaced
         self.store = store
         self.mode = mode
         self.flush_interval = flush_interval_ms / 1000

@@ -36,7 +36,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from replica.durable.records import DamagedStore, StorageError
+from replica.durable.errors import DamagedStore, StorageError
 
 PAGE_HEADER = 16
 MAGIC = 0xBEEFC0DE
@@ -277,3 +277,15 @@ def _write_out(out: bytearray) -> None:
 if __name__ == "__main__":
     names = [bytes.fromhex(name) for name in sys.argv[3:]]
     sys.exit(_read_databases(sys.argv[1], sys.argv[2], names))
+
+
+LMDB_DAMAGE = ("CorruptedError", "PageNotFoundError", "InvalidError", "VersionMismatchError")
+"""The lmdb errors that say the data file's bytes are damaged, not that it cannot be used."""
+
+
+def lmdb_failure(data_file: Path, exc: Exception) -> StorageError:
+    """A StorageError for an lmdb error: DamagedStore when it says the file is damaged."""
+    message = str(exc).replace("\n", " ")
+    if type(exc).__name__ in LMDB_DAMAGE:
+        return DamagedStore(f"{data_file} is damaged: {message}")
+    return StorageError(f"cannot use {data_file}: {message}")

@@ -1,13 +1,11 @@
-"""The node's end of its log writer (`log_writer`): commits down a pipe, results back.
+"""The node's end of its log writer's pipe: commits down, results back (`pipe_protocol`).
 
-On the event loop (`submit`), a commit is written to the pipe without
-blocking (what the pipe cannot take waits in a buffer for the loop to say it
-can) and its `done` callback is called, on the loop, when the writer's
-result for it comes back, in the order the commits were sent.  Without a
-loop (`request`), a call writes one request and blocks for its result: what
-tests, tools and a closing store use.  On a link that serves a loop a
-blocking request waits for nothing else: it is refused while commits are on
-their way, whose results the pipe holds.
+A commit (`submit`) is written to the pipe without blocking (what the pipe
+cannot take waits in a buffer for the loop to say it can) and its `done`
+callback is called, on the loop, when the writer's result for it comes back,
+in the order the commits were sent.  Only `close` blocks: it waits for the
+writer's final checkpoint.  This module knows the writer by its pipe alone,
+so the node never imports the writer's code.
 
 A writer that exits unexpectedly fails every commit still waiting for it;
 the next commit starts a new one, which opens a new segment and takes over
@@ -28,15 +26,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from replica.durable.log_writer import (
+from replica.durable.pipe_protocol import (
     APPEND,
-    CHECKPOINT_LINE,
     CLOSE,
+    LOG_WRITER,
     READY,
     LogSettings,
     encode_request,
+    log_writer_argv,
+    parse_checkpoint_line,
+    parse_result,
     write_all,
 )
 
@@ -86,10 +85,8 @@ class LogLink:
         argv = [
             sys.executable,
             "-m",
-            "replica.durable.log_writer",
-            str(self.path),
-            str(self._checkpointed()),
-            *self.settings.to_args(),
+            LOG_WRITER,
+            *log_writer_argv(self.path, self._checkpointed(), self.settings),
         ]
         self._process = subprocess.Popen(
             argv,
@@ -106,46 +103,25 @@ class LogLink:
             why = line.decode(errors="replace").strip().removeprefix("error 1 ")
             raise LogFailed(f"the log writer did not start: {why or 'it exited'}")
 
-    # -- without a loop ----------------------------------------------------------------------
-
-    def request(self, kind: int, body: bytes = b"") -> None:
-        """Send one request and block until it is carried out; LogFailed if it is not.
-
-        On a link that serves a loop, only while no commit is on its way: the
-        results in the pipe would otherwise be theirs.
-        """
-        loop = self._loop
-        if loop is None or self._process is None:
-            self._request(kind, body)
-            return
-        if self._waiting or self._outbox:
-            raise RuntimeError("commits are on their way: wait for them first")
-        loop.remove_reader(self._stdout())
-        os.set_blocking(self._stdin(), True)
-        os.set_blocking(self._stdout(), True)
-        try:
-            self._request(kind, body)
-        finally:
-            if self._process is not None:
-                os.set_blocking(self._stdin(), False)
-                os.set_blocking(self._stdout(), False)
-                loop.add_reader(self._stdout(), self._readable)
+    # -- blocking ---------------------------------------------------------------------------
 
     def _request(self, kind: int, body: bytes) -> None:
+        """Send one request and block for its result; LogFailed if it is not carried out."""
         self.start()
         try:
             write_all(self._stdin(), encode_request(kind, body))
-            line = self._read_line(CLOSE_TIMEOUT_S)
         except OSError as exc:
             self._reap()
             raise LogFailed(f"cannot reach the log writer: {exc}") from None
-        while line.startswith(CHECKPOINT_LINE):
-            self._note_checkpoint(line)
+        while True:
             line = self._read_line(CLOSE_TIMEOUT_S)
-        status, why = _parse_result(line)
-        if status is None:
-            self._reap()
-            raise LogFailed("the log writer exited")
+            if self._note_checkpoint(line):
+                continue
+            count, why = parse_result(line)
+            if count is None:
+                self._reap()
+                raise LogFailed("the log writer exited")
+            break
         if why is not None:
             raise LogFailed(why)
 
@@ -243,25 +219,23 @@ class LogLink:
         del self._inbox[:end]
         waiting = self._waiting
         for line in lines:
-            if line.startswith(CHECKPOINT_LINE):
-                self._note_checkpoint(line)
+            if self._note_checkpoint(line):
                 continue
-            status, why = _parse_result(line)
-            for _ in range(status or 0):
+            count, why = parse_result(line)
+            for _ in range(count or 0):
                 waiting.popleft()(why)
 
-    def _note_checkpoint(self, line: bytes) -> None:
-        try:
-            report = orjson.loads(line[len(CHECKPOINT_LINE) :])
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(report, dict):
-            return
+    def _note_checkpoint(self, line: bytes) -> bool:
+        """Count a checkpoint line for `status`; False when `line` is not one."""
+        report = parse_checkpoint_line(line)
+        if report is None:
+            return False
         self.last_checkpoint = report
         if report.get("error") is None:
             self.checkpoints += 1
         else:
             self.checkpoint_failures += 1
+        return True
 
     def _died(self, why: str) -> None:
         """Fail every commit still waiting; the next submit starts a new writer."""
@@ -284,20 +258,23 @@ class LogLink:
     def close(self) -> None:
         """Have the writer checkpoint everything and exit; LogFailed if the checkpoint fails.
 
-        Commits still waiting are answered first (their results come before
-        the close's); a request that never reached the pipe fails.
+        Commits still on their way fail ("the store closed"), and so does the
+        close: the writer is stopped without a checkpoint, since the pipe may
+        hold part of a request, and the log keeps every commit it acknowledged.
         """
-        loop = self._loop
-        if loop is not None and self._process is not None:
-            self._detach()
-            os.set_blocking(self._stdin(), True)
-            os.set_blocking(self._stdout(), True)
+        unfinished = bool(self._waiting or self._outbox)
+        self._detach()
         self._loop = None
-        if self._process is None:
-            return
         waiting, self._waiting = self._waiting, collections.deque()
         for done in waiting:
             done("the store closed")
+        if self._process is None:
+            return
+        if unfinished:
+            self._reap()
+            raise LogFailed("commits were still on their way at close")
+        os.set_blocking(self._stdin(), True)
+        os.set_blocking(self._stdout(), True)
         try:
             self._request(CLOSE, b"")
         finally:
@@ -323,12 +300,3 @@ class LogLink:
     def _stdout(self) -> int:
         assert self._process is not None and self._process.stdout is not None
         return self._process.stdout.fileno()
-
-
-def _parse_result(line: bytes) -> tuple[int | None, str | None]:
-    """(how many requests a result line answers, why they failed or None); (None, None) at EOF."""
-    status, _, rest = line.strip().decode(errors="replace").partition(" ")
-    count, _, why = rest.partition(" ")
-    if status not in ("ok", "error") or not count.isdigit():
-        return None, None
-    return int(count), (why or "the log writer failed") if status == "error" else None
