@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from replica.transports.framing import LineFramer
+from replica.framing import LineFramer
 
 
 def feed_all(framer: LineFramer, chunks: list[bytes]) -> list[bytes]:

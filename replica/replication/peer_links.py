@@ -22,9 +22,9 @@ from typing import cast
 
 import orjson
 
+from replica.framing import LineFramer
 from replica.replication import peer_handshake
 from replica.replication.replicator import Replicator
-from replica.transports.framing import LineFramer
 
 log = logging.getLogger("replica.peers")
 

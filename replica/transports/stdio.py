@@ -28,8 +28,8 @@ import select
 import threading
 
 from replica.errors import ErrorCode
+from replica.framing import LineFramer
 from replica.node.router import Node
-from replica.transports.framing import LineFramer
 
 log = logging.getLogger("replica.transports.stdio")
 

@@ -38,9 +38,9 @@ import orjson
 
 from replica.durable.durability import barrier_failure
 from replica.errors import ErrorCode
+from replica.framing import LineFramer
 from replica.node.router import Node
 from replica.replication import peer_handshake
-from replica.transports.framing import LineFramer
 
 log = logging.getLogger("replica.transports.tcp")
 
