@@ -1,0 +1,90 @@
+"""Child processes that stop whatever happens, and free loopback ports for them.
+
+Each child leads its own process group (a terminal's Ctrl-C reaches only the
+benchmark), so stopping signals the group: SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+STOP_TIMEOUT = 5.0
+
+
+class Children:
+    """Every process the benchmark started, so that all of them stop at the end."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        log: Path,
+        control: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` logging to `log`; with `control`, its stdin and stdout are pipes."""
+        pipe = subprocess.PIPE if control else subprocess.DEVNULL
+        with log.open("ab") as log_file:
+            process = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=pipe,
+                stdout=subprocess.PIPE if control else log_file,
+                stderr=log_file,
+                start_new_session=True,
+                env=None if env is None else dict(env),
+            )
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        running = [p for p in self.processes if p.poll() is None]
+        for process in running:
+            if process.stdin is not None:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
+            signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for process in running:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                signal_group(process, signal.SIGKILL)
+                process.wait(STOP_TIMEOUT)
+        for process in self.processes:
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+def signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago (all held at once)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def log_tail(path: Path, lines: int = 20, separator: str = "\n") -> str:
+    """The last `lines` lines of a log, or "" if it cannot be read."""
+    try:
+        return separator.join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
