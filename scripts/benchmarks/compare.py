@@ -246,6 +246,11 @@ def check(args: argparse.Namespace) -> str | None:
         src = getattr(args, f"{side}_src")
         if src and not (Path(src) / "replica" / "__init__.py").is_file():
             return f"--{side}-src {src}: no replica/__init__.py there"
+        for text in getattr(args, f"{side}_serve"):
+            try:
+                shlex.split(text)
+            except ValueError as exc:
+                return f"--{side}-serve {text!r}: {exc}"
         for item in getattr(args, f"{side}_env"):
             if "=" not in item or item.startswith("="):
                 return f"--{side}-env {item!r}: give NAME=VALUE"
