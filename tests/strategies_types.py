@@ -1,4 +1,4 @@
-"""Hypothesis strategies for reachable states of the client-clocked KV, MVCC and LWW types.
+"""Hypothesis strategies for reachable states of the client-clocked KV, MVCC, LWW and counter types.
 
 A state is reachable when some sequence of client operations and replica
 merges on a small simulated cluster produces it.  Building states that way,
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from replica.crdt.clocked_siblings import Clock, ClockedSiblings, ClockedValue, NotCovered
 from replica.crdt.lww import LWWRegister
 from replica.crdt.mvcc import TimestampConflict, VersionChain
+from replica.crdt.pn_counter import PNCounter
 
 S = TypeVar("S")
 
@@ -237,3 +238,27 @@ def lww_registers(draw: st.DrawFn) -> LWWRegister:
     written = [s for s in draw(reachable(LWW)) if s is not None]
     assume(written)
     return draw(st.sampled_from(written))
+
+
+# -- PN-counter ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CounterAdd:
+    delta: int
+
+
+def apply_counter(state: PNCounter, replica: str, op: CounterAdd) -> tuple[PNCounter, list[Any]]:
+    return state.add(replica, op.delta), [op.delta]
+
+
+COUNTER: Simulation[PNCounter] = Simulation(
+    initial=PNCounter(),
+    ops=st.builds(CounterAdd, st.integers(-5, 5)),
+    apply=apply_counter,
+    merge=PNCounter.merge,
+)
+
+
+def pn_counters() -> st.SearchStrategy[PNCounter]:
+    return reachable(COUNTER).flatmap(st.sampled_from)

@@ -387,7 +387,7 @@ async def test_a_killed_and_wiped_node_converges_through_anti_entropy(
         lambda s: all_equal({n: status["keys"] for n, status in s.items()}),
         "every node holds the same number of keys",
     )
-    assert counts["n3"]["keys"] == {"mv": 4, "kv": 3, "mvcc": 3, "lww": 3}
+    assert counts["n3"]["keys"] == {"mv": 4, "kv": 3, "mvcc": 3, "lww": 3, "counter": 0}
 
 
 async def test_writes_made_while_a_node_is_down_reach_it_after_a_wiped_restart(
@@ -435,7 +435,7 @@ async def test_a_wiped_node_writing_before_it_caught_up_loses_no_write(
     await cluster.kill("n3")
     await cluster.restart("n3", wipe=True)
     status = await cluster.request("n3", {"type": "status"})
-    assert status["keys"] == {"mv": 0, "kv": 0, "mvcc": 0, "lww": 0}, status
+    assert status["keys"] == {"mv": 0, "kv": 0, "mvcc": 0, "lww": 0, "counter": 0}, status
     new = await cluster.request("n3", {"type": "mv_write", "key": "mine", "value": "new"})
     await cluster.request("n3", {"type": "mv_write", "key": "shared", "value": "n3-again"})
     assert visible(new) == ["new"], new

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from replica.crdt.canonical import canonical
 from tests.strategies_types import (
+    COUNTER,
     KV,
     LWW,
     MVCC,
@@ -29,6 +30,7 @@ from tests.strategies_types import (
     Simulation,
     clocked_siblings,
     lww_registers,
+    pn_counters,
     version_chains,
 )
 
@@ -105,6 +107,15 @@ def lww_view(state: Any) -> Any:
     return None if state is None else (state.timestamp, state.replica, canonical(state.value))
 
 
+def counter_model(stored: list[Any], before: list[Any]) -> Any:
+    """The sum of every addition made anywhere."""
+    return sum(stored)
+
+
+def counter_view(state: Any) -> Any:
+    return state.value
+
+
 # -- subjects --------------------------------------------------------------------------
 
 
@@ -127,6 +138,7 @@ SUBJECTS = [
     Subject("clocked_siblings", clocked_siblings, merge, KV, Model(kv_model, kv_view)),
     Subject("mvcc", version_chains, merge, MVCC, Model(mvcc_model, mvcc_view)),
     Subject("lww", lww_registers, merge, LWW, Model(lww_model, lww_view)),
+    Subject("pn_counter", pn_counters, merge, COUNTER, Model(counter_model, counter_view)),
 ]
 MV = Subject(
     "mv_register",

@@ -26,6 +26,7 @@ from replica.crdt.clocked_siblings import ClockedSiblings
 from replica.crdt.lww import LWWRegister
 from replica.crdt.mv_register import MVRegister
 from replica.crdt.mvcc import VersionChain
+from replica.crdt.pn_counter import PNCounter
 
 
 class State(Protocol):
@@ -70,7 +71,7 @@ class DataType:
     def is_empty(self, state: Any) -> bool:
         if self.holds_nothing is not None:
             return self.holds_nothing(state)
-        return state == self.empty
+        return bool(state == self.empty)
 
     def size(self, state: Any) -> int:
         """How many siblings a state holds (0 for an absent key or a type without siblings)."""
@@ -129,7 +130,16 @@ LWW = DataType(
     newest_timestamp=_lww_timestamp,
 )
 
-TYPES: tuple[DataType, ...] = (MV, KV, MVCC, LWW)
+COUNTER = DataType(
+    "counter",
+    0x05,
+    PNCounter(),
+    PNCounter.from_wire,
+    PNCounter.from_stored,
+    "state",
+)
+
+TYPES: tuple[DataType, ...] = (MV, KV, MVCC, LWW, COUNTER)
 """Every data type, in the order `status`, storage and anti-entropy list them."""
 BY_NAME: dict[str, DataType] = {t.name: t for t in TYPES}
 BY_TAG: dict[int, DataType] = {t.tag: t for t in TYPES}

@@ -12,7 +12,7 @@ into the same requests (`RESP_COMMANDS`), so both ports run the same handlers.
 from __future__ import annotations
 
 from replica.node.context import Handler
-from replica.node.handlers import cluster, kv, lww, merging, mv, mvcc
+from replica.node.handlers import cluster, counter, kv, lww, merging, mv, mvcc
 from replica.node.resp_terms import Command
 
 HANDLERS: dict[str, Handler] = {
@@ -22,8 +22,13 @@ HANDLERS: dict[str, Handler] = {
     **kv.HANDLERS,
     **mvcc.HANDLERS,
     **lww.HANDLERS,
+    **counter.HANDLERS,
 }
 """Every message type the node answers -> its handler."""
 
-RESP_COMMANDS: dict[bytes, Command] = {**mv.RESP_COMMANDS, **lww.RESP_COMMANDS}
+RESP_COMMANDS: dict[bytes, Command] = {
+    **mv.RESP_COMMANDS,
+    **lww.RESP_COMMANDS,
+    **counter.RESP_COMMANDS,
+}
 """Redis commands of the data types (upper case) -> how they become requests."""

@@ -1,0 +1,66 @@
+"""Handlers of the PN-counter (`counter_*`): additions from every node, summed.
+
+`counter_add {key, delta}` adds any integer (negative takes away) and answers
+the total this node now sees; `counter_read {key}` answers it, 0 for an
+absent key.  Jylis's `PNCOUNT INC|DEC key [n]` and `PNCOUNT GET key` for the
+Redis port.  The counter itself is `replica.crdt.pn_counter`.
+"""
+
+from __future__ import annotations
+
+from replica.crdt.malformed import Malformed, require_field, require_str
+from replica.crdt.pn_counter import MAX_TOTAL, TotalTooLarge
+from replica.crdt.registry import COUNTER
+from replica.errors import ErrorCode, RequestError
+from replica.node.context import Body, Context
+from replica.node.resp_terms import OK, Integer, Reply, Term, arity, integer, text, unknown
+
+
+def counter_add(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    delta = require_field(body, "delta")
+    if type(delta) is not int or not -MAX_TOTAL <= delta <= MAX_TOTAL:
+        raise Malformed(f"field 'delta' must be an integer from {-MAX_TOTAL} to {MAX_TOTAL}")
+    keyspaces = ctx.keyspaces
+    current = keyspaces.states["counter"].get(key, COUNTER.empty)
+    try:
+        counter = current.add(keyspaces.actor, delta)
+    except TotalTooLarge as exc:
+        raise RequestError(ErrorCode.PRECONDITION_FAILED, f"counter {key!r}: {exc}") from None
+    if counter is not current:
+        keyspaces.put(COUNTER, key, counter)
+    return {"type": "counter_add_ok", "value": counter.value}
+
+
+def counter_read(ctx: Context, body: Body, src: str | None) -> Body:
+    key = require_str(body, "key")
+    ctx.shown("counter", key)
+    counter = ctx.keyspaces.states["counter"].get(key, COUNTER.empty)
+    return {"type": "counter_read_ok", "value": counter.value}
+
+
+def pncount(args: list[bytes]) -> tuple[Body, Reply]:
+    """`PNCOUNT INC key [n]` and `PNCOUNT DEC key [n]` (+OK), `PNCOUNT GET key` (the total)."""
+    sub = args[0].upper() if args else b""
+    if sub in (b"INC", b"DEC"):
+        if len(args) not in (2, 3):
+            arity(f"pncount|{sub.decode().lower()}", args, 3)
+        amount = integer(args[2], "amount", 0, MAX_TOTAL) if len(args) == 3 else 1
+        delta = amount if sub == b"INC" else -amount
+        return {"type": "counter_add", "key": text(args[1], "key"), "delta": delta}, _ok
+    if sub == b"GET":
+        arity("pncount|get", args, 2)
+        return {"type": "counter_read", "key": text(args[1], "key")}, _total
+    raise unknown("pncount", args)
+
+
+def _ok(reply: Body) -> Term:
+    return OK
+
+
+def _total(reply: Body) -> Term:
+    return Integer(reply["value"])
+
+
+HANDLERS = {"counter_add": counter_add, "counter_read": counter_read}
+RESP_COMMANDS = {b"PNCOUNT": pncount}
