@@ -149,10 +149,10 @@ class Durability:
             self.unsettled_reads += 1
 
     def status(self) -> dict[str, Any]:
-        """The counters `status` shows, and the disk's state: "ok", "stalled" or "failing".
+        """The counters `status` shows, the disk's state, and the store's own (`Store.status`).
 
-        "stalled": the oldest commit on its way has taken longer than the
-        timeout; "failing": the latest commit to end failed.
+        The disk is "ok", "stalled" (the oldest commit on its way has taken
+        longer than the timeout) or "failing" (the latest commit to end failed).
         """
         oldest = self.loop.time() - self._in_flight[0].started if self._in_flight else 0.0
         disk = "failing" if self._failing else "ok"
@@ -169,6 +169,7 @@ class Durability:
             "failures": self.failures,
             "timeouts": self.timeouts,
             "last_error": self.last_error,
+            **self.store.status(),
         }
 
     # -- changes -------------------------------------------------------------------------
