@@ -25,6 +25,12 @@ from replica.crdt.version_vector import VersionVector
 
 REPLICAS = ("n1", "n2", "n3")
 
+
+def descends(a: VersionVector, b: VersionVector) -> bool:
+    """Whether history `a` contains all of history `b`: the order the laws are stated in."""
+    return all(a.get(node, 0) >= counter for node, counter in b.items())
+
+
 ContextKind = Literal["none", "empty", "reply"]
 
 

@@ -21,13 +21,14 @@ from hypothesis import strategies as st
 
 from replica.crdt.malformed import Malformed
 from replica.crdt.mv_register import MVRegister, Sibling
-from replica.crdt.version_vector import Dot, covers, descends
+from replica.crdt.version_vector import Dot, covers
 from tests.strategies_mv import (
     Cluster,
     Merge,
     Read,
     Step,
     Write,
+    descends,
     mv_programs,
     mv_registers,
     snapshots,

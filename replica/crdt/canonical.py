@@ -18,3 +18,19 @@ _OPTIONS = orjson.OPT_SORT_KEYS
 def canonical(value: Any) -> bytes:
     """The value's JSON with sorted keys and no spaces: equal values, equal bytes."""
     return orjson.dumps(value, option=_OPTIONS)
+
+
+class CanonicalValue:
+    """Base of a frozen, slotted dataclass with a `value` and a `_canonical` field.
+
+    Fills `_canonical` with the value's canonical encoding once, at creation:
+    equality and tie-breaks compare it rather than the value, so `1` and `true`
+    (equal in Python, different in JSON) stay different.
+    """
+
+    __slots__ = ()
+    value: Any
+    _canonical: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_canonical", canonical(self.value))

@@ -1,9 +1,9 @@
 """Siblings under client-supplied vector clocks: the conflict-detecting KV.
 
-Source: seed 001 ("Build a Conflict-Detecting Key-Value Store"), the classic
-Dynamo scheme (DeCandia et al., "Dynamo: Amazon's Highly Available Key-value
-Store", 2007): the client reads a key's siblings with their clocks, and writes
-back with a clock it built itself.  The server never invents a clock; it only
+Source: PROTOCOL.md (`kv_put`, `kv_get`, `kv_resolve`), the classic Dynamo
+scheme (DeCandia et al., "Dynamo: Amazon's Highly Available Key-value Store",
+2007): the client reads a key's siblings with their clocks, and writes back
+with a clock it built itself.  The server never invents a clock; it only
 compares them, so a clock is stored and echoed exactly as the client sent it.
 
 A clock is a tuple of non-negative counters indexed by position in the
@@ -18,7 +18,7 @@ Invariants of a `ClockedSiblings` state:
 - no two siblings have the same identity, (clock without trailing zeros,
   canonical value); of such twins the one with the longer raw clock is kept;
 - siblings are sorted by clock, descending lexicographically over positions
-  (the order seed 001's sample lists them in), then by canonical value, so
+  (the order PROTOCOL.md's examples list them in), then by canonical value, so
   equal states compare equal with `==` on every replica.
 """
 
@@ -30,7 +30,7 @@ from enum import Enum
 from itertools import zip_longest
 from typing import Any, Literal
 
-from replica.crdt.canonical import canonical
+from replica.crdt.canonical import CanonicalValue
 from replica.crdt.malformed import (
     MAX_INT,
     Malformed,
@@ -86,16 +86,13 @@ def stripped(clock: Clock) -> Clock:
 
 
 @dataclass(frozen=True, slots=True)
-class ClockedValue:
+class ClockedValue(CanonicalValue):
     """One sibling.  Equality uses the canonical encoding of the value, so `1` and
     `true` (equal in Python, different in JSON) are different siblings."""
 
     value: Any = field(compare=False)
     clock: Clock
     _canonical: bytes = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_canonical", canonical(self.value))
 
     def to_wire(self) -> dict[str, Any]:
         return {"value": self.value, "clock": list(self.clock)}

@@ -1,7 +1,7 @@
 """Last-writer-wins register: one value, the one with the greatest timestamp.
 
-Source: seed 004 (actor-ts's LWWRegister, with state
-`{value, timestamp, replicaId}`) and Jylis's TREG (timestamped register);
+Source: PROTOCOL.md (`lww_write`, `lww_read`; actor-ts's LWWRegister, with
+state `{value, timestamp, replicaId}`) and Jylis's TREG (timestamped register);
 Shapiro et al., "A comprehensive study of Convergent and Commutative
 Replicated Data Types" (2011), the LWW-Register.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from replica.crdt.canonical import canonical
+from replica.crdt.canonical import CanonicalValue
 from replica.crdt.malformed import (
     Malformed,
     require_count,
@@ -34,16 +34,13 @@ from replica.crdt.malformed import (
 
 
 @dataclass(frozen=True, slots=True)
-class LWWRegister:
+class LWWRegister(CanonicalValue):
     """A value with the timestamp and replica of the write that set it."""
 
     value: Any = field(compare=False)
     timestamp: int
     replica: str
     _canonical: bytes = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_canonical", canonical(self.value))
 
     def merge(self, other: LWWRegister) -> LWWRegister:
         """The write with the greater (timestamp, replica, canonical value)."""

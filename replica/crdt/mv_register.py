@@ -104,7 +104,7 @@ class Sibling:
         return history.get(self.node, 0) >= self.counter
 
     def vclock(self) -> VersionVector:
-        """The write's whole history, itself included: what the seed called its vclock.
+        """The write's whole history, itself included: the `vclock` of PROTOCOL.md's `mv_read`.
 
         No sibling's past covers its own dot (an invariant), so the dot's entry
         is always the larger one.
@@ -135,7 +135,7 @@ class Sibling:
 
     @staticmethod
     def from_entry(raw: Any, sender: str | None) -> Sibling:
-        """Read the seed's dot-less `{value, vclock}` as a classic version-vector value.
+        """Read PROTOCOL.md's dot-less `mv_merge` entry `{value, vclock}` as a version-vector value.
 
         A plain version vector merges the write into its history; the write is
         the newest event of the node that made it, so its dot is that node's

@@ -1,6 +1,6 @@
 """Multi-version chains: every value a key had, by timestamp, down to a GC horizon.
 
-Source: seed 003 ("Implement Multi-Version Concurrency Control"): each write
+Source: PROTOCOL.md (`mvcc_put`, `mvcc_get`, `mvcc_snapshot`, `mvcc_gc`): each write
 makes a new version tagged with its commit timestamp, and a read at timestamp
 `t` sees the newest version at or before `t`, so readers get a consistent
 snapshot without blocking writers.  Garbage collection follows the usual MVCC
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from replica.crdt.canonical import canonical
+from replica.crdt.canonical import CanonicalValue, canonical
 from replica.crdt.malformed import (
     MAX_INT,
     Malformed,
@@ -45,16 +45,13 @@ from replica.crdt.malformed import (
 
 
 @dataclass(frozen=True, slots=True)
-class Version:
+class Version(CanonicalValue):
     """One committed value.  Equality compares the value's canonical encoding."""
 
     timestamp: int
     value: Any = field(compare=False)
     origin: str
     _canonical: bytes = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_canonical", canonical(self.value))
 
     def rank(self) -> tuple[str, bytes]:
         """Tie-break between two versions at one timestamp: the same on every replica."""

@@ -68,19 +68,6 @@ def covers(vv: Mapping[str, int], dot: Dot) -> bool:
     return vv.get(dot.node, 0) >= dot.counter
 
 
-def descends(a: Mapping[str, int], b: Mapping[str, int]) -> bool:
-    """Whether history `a` contains all of history `b` (a >= b entry-wise)."""
-    return all(a.get(node, 0) >= counter for node, counter in b.items())
-
-
-def with_dot(vv: Mapping[str, int], dot: Dot) -> VersionVector:
-    """The history `vv` plus the event `dot` (and, being downward closed, its predecessors)."""
-    out = dict(vv)
-    if dot.counter > out.get(dot.node, 0):
-        out[dot.node] = dot.counter
-    return out
-
-
 def from_wire(raw: Any, what: str = "a version vector", limit: int = MAX_INT) -> VersionVector:
     """Validate `{node: counter}`, each counter at most `limit`.
 

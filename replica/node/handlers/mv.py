@@ -1,8 +1,8 @@
 """Handlers of the MV register (`mv_*`): writes that never lose a concurrent value.
 
-`mv_write` and `mv_read` as PROTOCOL.md has them, the seed form of
-`mv_merge` (one dot-less `entry` from the sender), and Jylis's `MVREG` for the
-Redis port.  The register itself is `replica.crdt.mv_register`.
+`mv_write` and `mv_read` as PROTOCOL.md has them, its dot-less form of
+`mv_merge` (one `entry` from the sender), and Jylis's `MVREG` for the Redis
+port.  The register itself is `replica.crdt.mv_register`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def mv_read(ctx: Context, body: Body, src: str | None) -> Body:
 
 
 def mv_merge(ctx: Context, body: Body, src: str | None) -> Body | None:
-    """Whole sibling sets, a batch of them, or the seed's single dot-less entry."""
+    """Whole sibling sets, a batch of them, or PROTOCOL.md's single dot-less entry."""
     if "entry" not in body:
         return merge(ctx, body, src, MV)
     key = require_str(body, "key")
