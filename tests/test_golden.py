@@ -196,11 +196,29 @@ LWW: list[Step] = [
     ("the read after the merge", {"type": "lww_read", "msg_id": 5, "key": "flag"}),
 ]
 
+COUNTER: list[Step] = [
+    ("an absent key reads 0", {"type": "counter_read", "msg_id": 1, "key": "likes"}),
+    ("an addition", {"type": "counter_add", "msg_id": 2, "key": "likes", "delta": 5}),
+    ("a subtraction", {"type": "counter_add", "msg_id": 3, "key": "likes", "delta": -2}),
+    (
+        "a peer's batch: n2's own totals",
+        peer(
+            {
+                "type": "counter_merge",
+                "msg_id": 15,
+                "deltas": [{"key": "likes", "state": {"p": {"n2": 10}, "n": {"n2": 1}}}],
+            }
+        ),
+    ),
+    ("the read after the merge", {"type": "counter_read", "msg_id": 4, "key": "likes"}),
+]
+
 SEQUENCES: dict[str, tuple[list[Step], str]] = {
     "mv": (MV, "cart"),
     "kv": (KV, "user:1"),
     "mvcc": (MVCC, "x"),
     "lww": (LWW, "flag"),
+    "counter": (COUNTER, "likes"),
 }
 
 
@@ -272,6 +290,10 @@ def test_replies_match_the_golden_vectors(name: str) -> None:
     replies = replay(new_node(), [line["request"] for line in golden])
     for line, reply in zip(golden, replies, strict=True):
         assert canonical(reply) == canonical(line["reply"]), line["note"]
+
+
+def test_every_type_of_the_registry_has_golden_vectors() -> None:
+    assert set(SEQUENCES) == set(BY_NAME)
 
 
 def test_every_type_has_a_merge_from_a_peer_and_a_read_after_it() -> None:
