@@ -17,6 +17,8 @@ drops the rest of the oversized line and carries on with the lines after it.
 
 from __future__ import annotations
 
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+"""A request line longer than this (`max_line_bytes`) is refused and its connection closed."""
 NEWLINE = b"\n"
 CARRIAGE_RETURN = b"\r"
 

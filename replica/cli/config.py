@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from replica.framing import DEFAULT_MAX_LINE_BYTES
+from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MVCC_RETENTION_MS
+
 if TYPE_CHECKING:
     from replica.node.router import NodeSettings
 
 DEFAULT_GOSSIP_INTERVAL_MS = 200
-DEFAULT_MAX_LINE_BYTES = 1 << 20
-DEFAULT_MVCC_RETENTION_MS = 3_600_000
 DEFAULT_DURABILITY = "sync"
 DURABILITY_MODES = ("sync", "async")
 DEFAULT_FLUSH_INTERVAL_MS = 10
-DEFAULT_MAX_CLOCK_SKEW_MS = 60_000
 DEFAULT_COMMIT_TIMEOUT_MS = 5_000
 
 TOP_LEVEL_FIELDS = ("cluster", "nodes")

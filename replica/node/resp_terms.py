@@ -47,6 +47,12 @@ Term = Simple | Integer | Value | list[Any] | None
 Reply = Callable[[Body], Term]
 """The RESP terms of a handler's (successful) reply."""
 
+
+def ok(reply: Body) -> Term:
+    """`+OK`, whatever the successful reply said: what a Redis write answers."""
+    return OK
+
+
 Command = Callable[[list[bytes]], tuple[Body, Reply]]
 """A Redis command's arguments (after its name) -> the request body and how its reply reads."""
 

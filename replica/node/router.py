@@ -29,6 +29,7 @@ import orjson
 from replica.crdt.malformed import Malformed, Suspect
 from replica.durable.durability import Durability
 from replica.errors import ErrorCode, RequestError
+from replica.framing import DEFAULT_MAX_LINE_BYTES
 from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MVCC_RETENTION_MS, Keyspaces
 from replica.node.context import Body, Handler
 from replica.node.handlers import HANDLERS
@@ -37,7 +38,6 @@ from replica.replication.replicator import Replicator
 
 log = logging.getLogger("replica.node.router")
 
-DEFAULT_MAX_LINE_BYTES = 1 << 20
 LINE = orjson.OPT_APPEND_NEWLINE  # every encoded message is one line
 MIN_INTEGER = -(1 << 63)  # the range of integers the encoder writes back: i64 and u64
 MAX_INTEGER = (1 << 64) - 1

@@ -15,7 +15,7 @@ from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces, TooFarAhead
 from replica.node.context import Body, Context
 from replica.node.handlers.clocked import too_far_ahead
-from replica.node.resp_terms import OK, Integer, Reply, Term, Value, arity, integer, text, unknown
+from replica.node.resp_terms import Integer, Reply, Term, Value, arity, integer, ok, text, unknown
 
 
 def write(keyspaces: Keyspaces, key: str, value: Any, timestamp: int | None) -> int:
@@ -59,12 +59,8 @@ def treg(args: list[bytes]) -> tuple[Body, Reply]:
         arity("treg|set", args, 4)
         key, value = text(args[1], "key"), text(args[2], "value")
         timestamp = integer(args[3], "timestamp")
-        return {"type": "lww_write", "key": key, "value": value, "timestamp": timestamp}, _ok
+        return {"type": "lww_write", "key": key, "value": value, "timestamp": timestamp}, ok
     raise unknown("treg", args)
-
-
-def _ok(reply: Body) -> Term:
-    return OK
 
 
 def _value_and_timestamp(reply: Body) -> Term:

@@ -17,7 +17,7 @@ from replica.crdt.version_vector import VersionVector
 from replica.keyspaces import Keyspaces
 from replica.node.context import Body, Context
 from replica.node.handlers.merging import ack, merge
-from replica.node.resp_terms import OK, Reply, Term, Value, arity, text, unknown
+from replica.node.resp_terms import Reply, Term, Value, arity, ok, text, unknown
 
 
 def write(
@@ -71,15 +71,11 @@ def mvreg(args: list[bytes]) -> tuple[Body, Reply]:
     if sub == b"SET":
         arity("mvreg|set", args, 3)
         key, value = text(args[1], "key"), text(args[2], "value")
-        return {"type": "mv_write", "key": key, "value": value}, _ok
+        return {"type": "mv_write", "key": key, "value": value}, ok
     if sub == b"GET":
         arity("mvreg|get", args, 2)
         return {"type": "mv_read", "key": text(args[1], "key")}, _values
     raise unknown("mvreg", args)
-
-
-def _ok(reply: Body) -> Term:
-    return OK
 
 
 def _values(reply: Body) -> Term:
