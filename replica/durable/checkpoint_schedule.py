@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from replica.durable.checkpointer_link import CheckpointerGone, CheckpointRunner
+from replica.durable.checkpointer_link import Checkpointer, CheckpointerGone
 from replica.durable.errors import CheckpointFailed
 from replica.durable.pipe_protocol import checkpoint_line
 from replica.durable.segment_log import SegmentLog
@@ -33,7 +33,7 @@ class CheckpointSchedule:
     def __init__(
         self,
         segments: SegmentLog,
-        checkpointer: CheckpointRunner,
+        checkpointer: Checkpointer,
         interval_s: float,
         report: Callable[[bytes], None] = lambda line: None,
     ) -> None:

@@ -1,11 +1,9 @@
-"""The log writer's handle on its checkpointer: sealed segments in, keys written out.
+"""The log writer's handle on its checkpointer process: sealed segments in, keys written out.
 
-`Checkpointer` starts the checkpointer process (`replica.durable.checkpointer`)
-at the first checkpoint and talks to it over `pipe_protocol`'s pipe; one
-found dead raises `CheckpointerGone`, so the writer can start another and
-ask again.  `ThreadCheckpointer` does the same work on the calling thread at
-low priority, inside the writer's process: the variant the writer uses when
-`REPLICA_CHECKPOINT_THREAD=1`, kept to measure the two against each other.
+`Checkpointer` starts the checkpointer (`replica.durable.checkpointer`) at
+the first checkpoint and talks to it over `pipe_protocol`'s pipe; one found
+dead raises `CheckpointerGone`, so the writer can start another and ask
+again.  A process rather than a thread of the writer: see docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -13,12 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO
 
 from replica.durable.errors import CheckpointFailed
-from replica.durable.lmdb_checkpoint import open_environment, write_sealed
 from replica.durable.pipe_protocol import (
     CHECKPOINTER,
     checkpointer_argv,
@@ -27,23 +23,10 @@ from replica.durable.pipe_protocol import (
 )
 
 STOP_TIMEOUT_S = 30.0
-THREAD_NICENESS = 10
 
 
 class CheckpointerGone(CheckpointFailed):
     """The checkpointer process exited or could not be reached: a new one may succeed."""
-
-
-class CheckpointRunner(Protocol):
-    def checkpoint(self, seqs: list[int], *, paced: bool = False) -> int: ...
-
-    def close(self) -> None: ...
-
-
-def checkpointer_for(path: Path, map_size: int) -> CheckpointRunner:
-    if os.environ.get("REPLICA_CHECKPOINT_THREAD") == "1":
-        return ThreadCheckpointer(path, map_size)
-    return Checkpointer(path, map_size)
 
 
 class Checkpointer:
@@ -115,30 +98,3 @@ class Checkpointer:
 def _pipes(process: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
     assert process.stdin is not None and process.stdout is not None
     return process.stdin, process.stdout
-
-
-class ThreadCheckpointer:
-    """The checkpoint on the calling thread, its scheduling priority lowered first."""
-
-    def __init__(self, path: Path, map_size: int) -> None:
-        self.path = path
-        self.map_size = map_size
-        self._env: Any = None
-
-    def checkpoint(self, seqs: list[int], *, paced: bool = False) -> int:
-        if self._env is None:
-            self._env = open_environment(self.path, self.map_size)
-        if paced:  # the background thread, never the one answering the node
-            try:
-                tid = threading.get_native_id()
-                os.setpriority(
-                    os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), THREAD_NICENESS)
-                )
-            except OSError:
-                pass
-        return write_sealed(self._env, self.path, seqs, paced=paced)
-
-    def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None

@@ -2,9 +2,9 @@
 
 A synced LMDB commit writes the B-tree pages it touched all over the file and
 then the meta page, so it costs milliseconds however small the batch.  An
-append of the same batch to one file costs a fraction of that (0.1 to 0.3 ms
-for a hundred keys here), so a commit is durable once it is in the log; the
-store writes LMDB later, from the log's closed segments, in checkpoints.
+append of the same batch to one file costs a fraction of that
+(docs/benchmarks.md), so a commit is durable once it is in the log; LMDB is
+written later, from the log's closed segments, in checkpoints.
 
 The log is a numbered sequence of segment files `log.000001`, `log.000002`, ...
 in the data dir.  Only the newest is appended to; a checkpoint closes it,
@@ -13,18 +13,16 @@ Each record is framed as
 
     payload length (u32 LE) | CRC-32 of the payload (u32 LE) | payload
 
-and the payload is opaque here (the store's encoded states).  A batch is
-written with one `pwrite` to a file opened with O_DSYNC, which returns once
-the batch is on disk as `fdatasync` would, in one call instead of two.  It
-releases the interpreter while the disk works, and a commit thread that must
-take the interpreter back after every call it makes waits on a busy event loop
-each time, so fewer calls make shorter commits.
+and the payload is opaque here (a commit's record, `replica.durable.records`).
+A batch is written with one `pwrite` to a file opened with O_DSYNC, which
+returns once the batch is on disk as `fdatasync` would, in one call instead
+of two.  Only the log writer process appends (`replica.durable.log_writer`).
 
 A new segment is zero-filled before its first append: overwriting blocks
 that are already allocated and written syncs only data, not the file's block
-map, which halves the cost of a sync here (0.12 ms against 0.21 ms for a
-hundred keys).  `fallocate` alone does not help: its blocks are marked
-unwritten, and the first write to each still changes metadata.  Zero-filled
+map, which about halves the cost of a sync (docs/benchmarks.md).
+`fallocate` alone does not help: its blocks are marked unwritten, and the
+first write to each still changes metadata.  Zero-filled
 space reads as a zero length, which no record has, so it marks the end.
 
 Reading a segment back (`scan_segment`) trusts a prefix of whole records.
@@ -145,8 +143,7 @@ class Segment:
         """Write framed records after the last ones; on return they are on disk.
 
         The file is open with O_DSYNC, so the one `pwrite` is also the sync
-        (as `fdatasync` would be): the commit thread gives the interpreter up
-        and takes it back once per batch, not twice.
+        (as `fdatasync` would be): one system call per batch, not two.
 
         After a failure the segment's tail is unknown (part of the batch may be
         there), so it takes no more appends: the next batch goes to a new

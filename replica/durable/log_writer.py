@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 
 from replica.durable.checkpoint_schedule import CheckpointSchedule
-from replica.durable.checkpointer_link import checkpointer_for
+from replica.durable.checkpointer_link import Checkpointer
 from replica.durable.commit_log import frame
 from replica.durable.pipe_protocol import (
     APPEND,
@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
 
     try:
         segments = SegmentLog(path, checkpointed, settings)
-        checkpointer = checkpointer_for(path, settings.map_size)
+        checkpointer = Checkpointer(path, settings.map_size)
         checkpoints = CheckpointSchedule(
             segments, checkpointer, settings.checkpoint_interval_s, output
         )
