@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from replica.durable.durability import DEFAULT_COMMIT_TIMEOUT_MS, DEFAULT_FLUSH_INTERVAL_MS, SYNC
+from replica.durable.durability import MODES as DURABILITY_MODES
 from replica.framing import DEFAULT_MAX_LINE_BYTES
 from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MVCC_RETENTION_MS
 
@@ -36,10 +38,7 @@ if TYPE_CHECKING:
     from replica.node.router import NodeSettings
 
 DEFAULT_GOSSIP_INTERVAL_MS = 200
-DEFAULT_DURABILITY = "sync"
-DURABILITY_MODES = ("sync", "async")
-DEFAULT_FLUSH_INTERVAL_MS = 10
-DEFAULT_COMMIT_TIMEOUT_MS = 5_000
+DEFAULT_DURABILITY = SYNC
 
 TOP_LEVEL_FIELDS = ("cluster", "nodes")
 CLUSTER_FIELDS = (

@@ -52,6 +52,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from replica.fd_io import write_all
+
 HEADER = struct.Struct("<II")
 """Payload length and the CRC-32 of the payload."""
 SEGMENT_NAME = re.compile(r"log\.(\d{6,})")
@@ -189,10 +191,7 @@ def replace_durably(path: Path, data: bytes, tmp: Path) -> None:
     """Make `data` the content of `path` all at once, durably: written to `tmp`, then renamed."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with memoryview(data) as view:
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -54,6 +54,7 @@ MODES = (SYNC, ASYNC)
 RETRY_AFTER_FAILURE_S = 1.0
 MAX_IN_FLIGHT = 4
 DEFAULT_COMMIT_TIMEOUT_MS = 5_000
+DEFAULT_FLUSH_INTERVAL_MS = 10
 STALLED = "disk stalled"
 
 
@@ -83,7 +84,7 @@ class Durability:
         store: Store,
         *,
         mode: str = SYNC,
-        flush_interval_ms: int = 10,
+        flush_interval_ms: int = DEFAULT_FLUSH_INTERVAL_MS,
         commit_timeout_ms: int = DEFAULT_COMMIT_TIMEOUT_MS,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:

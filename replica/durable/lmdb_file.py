@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from replica.durable.errors import DamagedStore, StorageError
+from replica.fd_io import write_all
 
 PAGE_HEADER = 16
 MAGIC = 0xBEEFC0DE
@@ -267,10 +268,7 @@ def _read_databases(directory: str, direction: str, names: list[bytes]) -> int:
 
 def _write_out(out: bytearray) -> None:
     """Out at once, so a child that LMDB crashes later has passed on what it read."""
-    written = 0
-    with memoryview(out) as view:
-        while written < len(view):
-            written += os.write(1, view[written:])
+    write_all(1, out)
     del out[:]
 
 

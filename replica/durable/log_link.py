@@ -36,8 +36,8 @@ from replica.durable.pipe_protocol import (
     log_writer_argv,
     parse_checkpoint_line,
     parse_result,
-    write_all,
 )
+from replica.fd_io import write_all
 
 log = logging.getLogger("replica.durable.log_link")
 

@@ -38,9 +38,9 @@ from replica.durable.pipe_protocol import (
     parse_log_writer_argv,
     result_line,
     split_requests,
-    write_all,
 )
 from replica.durable.segment_log import SegmentLog
+from replica.fd_io import write_all
 
 READ_BYTES = 1 << 20
 

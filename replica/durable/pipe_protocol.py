@@ -23,7 +23,6 @@ transaction carrying them is synced, or `error <why>`.
 from __future__ import annotations
 
 import argparse
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,11 +189,3 @@ def parse_checkpoint_reply(line: bytes) -> tuple[int | None, str | None]:
     if not line:
         return None, None
     return None, line.decode(errors="replace").removeprefix("error ").strip()
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """All of `data` to `fd`, however many writes a pipe takes."""
-    with memoryview(data) as view:
-        written = 0
-        while written < len(data):
-            written += os.write(fd, view[written:])

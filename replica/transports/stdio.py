@@ -28,6 +28,7 @@ import select
 import threading
 
 from replica.errors import ErrorCode
+from replica.fd_io import write_all
 from replica.framing import LineFramer
 from replica.node.router import Node
 
@@ -160,7 +161,7 @@ class StdioTransport:
         data = b"".join(self._out)
         self._out.clear()
         try:
-            _write_all(self.stdout_fd, data)
+            write_all(self.stdout_fd, data)
         except OSError as exc:  # the reader of stdout is gone: nobody left to serve
             log.error("cannot write stdout: %s", exc)
             self.stop()
@@ -186,17 +187,6 @@ class StdioTransport:
         self._gossip = asyncio.get_running_loop().create_task(
             gossip_forever(replicator, self.gossip_interval_ms)
         )
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:  # stdout was left non-blocking: wait until it drains
-            select.select([], [fd], [])
-            continue
-        view = view[written:]
 
 
 async def run_stdio(node: Node, gossip_interval_ms: int | None = None) -> None:
