@@ -91,9 +91,12 @@ class Keyspaces:
         """Replace the key's state and tell the listeners (`local`: a client's change here)."""
         name = data_type.name
         store = self.states[name]
-        sizes = self._sizes.get(name)
-        if sizes is not None:
-            _resize(sizes, data_type.size(store.get(key)), data_type.size(state))
+        count = data_type.count_siblings
+        if count is not None:
+            current = store.get(key)
+            old, new = 0 if current is None else count(current), count(state)
+            if old != new:
+                _resize(self._sizes[name], old, new)
         store[key] = state
         for listener in self.listeners:
             listener(name, key, local)

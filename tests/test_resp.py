@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from replica.cli.config import ConfigError, parse_cluster
-from replica.node.handlers import mv as mv_handlers
+from replica.crdt.mv_register import MVRegister
 from replica.node.router import Node
 from replica.transports.resp import HEADER_ALLOWANCE, serve_resp
 from tests.harness import (
@@ -397,7 +397,7 @@ async def test_a_failing_command_is_an_error_and_the_node_keeps_serving(
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(mv_handlers, "write", broken)
+    monkeypatch.setattr(MVRegister, "write", broken)
     server = await serve_resp(node, LOOPBACK, 0)
     client = resp2_client(server.addresses[0][1])
     try:

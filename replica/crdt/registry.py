@@ -55,8 +55,9 @@ class DataType:
     """A state this node stored, read back trusting its invariants; raises on a wrong shape."""
     state_field: str
     """The field of a `<name>_merge` delta that carries the state."""
-    has_siblings: bool = False
-    """Whether a state is a list of siblings: counted in `max_siblings`, split when large."""
+    count_siblings: Callable[[Any], int] | None = None
+    """How many siblings a state holds, for a type whose states are lists of siblings:
+    counted in `max_siblings`, split across messages when large.  None for other types."""
     newest_timestamp: Callable[[Any], int | None] | None = None
     """The newest hybrid-clock timestamp a state carries, for the node's clock to observe."""
     collect: Callable[[Any, int], tuple[Any, int]] | None = None
@@ -73,9 +74,18 @@ class DataType:
             return self.holds_nothing(state)
         return bool(state == self.empty)
 
+    @property
+    def has_siblings(self) -> bool:
+        return self.count_siblings is not None
+
     def size(self, state: Any) -> int:
         """How many siblings a state holds (0 for an absent key or a type without siblings)."""
-        return len(state.siblings) if self.has_siblings and state is not None else 0
+        count = self.count_siblings
+        return 0 if count is None or state is None else count(state)
+
+
+def _sibling_count(siblings: ClockedSiblings) -> int:
+    return len(siblings.siblings)
 
 
 def _newest_version(chain: VersionChain) -> int | None:
@@ -98,7 +108,7 @@ MV = DataType(
     MVRegister.from_wire,
     MVRegister.from_stored,
     "siblings",
-    has_siblings=True,
+    count_siblings=len,  # a register is the tuple of its siblings
 )
 KV = DataType(
     "kv",
@@ -107,7 +117,7 @@ KV = DataType(
     ClockedSiblings.from_wire,
     ClockedSiblings.from_stored,
     "siblings",
-    has_siblings=True,
+    count_siblings=_sibling_count,
 )
 MVCC = DataType(
     "mvcc",

@@ -1,8 +1,9 @@
-"""What a Redis command becomes: a request body for the handlers, and its reply as RESP terms.
+"""What a Redis command becomes: a handler and a request body, and its reply as RESP terms.
 
 A data type's handler module turns its Redis commands (`MVREG SET k v`) into
-the same request bodies the JSON port takes, so both ports run the same
-handlers, and says how the handler's reply reads as RESP.  The transport
+the request bodies the JSON port takes, run by its handlers (`Node.run`), so a
+rule or a refusal reads the same on both ports, and says how the handler's
+reply reads as RESP.  The transport
 (`replica.transports.resp`) encodes the terms; nothing here touches bytes on
 the wire.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from replica.crdt.malformed import MAX_INT
+from replica.node.context import Handler
 
 Body = dict[str, Any]
 
@@ -53,8 +55,11 @@ def ok(reply: Body) -> Term:
     return OK
 
 
-Command = Callable[[list[bytes]], tuple[Body, Reply]]
-"""A Redis command's arguments (after its name) -> the request body and how its reply reads."""
+Request = tuple[Handler, Body, Reply]
+"""The handler that answers a Redis command, the request body it gets, and how its reply reads."""
+
+Command = Callable[[list[bytes]], Request]
+"""A Redis command's arguments (after its name) -> its `Request`."""
 
 
 class RespError(Exception):

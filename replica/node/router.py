@@ -178,24 +178,32 @@ class Node:
             return self._error(
                 msg_id, ErrorCode.TEMPORARILY_UNAVAILABLE, "node not initialised: send init first"
             )
-        try:
-            try:
-                reply = handler(self, body, src)
-            except Suspect:
-                reply = self._handle_checked(handler, body, src)
-        except Malformed as exc:
-            return self._error(msg_id, ErrorCode.MALFORMED_REQUEST, str(exc))
-        except RequestError as exc:
-            return self._error(msg_id, exc.code, exc.text)
-        except Exception as exc:  # a bug: report it, keep serving
-            log.exception("handler for %r failed on %r", msg_type, body)
-            return self._error(msg_id, ErrorCode.CRASH, f"internal error: {type(exc).__name__}")
+        reply = self.run(handler, body, src)
         if reply is None:
             return None
         if msg_id is not None:
             reply["in_reply_to"] = msg_id
         reply["msg_id"] = next(self.msg_ids)
         return reply
+
+    def run(self, handler: Handler, body: Body, src: str | None) -> Body | None:
+        """One handler on one body: its reply, or the error reply it earned (not numbered).
+
+        What the JSON port routes by type, and what the Redis port's commands
+        become, both run here, so a refusal reads the same on either.
+        """
+        try:
+            try:
+                return handler(self, body, src)
+            except Suspect:
+                return self._handle_checked(handler, body, src)
+        except Malformed as exc:
+            return _error_body(ErrorCode.MALFORMED_REQUEST, str(exc))
+        except RequestError as exc:
+            return _error_body(exc.code, exc.text)
+        except Exception as exc:  # a bug: report it, keep serving
+            log.exception("handler for %r failed on %r", body.get("type"), body)
+            return _error_body(ErrorCode.CRASH, f"internal error: {type(exc).__name__}")
 
     def _handle_checked(self, handler: Handler, body: Body, src: str | None) -> Body | None:
         """After a `Suspect` value: refuse the line if it holds an integer beyond 64 bits.
@@ -217,11 +225,15 @@ class Node:
             self.integers_checked = False
 
     def _error(self, msg_id: int | None, code: ErrorCode, text: str) -> Body:
-        reply: Body = {"type": "error", "code": int(code), "text": text}
+        reply = _error_body(code, text)
         if msg_id is not None:
             reply["in_reply_to"] = msg_id
         reply["msg_id"] = next(self.msg_ids)
         return reply
+
+
+def _error_body(code: ErrorCode, text: str) -> Body:
+    return {"type": "error", "code": int(code), "text": text}
 
 
 class _OutOfRange(Exception):

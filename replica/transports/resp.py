@@ -37,7 +37,8 @@ import orjson
 
 from replica.errors import ErrorCode
 from replica.node.handlers import RESP_COMMANDS
-from replica.node.resp_terms import Integer, RespError, Simple, Term, Value, arity
+from replica.node.resp_terms import OK as OK_TERM
+from replica.node.resp_terms import Command, Integer, RespError, Simple, Term, Value, arity
 from replica.node.router import Node
 from replica.transports.tcp import ServedConnection, TcpServer
 
@@ -78,6 +79,8 @@ def _name(raw: bytes) -> str:
 
 def encode(term: Term) -> bytes:
     """The RESP encoding of a reply's terms (see `replica.node.resp_terms.Term`)."""
+    if term is OK_TERM:  # what every write answers
+        return OK
     if type(term) is Simple:
         return b"+%s\r\n" % term.text.encode()
     if type(term) is Integer:
@@ -113,8 +116,9 @@ class Commands:
         name = request[0]
         upper = name.upper()
         try:
-            if upper in RESP_COMMANDS:
-                return self.data_command(upper, request[1:])
+            command = RESP_COMMANDS.get(upper)
+            if command is not None:
+                return self.data_command(command, request[1:])
             handler = self.table.get(upper)
             if handler is None:
                 return error(f"ERR unknown command '{_name(name)}'")
@@ -122,10 +126,10 @@ class Commands:
         except RespError as exc:
             return error(str(exc))
 
-    def data_command(self, name: bytes, args: Args) -> bytes:
+    def data_command(self, command: Command, args: Args) -> bytes:
         """A data type's command, run by the same handler as its JSON request."""
-        body, reply_of = RESP_COMMANDS[name](args)
-        reply = self.node.handle_body(body, None)
+        handler, body, reply_of = command(args)
+        reply = self.node.run(handler, body, None)
         if reply is None:
             return error("ERR no reply")
         if reply["type"] == "error":

@@ -13,7 +13,7 @@ from replica.crdt.pn_counter import MAX_TOTAL, TotalTooLarge
 from replica.crdt.registry import COUNTER
 from replica.errors import ErrorCode, RequestError
 from replica.node.context import Body, Context
-from replica.node.resp_terms import Integer, Reply, Term, arity, integer, ok, text, unknown
+from replica.node.resp_terms import Integer, Request, Term, arity, integer, ok, text, unknown
 
 
 def counter_add(ctx: Context, body: Body, src: str | None) -> Body:
@@ -39,7 +39,7 @@ def counter_read(ctx: Context, body: Body, src: str | None) -> Body:
     return {"type": "counter_read_ok", "value": counter.value}
 
 
-def pncount(args: list[bytes]) -> tuple[Body, Reply]:
+def pncount(args: list[bytes]) -> Request:
     """`PNCOUNT INC key [n]` and `PNCOUNT DEC key [n]` (+OK), `PNCOUNT GET key` (the total)."""
     sub = args[0].upper() if args else b""
     if sub in (b"INC", b"DEC"):
@@ -47,10 +47,11 @@ def pncount(args: list[bytes]) -> tuple[Body, Reply]:
             arity(f"pncount|{sub.decode().lower()}", args, 3)
         amount = integer(args[2], "amount", 0, MAX_TOTAL) if len(args) == 3 else 1
         delta = amount if sub == b"INC" else -amount
-        return {"type": "counter_add", "key": text(args[1], "key"), "delta": delta}, ok
+        body = {"type": "counter_add", "key": text(args[1], "key"), "delta": delta}
+        return counter_add, body, ok
     if sub == b"GET":
         arity("pncount|get", args, 2)
-        return {"type": "counter_read", "key": text(args[1], "key")}, _total
+        return counter_read, {"type": "counter_read", "key": text(args[1], "key")}, _total
     raise unknown("pncount", args)
 
 

@@ -15,7 +15,7 @@ from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces, TooFarAhead
 from replica.node.context import Body, Context
 from replica.node.handlers.clocked import too_far_ahead
-from replica.node.resp_terms import Integer, Reply, Term, Value, arity, integer, ok, text, unknown
+from replica.node.resp_terms import Integer, Request, Term, Value, arity, integer, ok, text, unknown
 
 
 def write(keyspaces: Keyspaces, key: str, value: Any, timestamp: int | None) -> int:
@@ -49,17 +49,18 @@ def lww_read(ctx: Context, body: Body, src: str | None) -> Body:
     return {"type": "lww_read_ok", **register.to_wire()}
 
 
-def treg(args: list[bytes]) -> tuple[Body, Reply]:
+def treg(args: list[bytes]) -> Request:
     """`TREG SET key value timestamp` (+OK) and `TREG GET key` ([value, timestamp] or [])."""
     sub = args[0].upper() if args else b""
     if sub == b"GET":
         arity("treg|get", args, 2)
-        return {"type": "lww_read", "key": text(args[1], "key")}, _value_and_timestamp
+        return lww_read, {"type": "lww_read", "key": text(args[1], "key")}, _value_and_timestamp
     if sub == b"SET":
         arity("treg|set", args, 4)
         key, value = text(args[1], "key"), text(args[2], "value")
         timestamp = integer(args[3], "timestamp")
-        return {"type": "lww_write", "key": key, "value": value, "timestamp": timestamp}, ok
+        body = {"type": "lww_write", "key": key, "value": value, "timestamp": timestamp}
+        return lww_write, body, ok
     raise unknown("treg", args)
 
 

@@ -17,7 +17,7 @@ from replica.crdt.version_vector import VersionVector
 from replica.keyspaces import Keyspaces
 from replica.node.context import Body, Context
 from replica.node.handlers.merging import ack, merge
-from replica.node.resp_terms import Reply, Term, Value, arity, ok, text, unknown
+from replica.node.resp_terms import Request, Term, Value, arity, ok, text, unknown
 
 
 def write(
@@ -31,6 +31,21 @@ def write(
 
 
 def mv_write(ctx: Context, body: Body, src: str | None) -> Body:
+    register, sibling = _write(ctx, body)
+    values, register_context = register.read_view()
+    # Alone, the new sibling's vclock is the register's context: one dict serves both.
+    vclock = register_context if len(values) == 1 else sibling.vclock()
+    return {"type": "mv_write_ok", "vclock": vclock, "context": register_context, "values": values}
+
+
+def mv_set(ctx: Context, body: Body, src: str | None) -> Body:
+    """`mv_write` answered only `mv_write_ok`: what Redis's `MVREG SET` replies `+OK` to."""
+    _write(ctx, body)
+    return {"type": "mv_write_ok"}
+
+
+def _write(ctx: Context, body: Body) -> tuple[MVRegister, Sibling]:
+    """An `mv_write` request's fields checked, then the write."""
     key = require_str(body, "key")
     value = require_value(body, "value", checked=ctx.integers_checked)
     raw_context = body.get("context")
@@ -39,11 +54,7 @@ def mv_write(ctx: Context, body: Body, src: str | None) -> Body:
         if raw_context is None
         else version_vector.from_wire(raw_context, "context", MAX_COUNTER)
     )
-    register, sibling = write(ctx.keyspaces, key, value, context)
-    values, register_context = register.read_view()
-    # Alone, the new sibling's vclock is the register's context: one dict serves both.
-    vclock = register_context if len(values) == 1 else sibling.vclock()
-    return {"type": "mv_write_ok", "vclock": vclock, "context": register_context, "values": values}
+    return write(ctx.keyspaces, key, value, context)
 
 
 def mv_read(ctx: Context, body: Body, src: str | None) -> Body:
@@ -65,16 +76,16 @@ def mv_merge(ctx: Context, body: Body, src: str | None) -> Body | None:
     return ack(body)
 
 
-def mvreg(args: list[bytes]) -> tuple[Body, Reply]:
+def mvreg(args: list[bytes]) -> Request:
     """`MVREG SET key value` (+OK) and `MVREG GET key` (the visible values)."""
     sub = args[0].upper() if args else b""
     if sub == b"SET":
         arity("mvreg|set", args, 3)
         key, value = text(args[1], "key"), text(args[2], "value")
-        return {"type": "mv_write", "key": key, "value": value}, ok
+        return mv_set, {"type": "mv_write", "key": key, "value": value}, ok
     if sub == b"GET":
         arity("mvreg|get", args, 2)
-        return {"type": "mv_read", "key": text(args[1], "key")}, _values
+        return mv_read, {"type": "mv_read", "key": text(args[1], "key")}, _values
     raise unknown("mvreg", args)
 
 
