@@ -94,8 +94,8 @@ class Keyspaces:
         count = data_type.count_siblings
         if count is not None:
             current = store.get(key)
-            old, new = 0 if current is None else count(current), count(state)
-            if old != new:
+            old = 0 if current is None else count(current)
+            if old != (new := count(state)):
                 _resize(self._sizes[name], old, new)
         store[key] = state
         for listener in self.listeners:

@@ -20,11 +20,14 @@ from replica.node.handlers.merging import ack, merge
 from replica.node.resp_terms import Request, Term, Value, arity, ok, text, unknown
 
 
+_EMPTY: MVRegister = MV.empty
+
+
 def write(
     keyspaces: Keyspaces, key: str, value: Any, context: VersionVector | None
 ) -> tuple[MVRegister, Sibling]:
     """A client's write at this node's actor; returns the new register and its sibling."""
-    current = keyspaces.states["mv"].get(key, MV.empty)
+    current = keyspaces.states["mv"].get(key, _EMPTY)
     register, sibling = current.write(keyspaces.actor, value, context)
     keyspaces.put(MV, key, register)
     return register, sibling
