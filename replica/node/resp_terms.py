@@ -41,9 +41,16 @@ class Value:
     value: Any
 
 
+@dataclass(frozen=True, slots=True)
+class Values:
+    """An array of stored values, each sent as `Value` is."""
+
+    values: list[Any]
+
+
 OK = Simple("OK")
 
-Term = Simple | Integer | Value | list[Any] | None
+Term = Simple | Integer | Value | Values | list[Any] | None
 """A reply as RESP terms; a list is an array of terms, None the null reply."""
 
 Reply = Callable[[Body], Term]

@@ -37,8 +37,7 @@ import orjson
 
 from replica.errors import ErrorCode
 from replica.node.handlers import RESP_COMMANDS
-from replica.node.resp_terms import OK as OK_TERM
-from replica.node.resp_terms import Command, Integer, RespError, Simple, Term, Value, arity
+from replica.node.resp_terms import Integer, RespError, Simple, Term, Value, Values, arity, ok
 from replica.node.router import Node
 from replica.transports.tcp import ServedConnection, TcpServer
 
@@ -79,8 +78,8 @@ def _name(raw: bytes) -> str:
 
 def encode(term: Term) -> bytes:
     """The RESP encoding of a reply's terms (see `replica.node.resp_terms.Term`)."""
-    if term is OK_TERM:  # what every write answers
-        return OK
+    if type(term) is Values:
+        return array([bulk(_value_bytes(value)) for value in term.values])
     if type(term) is Simple:
         return b"+%s\r\n" % term.text.encode()
     if type(term) is Integer:
@@ -88,9 +87,13 @@ def encode(term: Term) -> bytes:
     if type(term) is list:
         return array([encode(item) for item in term])
     if type(term) is Value:
-        value = term.value
-        return bulk(value.encode() if type(value) is str else orjson.dumps(value))
+        return bulk(_value_bytes(term.value))
     return NIL
+
+
+def _value_bytes(value: Any) -> bytes:
+    """A stored value as a Redis client sees it: a string as it is, the rest as its JSON."""
+    return value.encode() if type(value) is str else orjson.dumps(value)
 
 
 class Commands:
@@ -117,25 +120,24 @@ class Commands:
         upper = name.upper()
         try:
             command = RESP_COMMANDS.get(upper)
-            if command is not None:
-                return self.data_command(command, request[1:])
-            handler = self.table.get(upper)
-            if handler is None:
-                return error(f"ERR unknown command '{_name(name)}'")
-            return handler(request[1:])
+            if command is None:
+                handler = self.table.get(upper)
+                if handler is None:
+                    return error(f"ERR unknown command '{_name(name)}'")
+                return handler(request[1:])
+            # A data type's command: run by the same handler as its JSON request.
+            data_handler, body, reply_of = command(request[1:])
         except RespError as exc:
             return error(str(exc))
-
-    def data_command(self, command: Command, args: Args) -> bytes:
-        """A data type's command, run by the same handler as its JSON request."""
-        handler, body, reply_of = command(args)
-        reply = self.node.run(handler, body, None)
+        reply = self.node.run(data_handler, body, None)
         if reply is None:
             return error("ERR no reply")
         if reply["type"] == "error":
             if reply["code"] == ErrorCode.KEY_DOES_NOT_EXIST:
                 return EMPTY_ARRAY
             return error(f"ERR {reply['text']}")
+        if reply_of is ok:  # what every write answers
+            return OK
         return encode(reply_of(reply))
 
     # -- what clients send by habit -----------------------------------------------------

@@ -17,8 +17,7 @@ from replica.crdt.version_vector import VersionVector
 from replica.keyspaces import Keyspaces
 from replica.node.context import Body, Context
 from replica.node.handlers.merging import ack, merge
-from replica.node.resp_terms import Request, Term, Value, arity, ok, text, unknown
-
+from replica.node.resp_terms import Request, Term, Values, arity, ok, text, unknown
 
 _EMPTY: MVRegister = MV.empty
 
@@ -60,6 +59,14 @@ def _write(ctx: Context, body: Body) -> tuple[MVRegister, Sibling]:
     return write(ctx.keyspaces, key, value, context)
 
 
+def mv_values(ctx: Context, body: Body, src: str | None) -> Body:
+    """`mv_read` answered with the visible values alone: what Redis's `MVREG GET` returns."""
+    key = require_str(body, "key")
+    ctx.shown("mv", key)
+    register = ctx.keyspaces.states["mv"].get(key)
+    return {"type": "mv_read_ok", "values": [] if register is None else register.values()}
+
+
 def mv_read(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     ctx.shown("mv", key)
@@ -88,12 +95,12 @@ def mvreg(args: list[bytes]) -> Request:
         return mv_set, {"type": "mv_write", "key": key, "value": value}, ok
     if sub == b"GET":
         arity("mvreg|get", args, 2)
-        return mv_read, {"type": "mv_read", "key": text(args[1], "key")}, _values
+        return mv_values, {"type": "mv_read", "key": text(args[1], "key")}, _values
     raise unknown("mvreg", args)
 
 
 def _values(reply: Body) -> Term:
-    return [Value(v["value"]) for v in reply["values"]]
+    return Values(reply["values"])
 
 
 HANDLERS = {"mv_write": mv_write, "mv_read": mv_read, "mv_merge": mv_merge}
