@@ -101,13 +101,15 @@ class ClusterConfig:
         """Every other node's address, by id."""
         return {n.id: (n.host, n.port) for n in self.nodes if n.id != node_id}
 
-    def node_settings(self) -> NodeSettings:
+    def node_settings(self, clock_offset_ms: int = 0) -> NodeSettings:
+        """A node's settings from the file, its clock shifted by `clock_offset_ms` (tests)."""
         from replica.node.router import NodeSettings
 
         return NodeSettings(
             max_line_bytes=self.max_line_bytes,
             mvcc_retention_ms=self.mvcc_retention_ms,
             max_clock_skew_ms=self.max_clock_skew_ms,
+            clock_offset_ms=clock_offset_ms,
         )
 
 

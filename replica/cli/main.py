@@ -34,6 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or EXIT_OK
         return EXIT_USAGE
+    if "clock_offset_ms" in args and args.clock_offset_ms is None:
+        try:
+            args.clock_offset_ms = _clock_offset(
+                os.environ.get(CLOCK_OFFSET_ENV, "0"), "$" + CLOCK_OFFSET_ENV
+            )
+        except argparse.ArgumentTypeError as exc:
+            print(f"replica: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return int(args.run(args))
     except ConfigError as exc:  # its text names the file and what is wrong
@@ -87,6 +95,7 @@ def _add_serve(commands: Commands) -> None:
         help="for supervisors: stop cleanly once descriptor FD, the read end of a pipe "
         "whose write end the supervisor holds, reaches end of file (the supervisor died)",
     )
+    _clock_offset_argument(serve_parser)
     _log_level_argument(serve_parser)
     serve_parser.set_defaults(run=serve.run_serve)
 
@@ -129,6 +138,7 @@ def _add_stdio(commands: Commands) -> None:
         metavar="N",
         help="how often changes are gossiped to peers (default: %(default)s)",
     )
+    _clock_offset_argument(stdio)
     stdio.set_defaults(run=serve.run_stdio)
 
 
@@ -171,6 +181,32 @@ def _log_level_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", choices=LEVELS, default="info", help="(default: %(default)s)"
     )
+
+
+CLOCK_OFFSET_ENV = "REPLICA_CLOCK_OFFSET_MS"
+MAX_CLOCK_OFFSET_MS = 10 * 365 * 24 * 3_600_000
+
+
+def _clock_offset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clock-offset-ms",
+        type=_clock_offset,
+        metavar="N",
+        help="for fault tests: add N ms (may be negative) to every wall clock reading of this "
+        f"node's hybrid clock, not the machine's clock (default: ${CLOCK_OFFSET_ENV}, else 0)",
+    )
+
+
+def _clock_offset(text: str, source: str = "--clock-offset-ms") -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{source} must be an integer, not {text!r}") from None
+    if abs(value) > MAX_CLOCK_OFFSET_MS:
+        raise argparse.ArgumentTypeError(
+            f"{source} must be from {-MAX_CLOCK_OFFSET_MS} to {MAX_CLOCK_OFFSET_MS}, not {value}"
+        )
+    return value
 
 
 def _positive_int(text: str) -> int:

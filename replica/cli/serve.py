@@ -48,8 +48,9 @@ def run_serve(args: argparse.Namespace) -> int:
         store, actor = open_store(data_dir, me.id, salvage=args.salvage)
     except StorageError as exc:
         return _storage_error(exc)
+    offset = args.clock_offset_ms
     return uvloop.run(
-        _serve(config, me, store if data_dir is not None else None, actor, args.watch_fd)
+        _serve(config, me, store if data_dir is not None else None, actor, args.watch_fd, offset)
     )
 
 
@@ -61,6 +62,7 @@ def run_stdio(args: argparse.Namespace) -> int:
         max_line_bytes=args.max_line_bytes,
         mvcc_retention_ms=args.mvcc_retention_ms,
         max_clock_skew_ms=args.max_clock_skew_ms,
+        clock_offset_ms=args.clock_offset_ms,
     )
     node = Node(settings=settings)
     configure_logging(args.log_level, lambda: node.node_id)
@@ -73,24 +75,30 @@ async def _serve(
     store: Store | None,
     actor: str,
     watch_fd: int | None = None,
+    clock_offset_ms: int = 0,
 ) -> int:
     """Recover from `store` (None: a node in memory), then listen, dial peers, and serve.
 
     Until a stop signal, or end of file on `watch_fd` (a supervisor that died).
     """
     with _stop_on_signals() as stop, _stop_at_end_of(watch_fd, stop):  # from the start
-        return await _serve_until(stop, config, me, store, actor)
+        return await _serve_until(stop, config, me, store, actor, clock_offset_ms)
 
 
 async def _serve_until(
-    stop: asyncio.Event, config: ClusterConfig, me: NodeConfig, store: Store | None, actor: str
+    stop: asyncio.Event,
+    config: ClusterConfig,
+    me: NodeConfig,
+    store: Store | None,
+    actor: str,
+    clock_offset_ms: int,
 ) -> int:
     from replica.durable.durability import Durability
     from replica.durable.errors import StorageError
     from replica.node.router import Node
     from replica.transports.tcp import serve_tcp
 
-    node = Node(me.id, config.node_ids, config.node_settings(), actor=actor)
+    node = Node(me.id, config.node_ids, config.node_settings(clock_offset_ms), actor=actor)
     _collect_less_often()
     if store is not None:
         try:

@@ -30,7 +30,12 @@ from replica.crdt.malformed import Malformed, Suspect
 from replica.durable.durability import Durability
 from replica.errors import ErrorCode, RequestError
 from replica.framing import DEFAULT_MAX_LINE_BYTES
-from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MVCC_RETENTION_MS, Keyspaces
+from replica.keyspaces import (
+    DEFAULT_MAX_CLOCK_SKEW_MS,
+    DEFAULT_MVCC_RETENTION_MS,
+    Keyspaces,
+    wall_clock_ms,
+)
 from replica.node.context import Body, Handler
 from replica.node.handlers import HANDLERS
 from replica.node.handlers.cluster import init
@@ -50,6 +55,8 @@ class NodeSettings:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     mvcc_retention_ms: int = DEFAULT_MVCC_RETENTION_MS
     max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
+    clock_offset_ms: int = 0
+    """Added to every wall clock reading of the hybrid clock: a skewed clock for fault tests."""
 
 
 class Node:
@@ -71,11 +78,13 @@ class Node:
         """Numbers every message the node sends, replies and peer messages alike."""
         self.line = b""  # the request line being handled, read again only for a `Suspect` value
         self.integers_checked = False  # while handling it again, that line checked
+        offset = self.settings.clock_offset_ms
         self.keyspaces = Keyspaces(
             node_id or "",
             mvcc_retention_ms=self.settings.mvcc_retention_ms,
             actor=actor,
             max_clock_skew_ms=self.settings.max_clock_skew_ms,
+            now_ms=wall_clock_ms if not offset else lambda: wall_clock_ms() + offset,
         )
         self.replicator: Replicator | None = None
         self._durability: Durability | None = None
