@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 WRITE_TYPES = frozenset(
-    {"mv_write", "mv_delete", "kv_put", "kv_resolve", "lww_write", "mvcc_put", "counter_add"}
+    {"mv_write", "kv_put", "kv_resolve", "lww_write", "mvcc_put", "counter_add"}
 )
 READ_TYPES = {
     "mv": "mv_read",
@@ -72,7 +72,11 @@ class History:
         self.operations: list[Operation] = []
 
     def invoke(self, node: str, body: Mapping[str, Any]) -> int:
-        """Record a request about to be sent to `node`; returns its index."""
+        """Record a request about to be sent to `node`; returns its index.
+
+        `node` is the id of the node that serves the request: an MV write's dot
+        is that node's, so the checker matches dots to writes by it.
+        """
         op_type = str(body.get("type"))
         key = body.get("key")
         index = len(self.operations)

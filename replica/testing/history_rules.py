@@ -115,7 +115,7 @@ def mv_dot(op: Operation) -> Dot | None:
 
 
 def mv_superseded(op: Operation) -> VersionVector | None:
-    """What an MV write or delete replaced, or None when that cannot be known.
+    """What an MV write replaced, or None when that cannot be known.
 
     With a `context` it is exactly that context.  An acknowledged write without
     one replaced what its node showed, whose context is the reply's `vclock`
@@ -129,6 +129,27 @@ def mv_superseded(op: Operation) -> VersionVector | None:
     if dot is None or op.reply is None:
         return None
     return {**op.reply["vclock"], dot.node: dot.counter - 1}
+
+
+def _past(op: Operation, writes: list[Operation], reads: Reads) -> VersionVector | None:
+    """What an MV write replaced (`mv_superseded`), or else a bound on it, when it is visible.
+
+    Its sibling's `vclock` with the dot's own entry lowered by one contains its
+    past.  Only a write whose value no other write on its node used can be told
+    by its value; otherwise, or when it is not visible, None: it may have
+    replaced anything.
+    """
+    known = mv_superseded(op)
+    if known is not None:
+        return known
+    value = op.body.get("value")
+    if sum(w.node == op.node and _same(w.body.get("value"), value) for w in writes) != 1:
+        return None
+    for reply in reads.values():
+        for s in reply.get("values", []):
+            if s["dot"][0] == op.node and _same(s["value"], value):
+                return {**s["vclock"], op.node: s["dot"][1] - 1}
+    return None
 
 
 def check_mv(key: str, ops: list[Operation], reads: Reads) -> list[Violation]:
@@ -157,11 +178,7 @@ def check_mv(key: str, ops: list[Operation], reads: Reads) -> list[Violation]:
                 for op in writes
             ):
                 found.add("never written", f"{shown}, which no write on {dot.node} made")
-    pasts = [
-        (op, mv_superseded(op))
-        for op in ops
-        if op.type in ("mv_write", "mv_delete") and op.may_have_happened
-    ]
+    pasts = [(op, _past(op, writes, reads)) for op in writes]
     for dot, op in by_dot.items():
         missing = [n for n, r in reads.items() if [dot.node, dot.counter] not in _dots(r)]
         if not op.ok or not missing:
