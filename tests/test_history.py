@@ -535,3 +535,33 @@ def test_random_histories_with_unfinished_writes_that_drop_a_sibling_are_caught(
 
 def _acked_values(history: History) -> set[Any]:
     return {op.body["value"] for op in history.operations if op.ok}
+
+
+def test_counter_read_that_fails_is_a_wrong_total() -> None:
+    history = counter_history(("n1", 3, "ok"))
+    reads = counter_reads(3, 3, 3)
+    reads[0] = FinalRead("n1", reads[0].request, {"type": "error", "code": 13, "text": "crash"})
+    assert kinds(check(history, reads)) == {"wrong total", "nodes disagree"}
+
+
+def test_kv_resolve_replaces_the_siblings_it_dominates() -> None:
+    history = kv_history(("n1", "a", [1, 0], "written"), ("n2", "c", [0, 1], "conflict"))
+    i = history.invoke("n1", {"type": "kv_resolve", "key": "u", "value": "ac", "clock": [1, 1]})
+    history.ok(i, {"type": "kv_resolve_ok", "status": "resolved"})
+    assert check(history, kv_reads(("ac", [1, 1]))).ok
+    report = check(history, kv_reads(("a", [1]), ("c", [0, 1])))
+    assert kinds(report) == {"lost write"} and names(report, 2), report.text
+
+
+def test_mvcc_an_acknowledged_put_may_lose_to_another_at_the_same_timestamp() -> None:
+    history = mvcc_history(("n1", "a", 10, "ok"), ("n2", "b", 10, "ok"))
+    assert check(history, mvcc_reads(history, {10: "b"})).ok
+
+
+def test_lww_an_unfinished_write_with_its_own_timestamp_must_match_it() -> None:
+    history = lww_history(("n1", "a", 5, "ok"))
+    i = history.invoke("n2", {"type": "lww_write", "key": "f", "value": "b", "timestamp": 9})
+    history.unknown(i, "timeout")
+    assert check(history, lww_reads("b", 9, "n2")).ok
+    report = check(history, lww_reads("b", 8, "n2"))
+    assert kinds(report) == {"never written"}, report.text

@@ -285,7 +285,9 @@ def check_counter(key: str, ops: list[Operation], reads: Reads) -> list[Violatio
         expected = f"{base} plus a subset of the unfinished deltas {unsure}"
     for node, reply in _alike(reads):
         value = reply.get("value")
-        if not (low <= value <= high if sums is None else value - base in sums):
+        if type(value) is not int:
+            found.add("wrong total", f"{node} answers {_json(_fields(reply))}", *adds[:20])
+        elif not (low <= value <= high if sums is None else value - base in sums):
             found.add("wrong total", f"{node} reads {value}, expected {expected}", *adds[:20])
     return found
 
