@@ -6,7 +6,9 @@ final read of that key (the reply body of `mv_read`, `kv_get`, `lww_read`,
 never guesses against the system: an operation whose outcome is unknown (a
 timeout, a lost connection, error 0 or 13) may or may not have happened, so it
 can explain what a read shows but is never required to show up.  Soundness
-first, as in Knossos and Elle: a correct node must never be reported.
+first, as in Knossos and Elle: a correct node must never be reported.  The
+record types (`Operation`, `Outcome`, `Violation`) live here so the rules need
+nothing of the recorder; `replica.testing.history` re-exports them.
 
 Source: PROTOCOL.md for the semantics of each keyspace; the dotted version
 vectors of Preguiça et al. (2010) for what "superseded" means for an MV write.
@@ -217,6 +219,8 @@ def check_mvcc(key: str, ops: list[Operation], reads: Reads) -> list[Violation]:
     """Each acknowledged version readable at its timestamp, unless collected; no unwritten value.
 
     `reads` maps a node to its replies keyed by read timestamp (None: the newest).
+    The horizon is the greatest `before` of a recorded `mvcc_gc`; the automatic
+    one (`mvcc_retention_ms`) is not in the history.
     """
     found = _Found("mvcc", key)
     writes = [op for op in ops if op.type == "mvcc_put" and op.may_have_happened]
