@@ -1,0 +1,38 @@
+"""The testing kit: real `replica serve` processes, fault proxies, clients and waiting.
+
+Everything here drives the nodes as a user could (processes, signals,
+sockets, the CLI and its cluster file), so a scenario written with it tests
+the server a user runs.  `replica.testing.plugin` offers the same as pytest
+fixtures; docs/testing.md is the guide.
+"""
+
+from replica.testing.client import JsonClient, ReplicaError, without_ids
+from replica.testing.cluster import Cluster, ProxiedCluster, cluster, proxied_cluster
+from replica.testing.cluster_file import write_cluster, write_cluster_view
+from replica.testing.ports import LOOPBACK, free_listen_ports, free_ports
+from replica.testing.process import NodeProcess, helper_pids, replica_command, wait_unlocked
+from replica.testing.proxy import LinkProxy, Partitioner
+from replica.testing.waiting import converged, eventually
+
+__all__ = [
+    "LOOPBACK",
+    "Cluster",
+    "JsonClient",
+    "LinkProxy",
+    "NodeProcess",
+    "Partitioner",
+    "ProxiedCluster",
+    "ReplicaError",
+    "cluster",
+    "converged",
+    "eventually",
+    "free_listen_ports",
+    "free_ports",
+    "helper_pids",
+    "proxied_cluster",
+    "replica_command",
+    "wait_unlocked",
+    "without_ids",
+    "write_cluster",
+    "write_cluster_view",
+]

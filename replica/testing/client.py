@@ -1,0 +1,206 @@
+"""An async newline-delimited JSON client for a node's port.
+
+Contract: `call(body)` sends one request (numbered unless it carries a
+`msg_id`) and returns the reply body, whatever its type, error replies
+included.  The methods named after message types (`mv_write`, `status`, ...)
+return the reply body of a success and raise `ReplicaError`, carrying the
+node's `code` and `text`, for an error reply, so a scenario reads as the
+protocol does.  Lower down, `send`, `send_raw` and `read_line` speak raw
+lines, for tests of the framing itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+
+REPLY_TIMEOUT = 10.0
+READ_LIMIT = 64 << 20  # replies of any size a scenario produces
+
+Body = dict[str, Any]
+
+
+class ReplicaError(Exception):
+    """A node's error reply: `code` is the protocol's error code, `text` its explanation."""
+
+    def __init__(self, code: int, text: str, reply: Body) -> None:
+        super().__init__(f"error {code}: {text}")
+        self.code = code
+        self.text = text
+        self.reply = reply
+
+
+def without_ids(reply: Body) -> Body:
+    """A reply body without `msg_id` and `in_reply_to`: what replicas can agree on."""
+    return {k: v for k, v in reply.items() if k not in ("msg_id", "in_reply_to")}
+
+
+def _fields(**fields: Any) -> Body:
+    """The fields given, without those left at None (optional in the protocol)."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+class JsonClient:
+    """One connection to a node: one request at a time, or raw bytes."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.next_msg_id = 1
+        self.unmatched: list[Body] = []
+
+    @classmethod
+    async def connect(cls, host: str, port: int, timeout: float = REPLY_TIMEOUT) -> JsonClient:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=READ_LIMIT), timeout
+        )
+        return cls(reader, writer)
+
+    async def __aenter__(self) -> JsonClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- the protocol's messages -----------------------------------------------------------
+
+    async def call(self, body: Body, timeout: float = REPLY_TIMEOUT) -> Body:
+        """Send `body` as it is (numbered); the reply body, error replies included."""
+        return await self.request(body, timeout)
+
+    async def checked(self, body: Body, timeout: float = REPLY_TIMEOUT) -> Body:
+        """`call`, raising `ReplicaError` for an error reply."""
+        reply = await self.request(body, timeout)
+        if reply.get("type") == "error":
+            raise ReplicaError(int(reply.get("code", 0)), str(reply.get("text", "")), reply)
+        return reply
+
+    async def status(self) -> Body:
+        return await self.checked({"type": "status"})
+
+    async def mv_write(self, key: str, value: Any, context: dict[str, int] | None = None) -> Body:
+        """A write; `context` is what a read returned, to supersede the siblings it showed."""
+        return await self.checked(_fields(type="mv_write", key=key, value=value, context=context))
+
+    async def mv_read(self, key: str) -> Body:
+        return await self.checked({"type": "mv_read", "key": key})
+
+    async def kv_put(self, key: str, value: Any, clock: Any) -> Body:
+        return await self.checked({"type": "kv_put", "key": key, "value": value, "clock": clock})
+
+    async def kv_get(self, key: str) -> Body:
+        return await self.checked({"type": "kv_get", "key": key})
+
+    async def kv_resolve(self, key: str, value: Any, clock: Any) -> Body:
+        body = {"type": "kv_resolve", "key": key, "value": value, "clock": clock}
+        return await self.checked(body)
+
+    async def lww_write(self, key: str, value: Any, timestamp: int | None = None) -> Body:
+        return await self.checked(
+            _fields(type="lww_write", key=key, value=value, timestamp=timestamp)
+        )
+
+    async def lww_read(self, key: str) -> Body:
+        return await self.checked({"type": "lww_read", "key": key})
+
+    async def mvcc_put(self, key: str, value: Any, timestamp: int | None = None) -> Body:
+        return await self.checked(
+            _fields(type="mvcc_put", key=key, value=value, timestamp=timestamp)
+        )
+
+    async def mvcc_get(self, key: str, read_timestamp: int | None = None) -> Body:
+        return await self.checked(_fields(type="mvcc_get", key=key, read_timestamp=read_timestamp))
+
+    async def mvcc_snapshot(self, keys: list[str], read_timestamp: int) -> Body:
+        body = {"type": "mvcc_snapshot", "keys": keys, "read_timestamp": read_timestamp}
+        return await self.checked(body)
+
+    async def mvcc_gc(self, before: int) -> Body:
+        return await self.checked({"type": "mvcc_gc", "before": before})
+
+    async def counter_add(self, key: str, delta: int) -> Body:
+        return await self.checked({"type": "counter_add", "key": key, "delta": delta})
+
+    async def counter_read(self, key: str) -> Body:
+        return await self.checked({"type": "counter_read", "key": key})
+
+    # -- requests, replies and lines -------------------------------------------------------
+
+    def take_msg_id(self) -> int:
+        msg_id = self.next_msg_id
+        self.next_msg_id += 1
+        return msg_id
+
+    async def request(self, body: Body, timeout: float = REPLY_TIMEOUT) -> Body:
+        """Send a bare body (numbered unless it has a msg_id); return the reply body."""
+        body = {**body}
+        body.setdefault("msg_id", self.take_msg_id())
+        await self.send(body)
+        return await self.reply_to(body["msg_id"], timeout)
+
+    async def envelope_request(
+        self,
+        body: Body,
+        src: str = "c1",
+        dest: str = "n1",
+        timeout: float = REPLY_TIMEOUT,
+    ) -> Body:
+        """Send `body` in the envelope form; return the whole reply message."""
+        body = {**body}
+        body.setdefault("msg_id", self.take_msg_id())
+        await self.send({"src": src, "dest": dest, "body": body})
+        return await self.reply_to(body["msg_id"], timeout, envelope=True)
+
+    async def reply_to(
+        self, msg_id: int, timeout: float = REPLY_TIMEOUT, *, envelope: bool = False
+    ) -> Body:
+        """The reply to `msg_id`; lines answering something else are kept in `unmatched`."""
+
+        async def wait() -> Body:
+            while True:
+                message = await self.read_json(timeout=None)
+                body = message.get("body", message) if envelope else message
+                if isinstance(body, dict) and body.get("in_reply_to") == msg_id:
+                    return message
+                self.unmatched.append(message)
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def send(self, message: Any) -> None:
+        await self.send_raw(orjson.dumps(message) + b"\n")
+
+    async def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_line(self, timeout: float | None = REPLY_TIMEOUT) -> bytes:
+        """The next line without its newline; b"" once the node closed the connection."""
+        line = await asyncio.wait_for(self.reader.readline(), timeout)
+        return line.rstrip(b"\n")
+
+    async def read_json(self, timeout: float | None = REPLY_TIMEOUT) -> Body:
+        line = await self.read_line(timeout)
+        if not line:
+            raise ConnectionError("connection closed by the node")
+        message = orjson.loads(line)
+        if not isinstance(message, dict):
+            raise ValueError(f"not a JSON object: {line!r}")
+        return message
+
+    async def closed_by_peer(self, timeout: float = REPLY_TIMEOUT) -> bool:
+        """Whether the node closes the connection (EOF or reset) within `timeout`."""
+        try:
+            rest = await asyncio.wait_for(self.reader.read(), timeout)
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+        return rest == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self.writer.wait_closed()

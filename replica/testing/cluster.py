@@ -1,0 +1,282 @@
+"""A cluster of real node processes whose every directed peer link runs through a fault proxy.
+
+Contract: `cluster(n=3, ...)` (or `proxied_cluster(ids, ...)`) starts the
+nodes in a temporary directory, durable by default (`memory=True` for none),
+each reading its own cluster file that names every peer at the port of the
+proxy P(self→peer), so faults are made between the nodes and never inside
+one; clients always reach a node at its real port.  On exit, whatever the
+body raised, every client is closed, every node stopped, every log writer and
+checkpointer they spawned gone, every proxy closed and the directory removed;
+the nodes' logs are printed, which pytest shows for a failed test.
+
+Faults: `partition(groups)` (and `partitioned(groups)`, healing on exit),
+`cut(a, b)` (one direction), `isolate(node)`, `heal()`; `kill(node)` (-9),
+`pause(node)` / `resume(node)` (SIGSTOP / SIGCONT), `restart(node)` and
+`wipe_and_restart(node)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from replica.testing.client import Body, JsonClient, without_ids
+from replica.testing.cluster_file import Setting, write_cluster_view
+from replica.testing.ports import LOOPBACK, free_listen_ports
+from replica.testing.process import NodeProcess
+from replica.testing.proxy import Link, LinkProxy, Partitioner
+from replica.testing.waiting import CONVERGE_TIMEOUT, converged, eventually, quiet
+
+DEFAULT_GOSSIP_INTERVAL_MS = 50  # fast enough that a scenario converges in a blink
+
+
+class ProxiedCluster:
+    """Running nodes whose every directed link X→Y passes through its own `LinkProxy`.
+
+    Node X reads its own cluster file, `X.toml`, which lists X at its real
+    port and every other node Y at the port of the proxy P(X→Y).  Clients
+    talk to the real ports, so cutting links never cuts a client off.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        node_ids: list[str],
+        ports: dict[str, int],
+        proxies: dict[Link, LinkProxy],
+        cluster: Mapping[str, Setting],
+        *,
+        memory: bool = False,
+        node_settings: Mapping[str, Mapping[str, Setting]] | None = None,
+        node_env: Mapping[str, Mapping[str, str]] | None = None,
+        resp_ports: Mapping[str, int] | None = None,
+    ) -> None:
+        """`node_settings` and `node_env` give single nodes their own settings or environment."""
+        self.directory = directory
+        self.node_ids = node_ids
+        self.ports = ports
+        self.resp_ports = dict(resp_ports or {})
+        self.partitioner = Partitioner(proxies)
+        self.nodes: dict[str, NodeProcess] = {}
+        self._clients: dict[str, JsonClient] = {}
+        for node_id in node_ids:
+            view = [
+                (other, ports[other] if other == node_id else proxies[node_id, other].listen_port)
+                for other in node_ids
+            ]
+            settings = {**cluster, **(node_settings or {}).get(node_id, {})}
+            resp = {node_id: self.resp_ports[node_id]} if node_id in self.resp_ports else None
+            config = write_cluster_view(directory / f"{node_id}.toml", view, resp, **settings)
+            self.nodes[node_id] = NodeProcess(
+                config,
+                node_id,
+                LOOPBACK,
+                ports[node_id],
+                memory=memory,
+                env=(node_env or {}).get(node_id),
+                resp_port=self.resp_ports.get(node_id),
+            )
+
+    @property
+    def proxies(self) -> dict[Link, LinkProxy]:
+        return self.partitioner.proxies
+
+    async def start(self) -> None:
+        for proxy in self.proxies.values():
+            await proxy.start()
+        for node in self.nodes.values():
+            node.start()
+        for node in self.nodes.values():
+            await self._ready(node.node_id)
+
+    async def _ready(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        await node.ready()
+        if node.resp_port is not None:
+            await node.ready(port=node.resp_port)
+
+    # -- faults ----------------------------------------------------------------------------
+
+    async def partition(self, groups: Iterable[Iterable[str]]) -> None:
+        """Cut exactly the links between different groups; heal every other link."""
+        await self.partitioner.partition([set(g) for g in groups])
+
+    @contextlib.asynccontextmanager
+    async def partitioned(self, groups: Iterable[Iterable[str]]) -> AsyncIterator[None]:
+        """`partition(groups)` for the body; every link healed on exit, whatever it raised."""
+        await self.partition(groups)
+        try:
+            yield
+        finally:
+            await self.heal()
+
+    async def cut(self, source: str, target: str) -> None:
+        """Cut one direction: nothing `source` sends reaches `target`; the other way still works."""
+        await self.partitioner.cut([(source, target)])
+
+    async def isolate(self, node_id: str) -> None:
+        """Cut every link from and to `node_id`."""
+        await self.partitioner.isolate(node_id)
+
+    async def heal(self) -> None:
+        """Every link up again."""
+        await self.partitioner.heal_all()
+
+    async def heal_all(self) -> None:
+        await self.heal()
+
+    @property
+    def cut_links(self) -> set[Link]:
+        return self.partitioner.cut_links
+
+    async def kill(self, node_id: str) -> None:
+        """SIGKILL the node: no shutdown of any kind."""
+        await self._drop_client(node_id)
+        await asyncio.to_thread(self.nodes[node_id].kill)
+
+    async def pause(self, node_id: str) -> None:
+        """SIGSTOP the node: its connections stay open, it answers nothing."""
+        self.nodes[node_id].pause()
+
+    async def resume(self, node_id: str) -> None:
+        self.nodes[node_id].resume()
+
+    async def restart(self, node_id: str, *, wipe: bool = False) -> None:
+        """Start the node again (stopped first if running), its data dir removed when `wipe`."""
+        node = self.nodes[node_id]
+        await self._drop_client(node_id)
+        if node.running:
+            await asyncio.to_thread(node.stop)
+        if wipe:
+            await asyncio.to_thread(node.wipe)
+        node.start()
+        await self._ready(node_id)
+
+    async def wipe_and_restart(self, node_id: str) -> None:
+        """Restart the node with an empty data dir: it refills from its peers."""
+        await self.restart(node_id, wipe=True)
+
+    # -- clients and waiting ---------------------------------------------------------------
+
+    async def client(self, node_id: str) -> JsonClient:
+        """A connection to the node's real port, kept for later requests."""
+        client = self._clients.get(node_id)
+        if client is None:
+            client = await self.nodes[node_id].connect()
+            self._clients[node_id] = client
+        return client
+
+    def resp_address(self, node_id: str) -> tuple[str, int]:
+        """(host, port) of the node's Redis port, for redis-py."""
+        if node_id not in self.resp_ports:
+            raise ValueError(f"{node_id} has no RESP port: start the cluster with resp=True")
+        return LOOPBACK, self.resp_ports[node_id]
+
+    async def request(self, node_id: str, body: Body) -> Body:
+        client = await self.client(node_id)
+        return await client.request(body)
+
+    async def request_each(
+        self, body: Body, node_ids: Iterable[str] | None = None
+    ) -> dict[str, Body]:
+        """The same request at every node (or those named): reply bodies without ids."""
+        ids = self.node_ids if node_ids is None else list(node_ids)
+        return {n: without_ids(await self.request(n, body)) for n in ids}
+
+    async def statuses(self) -> dict[str, Body]:
+        return await self.request_each({"type": "status"})
+
+    async def wait_quiet(self, what: str = "every link up, nothing pending") -> None:
+        """Every node connected to every peer, with no change pending for any of them."""
+        await eventually(self.statuses, quiet, what)
+
+    async def converged(
+        self, reads: Iterable[Body] = (), timeout: float = CONVERGE_TIMEOUT
+    ) -> dict[str, Any]:
+        """Until the nodes agree (see `replica.testing.waiting.converged`)."""
+        return await converged(self, reads, timeout)
+
+    # -- teardown --------------------------------------------------------------------------
+
+    async def _drop_client(self, node_id: str) -> None:
+        client = self._clients.pop(node_id, None)
+        if client is not None:
+            await client.close()
+
+    async def close(self) -> None:
+        """Every client, node, helper process and proxy gone; safe to call twice."""
+        for node_id in list(self._clients):
+            with contextlib.suppress(OSError, ConnectionError):
+                await self._drop_client(node_id)
+        for node in self.nodes.values():
+            await asyncio.to_thread(node.stop)
+        for node in self.nodes.values():
+            await asyncio.to_thread(node.reap_helpers)
+        await self.partitioner.close()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {n.node_id} (port {n.port}) log ---\n{n.stderr_text()}"
+            for n in self.nodes.values()
+        )
+
+
+Cluster = ProxiedCluster
+
+
+@contextlib.asynccontextmanager
+async def proxied_cluster(
+    node_ids: Iterable[str] = ("n1", "n2", "n3"),
+    *,
+    gossip_interval_ms: int = DEFAULT_GOSSIP_INTERVAL_MS,
+    memory: bool = False,
+    resp: bool = False,
+    node_settings: Mapping[str, Mapping[str, Setting]] | None = None,
+    node_env: Mapping[str, Mapping[str, str]] | None = None,
+    **cluster: Setting,
+) -> AsyncIterator[ProxiedCluster]:
+    """A fresh cluster with a proxy on every directed link, in its own temporary directory.
+
+    `cluster` is the `[cluster]` table every node shares; `resp` gives each
+    node a Redis port.  Every node, helper, proxy and file is gone on exit,
+    whatever happened.
+    """
+    ids = list(node_ids)
+    links = [(a, b) for a in ids for b in ids if a != b]
+    ports = free_listen_ports(len(ids) * 2 + len(links))
+    node_ports = dict(zip(ids, ports[: len(ids)], strict=True))
+    resp_ports = dict(zip(ids, ports[len(ids) : 2 * len(ids)], strict=True)) if resp else {}
+    proxies = {
+        link: LinkProxy(port, node_ports[link[1]])
+        for link, port in zip(links, ports[2 * len(ids) :], strict=True)
+    }
+    settings = {"gossip_interval_ms": gossip_interval_ms, **cluster}
+    with tempfile.TemporaryDirectory(prefix="replica-cluster-") as name:
+        running = ProxiedCluster(
+            Path(name),
+            ids,
+            node_ports,
+            proxies,
+            settings,
+            memory=memory,
+            node_settings=node_settings,
+            node_env=node_env,
+            resp_ports=resp_ports,
+        )
+        try:
+            await running.start()
+            yield running
+        finally:
+            await running.close()
+            print(running.logs())
+
+
+def cluster(n: int = 3, **options: Any) -> contextlib.AbstractAsyncContextManager[ProxiedCluster]:
+    """`proxied_cluster` of nodes n1 … n`n`, with the same options."""
+    if n < 1:
+        raise ValueError(f"a cluster needs at least one node, not {n}")
+    return proxied_cluster([f"n{i}" for i in range(1, n + 1)], **options)
