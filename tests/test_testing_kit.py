@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -262,3 +264,19 @@ def test_the_kit_uses_only_what_a_user_could_and_nothing_else_uses_the_kit() -> 
         if target.startswith("replica.testing")
     ]
     assert not users
+
+
+def test_the_guide_scenario_passes_under_plain_pytest_with_no_conftest(tmp_path: Path) -> None:
+    """docs/testing.md's first python block, alone in a directory: the plugin supplies the rest."""
+    guide = (PACKAGE.parent / "docs" / "testing.md").read_text()
+    scenario = guide.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "test_scenario.py").write_text(scenario)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_scenario.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout, run.stdout
