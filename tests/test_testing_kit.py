@@ -192,6 +192,28 @@ async def test_a_wiped_node_comes_back_empty_and_refills_by_anti_entropy(
     assert await mv_values(three, "n1", "k9") == [9]
 
 
+async def test_per_node_settings_and_environment_reach_only_their_node(
+    cluster_dirs: list[Path],
+) -> None:
+    skew_ms = 3_600_000
+    async with cluster(
+        2,
+        memory=True,
+        node_settings={"n1": {"max_clock_skew_ms": 1000}},
+        node_env={"n2": {"REPLICA_CLOCK_OFFSET_MS": str(skew_ms)}},
+    ) as running:
+        cluster_dirs.append(running.directory)
+        n1, n2 = await running.client("n1"), await running.client("n2")
+        ahead = (time.time_ns() // 1_000_000 + 10_000) << 16  # ten seconds from now
+        with pytest.raises(ReplicaError) as refused:
+            await n1.lww_write("k", "late", timestamp=ahead)
+        assert refused.value.code == 22
+        assert (await n2.lww_write("k", "late", timestamp=ahead))["timestamp"] == ahead
+        issued_n1 = (await n1.lww_write("a", 1))["timestamp"]
+        issued_n2 = (await n2.lww_write("b", 1))["timestamp"]
+        assert (issued_n2 - issued_n1) >> 16 >= skew_ms - 60_000, (issued_n1, issued_n2)
+
+
 # -- clients, fixtures and teardown ------------------------------------------------------
 
 
