@@ -1,4 +1,4 @@
-"""The testing kit: real `replica serve` processes, fault proxies, clients and waiting.
+"""The testing kit: real `replica serve` processes, fault proxies, clients, waiting, histories.
 
 Everything here drives the nodes as a user could (processes, signals,
 sockets, the CLI and its cluster file), so a scenario written with it tests
@@ -9,6 +9,7 @@ fixtures; docs/testing.md is the guide.
 from replica.testing.client import JsonClient, ReplicaError, without_ids
 from replica.testing.cluster import Cluster, ProxiedCluster, cluster, proxied_cluster
 from replica.testing.cluster_file import write_cluster, write_cluster_view
+from replica.testing.history import FinalRead, History, Report, check, final_read_requests
 from replica.testing.ports import LOOPBACK, free_listen_ports, free_ports
 from replica.testing.process import NodeProcess, helper_pids, replica_command, wait_unlocked
 from replica.testing.proxy import LinkProxy, Partitioner
@@ -17,15 +18,20 @@ from replica.testing.waiting import converged, eventually
 __all__ = [
     "LOOPBACK",
     "Cluster",
+    "FinalRead",
+    "History",
     "JsonClient",
     "LinkProxy",
     "NodeProcess",
     "Partitioner",
     "ProxiedCluster",
     "ReplicaError",
+    "Report",
+    "check",
     "cluster",
     "converged",
     "eventually",
+    "final_read_requests",
     "free_listen_ports",
     "free_ports",
     "helper_pids",
