@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+from replica.testing.ports import LOOPBACK, free_ports
+
+__all__ = ["LOOPBACK", "STOP_TIMEOUT", "Children", "free_ports", "log_tail", "signal_group"]
+
 STOP_TIMEOUT = 5.0
 
 
@@ -71,15 +73,6 @@ class Children:
 def signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports that were free a moment ago (all held at once)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in socks]
 
 
 def log_tail(path: Path, lines: int = 20, separator: str = "\n") -> str:
