@@ -103,10 +103,7 @@ class Keyspaces:
 
     def merge(self, data_type: DataType, key: str, incoming: Any) -> None:
         """Merge a peer's state of a key into ours; listeners hear of it only if it changed."""
-        if data_type.newest_timestamp is not None:
-            newest = data_type.newest_timestamp(incoming)
-            if newest is not None:
-                self.observe(newest)
+        self._observe_state(data_type, incoming)
         current = self.states[data_type.name].get(key)
         merged = incoming if current is None else current.merge(incoming)
         if data_type.collect is not None:
@@ -137,6 +134,13 @@ class Keyspaces:
         hlc = self.hlc
         if timestamp > hlc.last and timestamp <= hlc.bound(self._now_ms(), self.max_clock_skew_ms):
             self.hlc = hlc.observe(timestamp)
+
+    def _observe_state(self, data_type: DataType, state: Any) -> None:
+        """Observe the newest timestamp a peer's or a stored state carries, if any."""
+        if data_type.newest_timestamp is not None:
+            newest = data_type.newest_timestamp(state)
+            if newest is not None:
+                self.observe(newest)
 
     @property
     def horizon(self) -> int:
@@ -184,10 +188,7 @@ class Keyspaces:
         the key for anti-entropy without pushing it to peers again.
         """
         data_type = BY_NAME[name]
-        if data_type.newest_timestamp is not None:
-            newest = data_type.newest_timestamp(state)
-            if newest is not None:
-                self.observe(newest)
+        self._observe_state(data_type, state)
         self.put(data_type, key, state, local=False)
 
     def load_many(self, states: Iterable[tuple[str, str, Any]]) -> int:
