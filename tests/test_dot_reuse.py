@@ -18,9 +18,9 @@ import signal
 import time
 from typing import Any
 
+from replica.testing import helper_pids
 from tests.harness import JsonClient, ProxiedCluster, eventually, proxied_cluster, wait_unlocked
 from tests.test_cluster import NODES, flap_links
-from tests.test_durability import helper_pids
 
 KEY = "K"
 UNDURABLE_WINDOW_S = 1.0  # twenty 50 ms gossip ticks: the old code shipped the write within one

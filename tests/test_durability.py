@@ -38,6 +38,7 @@ from tests.harness import (
     NodeProcess,
     eventually,
     free_ports,
+    helper_pids,
     wait_unlocked,
 )
 from tests.names import KV, LWW, MV, MVCC
@@ -602,24 +603,6 @@ async def test_a_full_lmdb_map_fails_commits_once_a_checkpoint_fails(tmp_path: P
         assert {key for _, key, _ in store.load_all()} == {f"k{i}" for i in range(2000)}
     finally:
         store.close()
-
-
-def helper_pids(data_dir: Path) -> dict[str, list[int]]:
-    """The log writer and checkpointer processes working on `data_dir`, by their command lines."""
-    pids: dict[str, list[int]] = {
-        "replica.durable.log_writer": [],
-        "replica.durable.checkpointer": [],
-    }
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            for module, found in pids.items():
-                if module.encode() in argv and str(data_dir).encode() in argv:
-                    found.append(int(proc.name))
-    return pids
 
 
 async def test_the_log_writer_and_checkpointer_go_when_their_node_is_killed(

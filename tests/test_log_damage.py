@@ -34,6 +34,7 @@ from replica.durable.records import encode_commit
 from replica.durable.store import open_store
 from replica.keyspaces import Keyspaces
 from replica.node.handlers import mv as mv_ops
+from replica.testing import helper_pids
 from tests.harness import (
     LOOPBACK,
     START_TIMEOUT,
@@ -45,7 +46,6 @@ from tests.harness import (
     wait_unlocked,
 )
 from tests.names import LWW
-from tests.test_durability import helper_pids
 
 KEYS = 60
 
