@@ -10,15 +10,18 @@ checkpointer they spawned gone, every proxy closed and the directory removed;
 the nodes' logs are printed, which pytest shows for a failed test.
 
 Faults: `partition(groups)` (and `partitioned(groups)`, healing on exit),
-`cut(a, b)` (one direction), `isolate(node)`, `heal()`; `kill(node)` (-9),
-`pause(node)` / `resume(node)` (SIGSTOP / SIGCONT), `restart(node)` and
-`wipe_and_restart(node)`.
+`cut(a, b)` (one direction), `isolate(node)`, `shape(name)` (a named shape of
+`replica.testing.shapes`), `heal()` (cuts only); `latency(a, b, ms)`,
+`bandwidth(a, b, bytes_per_second)`, `reset_connections()` and
+`clear_link_faults()`; `kill(node)` (-9), `pause(node)` / `resume(node)`
+(SIGSTOP / SIGCONT), `restart(node)` and `wipe_and_restart(node)`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
@@ -29,6 +32,7 @@ from replica.testing.cluster_file import Setting, write_cluster_view
 from replica.testing.ports import LOOPBACK, free_listen_ports
 from replica.testing.process import NodeProcess
 from replica.testing.proxy import Link, LinkProxy, Partitioner
+from replica.testing.shapes import Cut, ShapeFunction, shape_named
 from replica.testing.waiting import CONVERGE_TIMEOUT, converged, eventually, quiet
 
 DEFAULT_GOSSIP_INTERVAL_MS = 50  # fast enough that a scenario converges in a blink
@@ -123,7 +127,7 @@ class ProxiedCluster:
         await self.partitioner.isolate(node_id)
 
     async def heal(self) -> None:
-        """Every link up again."""
+        """Every cut link up again; latency and bandwidth caps stay (`clear_link_faults`)."""
         await self.partitioner.heal_all()
 
     async def heal_all(self) -> None:
@@ -132,6 +136,59 @@ class ProxiedCluster:
     @property
     def cut_links(self) -> set[Link]:
         return self.partitioner.cut_links
+
+    async def shape(self, shape: str | ShapeFunction, rng: random.Random | None = None) -> Cut:
+        """Cut exactly the links of a shape (a name in `SHAPES`, or a function); heal the rest.
+
+        Returns what was cut, which prints as `majorities_ring: cut n1 -> n2, ...`.
+        """
+        function = shape_named(shape) if isinstance(shape, str) else shape
+        name = shape if isinstance(shape, str) else getattr(shape, "__name__", "shape")
+        links = function(self.node_ids, rng if rng is not None else random.Random())
+        await self.partitioner.cut_exactly(links)
+        return Cut(name, frozenset(links))
+
+    def _between(self, a: str, b: str) -> list[Link]:
+        for node in (a, b):
+            if node not in self.nodes:
+                raise ValueError(f"no node {node!r}")
+        if a == b:
+            raise ValueError(f"no link between {a!r} and itself")
+        return [(a, b), (b, a)]
+
+    async def latency(self, a: str, b: str, delay_ms: float, jitter_ms: float = 0.0) -> None:
+        """Every byte between `a` and `b`, either way, arrives `delay_ms` (± jitter) late.
+
+        Set on both proxies between them, in both directions, so a round trip
+        costs at least twice the delay; bytes keep their order.  0 removes it.
+        """
+        await self.partitioner.set_latency(self._between(a, b), delay_ms, jitter_ms)
+
+    async def bandwidth(self, a: str, b: str, bytes_per_second: int | None) -> None:
+        """Each direction of each connection between `a` and `b` paced to a rate; None lifts it."""
+        await self.partitioner.set_bandwidth(self._between(a, b), bytes_per_second)
+
+    async def reset_connections(self, a: str | None = None, b: str | None = None) -> None:
+        """Abort with a TCP reset every live peer connection (those of `a`, or between `a` and `b`).
+
+        The proxies keep listening, so the nodes redial at once.
+        """
+        if a is None and b is None:
+            links = list(self.proxies)
+        elif b is None or a is None:
+            node = a if b is None else b
+            links = [link for link in self.proxies if node in link]
+        else:
+            links = self._between(a, b)
+        await self.partitioner.reset(links)
+
+    async def clear_link_faults(self) -> None:
+        """No latency and no bandwidth cap on any link; cuts stay (`heal` heals those)."""
+        await self.partitioner.clear()
+
+    def link_state(self) -> dict[Link, dict[str, Any]]:
+        """Each link's state: cut, latency, jitter, bandwidth cap and live connections."""
+        return self.partitioner.state()
 
     async def kill(self, node_id: str) -> None:
         """SIGKILL the node: no shutdown of any kind."""
