@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("replica.cli.serve")
 
 GC_THRESHOLDS = (50_000, 20, 100)
+DROP_MERGES_ENV = "REPLICA_TEST_DROP_MERGES_FROM"
+"""A peer id: this node then loses that peer's writes, on purpose (`drop_merges_from`)."""
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -98,7 +101,19 @@ async def _serve_until(
     from replica.node.router import Node
     from replica.transports.tcp import serve_tcp
 
-    node = Node(me.id, config.node_ids, config.node_settings(clock_offset_ms), actor=actor)
+    settings = config.node_settings(clock_offset_ms)
+    lost = os.environ.get(DROP_MERGES_ENV) or None
+    if lost is not None:
+        settings = dataclasses.replace(settings, drop_merges_from=lost)
+        log.warning(
+            "%s=%s: %s DROPS every write of %s it is sent, ON PURPOSE, to test history checkers;"
+            " never run this outside a test",
+            DROP_MERGES_ENV,
+            lost,
+            me.id,
+            lost,
+        )
+    node = Node(me.id, config.node_ids, settings, actor=actor)
     _collect_less_often()
     if store is not None:
         try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import orjson
 
 from replica.crdt.malformed import Malformed, Suspect
+from replica.crdt.registry import BY_MERGE_TYPE
 from replica.durable.durability import Durability
 from replica.errors import ErrorCode, RequestError
 from replica.framing import DEFAULT_MAX_LINE_BYTES
@@ -39,6 +40,7 @@ from replica.keyspaces import (
 from replica.node.context import Body, Handler
 from replica.node.handlers import HANDLERS
 from replica.node.handlers.cluster import init
+from replica.node.handlers.merging import without_writes_of
 from replica.replication.replicator import Replicator
 
 log = logging.getLogger("replica.node.router")
@@ -57,6 +59,8 @@ class NodeSettings:
     max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
     clock_offset_ms: int = 0
     """Added to every wall clock reading of the hybrid clock: a skewed clock for fault tests."""
+    drop_merges_from: str | None = None
+    """A peer whose writes this node acknowledges and loses, on purpose: for testing checkers."""
 
 
 class Node:
@@ -187,6 +191,9 @@ class Node:
             return self._error(
                 msg_id, ErrorCode.TEMPORARILY_UNAVAILABLE, "node not initialised: send init first"
             )
+        lost = self.settings.drop_merges_from
+        if lost is not None and msg_type in BY_MERGE_TYPE:
+            body = without_writes_of(lost, body, src)
         reply = self.run(handler, body, src)
         if reply is None:
             return None

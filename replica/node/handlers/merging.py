@@ -4,10 +4,14 @@ A merge message carries one key's state (`{key, <state field>}`) or a batch
 of them (`deltas`, or `deltas_z` compressed).  Each state is decoded by its
 type's `from_wire` and merged by its type's `merge`, through
 `Keyspaces.merge`; nothing here knows one type from another.
+
+Except, for fault tests only, `without_writes_of`: what a node that loses one
+peer's writes on purpose (`NodeSettings.drop_merges_from`) keeps of a merge.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,7 +23,7 @@ from replica.crdt.malformed import (
     require_object,
     require_str,
 )
-from replica.crdt.registry import TYPES, DataType
+from replica.crdt.registry import BY_MERGE_TYPE, TYPES, DataType
 from replica.node.context import Body, Context, Handler
 from replica.replication import delta_compression
 
@@ -70,6 +74,84 @@ def _refused(ctx: Context, src: str | None, data_type: DataType, item: Any, exc:
     reason = str(exc) if isinstance(exc, Malformed) else f"{type(exc).__name__}: {exc}"
     if ctx.replicator is not None:
         ctx.replicator.merge_refused(src, data_type.name, key, reason)
+
+
+def without_writes_of(peer: str, body: Body, src: str | None) -> Body:
+    """A merge message with every state `peer`'s clients wrote taken out, acknowledged as usual.
+
+    From `peer` itself nothing is kept.  From any other node, each state is
+    stripped of what `peer` wrote (MV siblings of its dots, its counter entries,
+    an LWW register or MVCC versions it stamped), because anti-entropy with a
+    third node would otherwise bring those writes back.  Client-clocked KV
+    siblings name no node and pass.  A node built to lose acknowledged writes,
+    so that a history checker can be shown to catch one.
+    """
+    kept: list[Any] = []
+    if src != peer:
+        field = BY_MERGE_TYPE[body["type"]].state_field
+        single = "deltas" not in body and "deltas_z" not in body
+        if single and "entry" in body:  # PROTOCOL.md's dot-less entry: its sender wrote it
+            return body
+        strip = _STRIPS.get(body["type"])
+        for item in [body] if single else _deltas(body):
+            state = item.get(field) if isinstance(item, dict) else None
+            if strip is None or state is None:
+                kept.append(item)
+            elif (stripped := strip(state, peer)) is not None:
+                kept.append({"key": item.get("key"), field: stripped})
+    out = {"type": body["type"], "deltas": kept}
+    if body.get("msg_id") is not None:
+        out["msg_id"] = body["msg_id"]
+    return out
+
+
+def _written_by(actor: Any, peer: str) -> bool:
+    """Whether an actor or node id is `peer`'s: its id, or one of its incarnations (`id~…`)."""
+    return isinstance(actor, str) and (actor == peer or actor.startswith(f"{peer}~"))
+
+
+def _mv_without(siblings: Any, peer: str) -> Any:
+    if not isinstance(siblings, list):
+        return siblings  # malformed: refused as usual
+    return [
+        s
+        for s in siblings
+        if not (isinstance(s, dict) and isinstance(s.get("dot"), list) and s["dot"])
+        or not _written_by(s["dot"][0], peer)
+    ]
+
+
+def _counter_without(state: Any, peer: str) -> Any:
+    if not isinstance(state, dict):
+        return state
+    return {
+        part: {a: n for a, n in totals.items() if not _written_by(a, peer)}
+        if isinstance(totals, dict)
+        else totals
+        for part, totals in state.items()
+    }
+
+
+def _lww_without(state: Any, peer: str) -> Any:
+    return None if isinstance(state, dict) and _written_by(state.get("replica"), peer) else state
+
+
+def _mvcc_without(state: Any, peer: str) -> Any:
+    if not isinstance(state, dict) or not isinstance(state.get("versions"), list):
+        return state
+    versions = [
+        v for v in state["versions"] if not (isinstance(v, list) and v and _written_by(v[-1], peer))
+    ]
+    return {**state, "versions": versions}
+
+
+_STRIPS: dict[str, Callable[[Any, str], Any]] = {
+    "mv_merge": _mv_without,
+    "counter_merge": _counter_without,
+    "lww_merge": _lww_without,
+    "mvcc_merge": _mvcc_without,
+}
+"""Per merge type: its wire state without `peer`'s writes, None when nothing is left."""
 
 
 def _handler(data_type: DataType) -> Handler:
