@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Install replica into a private virtual environment, then start it or test it.
 
-    python3 scripts/run.py cluster   # the local cluster of cluster.toml
-    python3 scripts/run.py test      # ruff check, ruff format --check, mypy, then every test
+    python3 scripts/run.py cluster            # the local cluster of cluster.toml
+    python3 scripts/run.py cluster --faults   # the same, its links under `replica fault`
+    python3 scripts/run.py test               # ruff check, ruff format --check, mypy, every test
+
+`cluster` passes its arguments on to `replica cluster up`, with
+`--config cluster.toml` unless they name a cluster file.
 
 Only python3 is assumed.  The environment lives in `.venv` beside this
 repository and is reinstalled only when pyproject.toml changed since the last
@@ -79,8 +83,9 @@ def main() -> int:
         return lint or formatted or types or tests
     if command == "cluster":
         ensure_environment()
-        config = extra or ["--config", "cluster.toml"]
-        become([str(BIN / "replica"), "cluster", "up", *config])
+        given = any(arg == "--config" or arg.startswith("--config=") for arg in extra)
+        config = [] if given else ["--config", "cluster.toml"]
+        become([str(BIN / "replica"), "cluster", "up", *config, *extra])
     if command == "node":
         ensure_environment()
         become([str(BIN / "replica"), "serve", "--config", "cluster.toml", *extra])

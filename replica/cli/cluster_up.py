@@ -14,6 +14,10 @@ node, straight to the supervisor's stdout rather than through it, so what a
 node logs while stopping after its supervisor's death is still seen.  A
 node is started only once nothing holds its data dir (for up to 30 s), so a
 cluster started right after such a death waits for its old nodes to finish.
+
+With `--faults` every peer link runs through a proxy this process owns and
+`replica fault` controls (see `fault_control`); proxies and control endpoint
+stop with the nodes.  Without it nothing of that runs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import uvloop
 
 from replica.cli.config import ClusterConfig, load_cluster
 from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK
+from replica.cli.fault_state_file import NoFaultEndpoint, read_state_file, state_file_path
 from replica.durable.data_dir import lock_holder
 
 STOP_GRACE_SECONDS = 5.0
@@ -40,16 +45,49 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def run_cluster_up(args: argparse.Namespace) -> int:
     """`replica cluster up`: ConfigError for a cluster file it cannot use."""
     config = load_cluster(args.config)
-    return uvloop.run(cluster_up(Path(args.config), config, args.log_level))
+    config_path = Path(args.config)
+    if args.faults:
+        from replica.cli.fault_control import check_local
+
+        check_local(config)
+        try:
+            running = read_state_file(config_path)
+        except NoFaultEndpoint as exc:
+            if state_file_path(config_path).exists():
+                print(f"cluster: {exc}", flush=True)  # stale: replaced once the proxies run
+        else:
+            text = f"a `cluster up --faults` for {config_path} already runs (pid {running.pid})"
+            print(f"replica: {text}", file=sys.stderr)
+            return EXIT_FAILURE
+    return uvloop.run(cluster_up(config_path, config, args.log_level, faults=args.faults))
 
 
-async def cluster_up(config_path: Path, config: ClusterConfig, log_level: str) -> int:
-    children: dict[str, asyncio.subprocess.Process] = {}
-    lifelines: list[int] = []  # the write end of each node's --watch-fd pipe, never written
+async def cluster_up(
+    config_path: Path, config: ClusterConfig, log_level: str, *, faults: bool = False
+) -> int:
+    """Every node as a child until a stop signal or a child's death; with `faults`, proxied."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in STOP_SIGNALS:
+    for sig in STOP_SIGNALS:  # before any proxy or state file: a signal always cleans up
         loop.add_signal_handler(sig, stop.set)
+    if not faults:
+        return await _supervise(config_path, config, log_level, stop, {})
+    from replica.cli.fault_control import running_faults  # the proxies: only with --faults
+
+    async with running_faults(config_path, config) as peer_options:
+        return await _supervise(config_path, config, log_level, stop, peer_options)
+
+
+async def _supervise(
+    config_path: Path,
+    config: ClusterConfig,
+    log_level: str,
+    stop: asyncio.Event,
+    peer_options: dict[str, list[str]],
+) -> int:
+    """Run every node (with its `peer_options`) until `stop` or a node's death; the exit code."""
+    children: dict[str, asyncio.subprocess.Process] = {}
+    lifelines: list[int] = []  # the write end of each node's --watch-fd pipe, never written
     died: list[str] = []
     try:
         for node in config.nodes:
@@ -60,7 +98,8 @@ async def cluster_up(config_path: Path, config: ClusterConfig, log_level: str) -
             watch, lifeline = os.pipe()  # neither end inheritable but through pass_fds
             lifelines.append(lifeline)
             try:
-                children[node.id] = await _start_node(config_path, node.id, log_level, watch)
+                extra = peer_options.get(node.id, [])
+                children[node.id] = await _start_node(config_path, node.id, log_level, watch, extra)
             finally:
                 os.close(watch)
             print(f"{node.id} at {node.host}:{node.port}", flush=True)
@@ -101,7 +140,7 @@ async def _wait_for_data_dir(node_id: str, data_dir: Path, stop: asyncio.Event) 
 
 
 async def _start_node(
-    config_path: Path, node_id: str, log_level: str, watch: int
+    config_path: Path, node_id: str, log_level: str, watch: int, extra: list[str]
 ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -116,6 +155,7 @@ async def _start_node(
         log_level,
         "--watch-fd",
         str(watch),
+        *extra,
         stdin=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.STDOUT,  # one log stream, on the supervisor's stdout
         pass_fds=(watch,),

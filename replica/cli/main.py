@@ -1,9 +1,10 @@
-"""The command line: `replica serve`, `replica stdio`, `replica cluster up`, `replica status`.
+"""The command line: `replica serve`, `stdio`, `cluster up`, `fault` and `status`.
 
 This module declares every subcommand's arguments (one `_add_<name>`
 function each) and hands the parsed arguments to the function that runs it:
-`serve.py` runs a node, `cluster_up.py` a local cluster, `status_table.py`
-asks a cluster for its status.  A cluster file the command cannot use ends
+`serve.py` runs a node, `cluster_up.py` a local cluster, `fault_command.py`
+changes the links of a cluster run with `--faults`, `status_table.py` asks a
+cluster for its status.  A cluster file the command cannot use ends
 it here, with exit code 2 and one line on stderr, never a traceback.
 SIGINT and SIGTERM stop a running node cleanly, with exit code 0.
 """
@@ -20,6 +21,7 @@ from replica.cli import config, serve
 from replica.cli.cluster_up import run_cluster_up
 from replica.cli.config import ConfigError
 from replica.cli.exit_codes import EXIT_OK, EXIT_USAGE
+from replica.cli.fault_command import run_fault
 from replica.cli.logs import LEVELS
 from replica.cli.status_table import run_status
 
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"replica {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
-    for add in (_add_serve, _add_stdio, _add_cluster, _add_status):
+    for add in (_add_serve, _add_stdio, _add_cluster, _add_fault, _add_status):
         add(commands)
     return parser
 
@@ -94,6 +96,16 @@ def _add_serve(commands: Commands) -> None:
         metavar="FD",
         help="for supervisors: stop cleanly once descriptor FD, the read end of a pipe "
         "whose write end the supervisor holds, reaches end of file (the supervisor died)",
+    )
+    serve_parser.add_argument(
+        "--peer-address",
+        type=_peer_address,
+        action="append",
+        default=[],
+        metavar="ID=HOST:PORT",
+        help="dial peer ID at HOST:PORT instead of its address in the cluster file "
+        "(repeatable); meant for `replica cluster up --faults`, which puts a fault proxy "
+        "between every two nodes. The node still listens at its own address",
     )
     _clock_offset_argument(serve_parser)
     _log_level_argument(serve_parser)
@@ -153,8 +165,47 @@ def _add_cluster(commands: Commands) -> None:
         "and if it is killed its nodes stop by themselves.",
     )
     _config_argument(up)
+    up.add_argument(
+        "--faults",
+        action="store_true",
+        help="run every peer link through a proxy this process controls, so "
+        "`replica fault` can cut, partition, delay and heal links while the cluster runs; "
+        "clients still reach each node at its own address",
+    )
     _log_level_argument(up)
     up.set_defaults(run=run_cluster_up)
+
+
+def _add_fault(commands: Commands) -> None:
+    fault = commands.add_parser(
+        "fault",
+        help="cut, partition, delay or heal links of a running `cluster up --faults`",
+        description="Act on the link proxies of the `replica cluster up --faults` running "
+        "for the same cluster file, then print every link that is cut or delayed. "
+        "Exit code 1 when none runs, 2 for a node the file does not have.",
+    )
+    _config_argument(fault)
+    actions = fault.add_subparsers(dest="action", metavar="action", required=True)
+    partition = actions.add_parser(
+        "partition", help="cut exactly the links between groups, heal the others: n1 / n2 n3"
+    )
+    partition.add_argument("groups", nargs="+", metavar="NODE", help="node ids, groups split by /")
+    isolate = actions.add_parser("isolate", help="cut every link from and to NODE")
+    isolate.add_argument("node", metavar="NODE")
+    cut = actions.add_parser("cut", help="cut one direction: nothing FROM sends reaches TO")
+    cut.add_argument("source", metavar="FROM")
+    cut.add_argument("target", metavar="TO")
+    latency = actions.add_parser(
+        "latency",
+        help="delay both directions between two nodes: n1 n2 100ms [jitter 20ms]; 0 removes it",
+    )
+    latency.add_argument("a", metavar="NODE")
+    latency.add_argument("b", metavar="NODE")
+    latency.add_argument("delay", metavar="DELAY", help="100ms, 1s, or a bare number of ms")
+    latency.add_argument("jitter", nargs="*", metavar="jitter JITTER", help="± up to JITTER")
+    actions.add_parser("heal", help="every link up, every latency gone")
+    actions.add_parser("show", help="change nothing; print what is cut or delayed")
+    fault.set_defaults(run=run_fault)
 
 
 def _add_status(commands: Commands) -> None:
@@ -162,7 +213,8 @@ def _add_status(commands: Commands) -> None:
         "status",
         help="one table of every node's keys, siblings and peers",
         description="Ask every node of the cluster file for its status; "
-        "a node that does not answer is shown as down.",
+        "a node that does not answer is shown as down. While a `cluster up --faults` "
+        "runs for the file, the links it has cut or delayed follow the table.",
     )
     _config_argument(status)
     status.set_defaults(run=run_status)
@@ -228,6 +280,18 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _peer_address(text: str) -> tuple[str, str, int]:
+    """`ID=HOST:PORT` as (id, host, port); whether ID is a peer is checked against the file."""
+    peer, equals, address = text.partition("=")
+    host, colon, port_text = address.rpartition(":")
+    if not equals or not peer or not colon or not host:
+        raise argparse.ArgumentTypeError(f"expected ID=HOST:PORT, not {text!r}")
+    port = _int(port_text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be from 1 to 65535, not {port}")
+    return peer, host, port
 
 
 def _open_descriptor(text: str) -> int:

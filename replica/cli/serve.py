@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import uvloop
@@ -42,6 +42,11 @@ DROP_MERGES_ENV = "REPLICA_TEST_DROP_MERGES_FROM"
 def run_serve(args: argparse.Namespace) -> int:
     """`replica serve`: ConfigError for a cluster file it cannot use."""
     config, me = load_node(args.config, args.node)
+    try:
+        peers = peer_addresses(config, me, args.peer_address)
+    except ValueError as exc:
+        print(f"replica: --peer-address: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging(args.log_level, me.id)
     data_dir = None if args.memory else me.data_dir
     from replica.durable.errors import StorageError
@@ -53,8 +58,33 @@ def run_serve(args: argparse.Namespace) -> int:
         return _storage_error(exc)
     offset = args.clock_offset_ms
     return uvloop.run(
-        _serve(config, me, store if data_dir is not None else None, actor, args.watch_fd, offset)
+        _serve(
+            config, me, peers, store if data_dir is not None else None, actor, args.watch_fd, offset
+        )
     )
+
+
+def peer_addresses(
+    config: ClusterConfig, me: NodeConfig, overrides: Iterable[tuple[str, str, int]]
+) -> dict[str, tuple[str, int]]:
+    """Where `me` dials each peer: the file's address unless `overrides` names another.
+
+    `cluster up --faults` passes one override per peer, the port of the proxy
+    it runs for that link, so the file stays the one every node and client
+    reads.  ValueError for an id that is not a peer or is given twice.
+    """
+    peers = config.peers(me.id)
+    given: set[str] = set()
+    for peer, host, port in overrides:
+        if peer == me.id:
+            raise ValueError(f"{peer!r} is this node, not a peer")
+        if peer not in peers:
+            raise ValueError(f"unknown peer {peer!r} (peers: {', '.join(peers) or 'none'})")
+        if peer in given:
+            raise ValueError(f"peer {peer!r} given twice")
+        given.add(peer)
+        peers[peer] = (host, port)
+    return peers
 
 
 def run_stdio(args: argparse.Namespace) -> int:
@@ -75,23 +105,25 @@ def run_stdio(args: argparse.Namespace) -> int:
 async def _serve(
     config: ClusterConfig,
     me: NodeConfig,
+    peers: dict[str, tuple[str, int]],
     store: Store | None,
     actor: str,
     watch_fd: int | None = None,
     clock_offset_ms: int = 0,
 ) -> int:
-    """Recover from `store` (None: a node in memory), then listen, dial peers, and serve.
+    """Recover from `store` (None: a node in memory), then listen, dial `peers`, and serve.
 
     Until a stop signal, or end of file on `watch_fd` (a supervisor that died).
     """
     with _stop_on_signals() as stop, _stop_at_end_of(watch_fd, stop):  # from the start
-        return await _serve_until(stop, config, me, store, actor, clock_offset_ms)
+        return await _serve_until(stop, config, me, peers, store, actor, clock_offset_ms)
 
 
 async def _serve_until(
     stop: asyncio.Event,
     config: ClusterConfig,
     me: NodeConfig,
+    peers: dict[str, tuple[str, int]],
     store: Store | None,
     actor: str,
     clock_offset_ms: int,
@@ -149,7 +181,7 @@ async def _serve_until(
                 await node.durability.close()
             return EXIT_FAILURE
         log.info("%s RESP on %s", me.id, me.resp_address)
-    stop_replication = _start_replication(node, config, me)
+    stop_replication = _start_replication(node, config, peers)
     try:
         await stop.wait()
     finally:
@@ -200,10 +232,9 @@ def recover(node: Node, store: Store) -> None:
 
 
 def _start_replication(
-    node: Node, config: ClusterConfig, me: NodeConfig
+    node: Node, config: ClusterConfig, peers: dict[str, tuple[str, int]]
 ) -> Callable[[], Awaitable[None]]:
     """Dial every peer and start the gossip ticker; returns what stops them."""
-    peers = config.peers(me.id)
     replicator = node.replicator
     if not peers or replicator is None:
         return _nothing_to_stop

@@ -15,15 +15,21 @@ import uvloop
 
 from replica.cli.config import ClusterConfig, load_cluster
 from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK
+from replica.cli.fault_command import network_lines
 from replica.crdt.registry import NAMES
 
 TIMEOUT_SECONDS = 2.0
 
 
 def run_status(args: argparse.Namespace) -> int:
-    """`replica status`: exit code 1 when a node is down; ConfigError for a bad cluster file."""
-    rows = uvloop.run(cluster_status(load_cluster(args.config)))
-    print(format_table(rows))
+    """`replica status`: exit code 1 when a node is down; ConfigError for a bad cluster file.
+
+    Under a running `cluster up --faults` for the file, the links it has cut
+    or delayed follow the table: a peer shown DOWN may be a cut link.
+    """
+    config = load_cluster(args.config)
+    rows, links = uvloop.run(_status_and_links(args.config, config))
+    print("\n".join([format_table(rows), *links]))
     return EXIT_OK if all(isinstance(status, dict) for _, status in rows) else EXIT_FAILURE
 
 
@@ -42,6 +48,12 @@ async def fetch_status(host: str, port: int, timeout: float = TIMEOUT_SECONDS) -
         return reply
 
     return await asyncio.wait_for(ask(), timeout)
+
+
+async def _status_and_links(
+    config_path: str, config: ClusterConfig
+) -> tuple[list[tuple[str, dict[str, Any] | str]], list[str]]:
+    return await asyncio.gather(cluster_status(config), network_lines(config_path, config.node_ids))
 
 
 async def cluster_status(config: ClusterConfig) -> list[tuple[str, dict[str, Any] | str]]:
