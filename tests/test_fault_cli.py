@@ -232,29 +232,60 @@ def test_bad_requests_exit_2_and_change_nothing(scratch_dir: Path) -> None:
         stop(running, scratch_dir)
 
 
-def test_the_endpoint_refuses_a_wrong_token_and_bad_json_and_keeps_serving(
+def control_connection(port: int) -> tuple[socket.socket, Callable[[bytes], dict[str, Any]]]:
+    """A connection to the fault control endpoint, and a function sending one line on it."""
+    sock = socket.create_connection((LOOPBACK, port), timeout=5)
+    replies = sock.makefile("rb")
+
+    def ask(line: bytes) -> dict[str, Any]:
+        sock.sendall(line + b"\n")
+        reply: dict[str, Any] = json.loads(replies.readline() or b"null")
+        return reply
+
+    return sock, ask
+
+
+def test_the_endpoint_refuses_a_wrong_token_and_bad_requests_and_keeps_serving(
     scratch_dir: Path,
 ) -> None:
     with faulty_cluster(scratch_dir) as (running, _):
         state = json.loads(state_file_path(scratch_dir / "cluster.toml").read_text())
         assert state["pid"] == running.pid
-        with socket.create_connection((LOOPBACK, state["port"]), timeout=5) as sock:
-            replies = sock.makefile("rb")
-
-            def ask(line: bytes) -> dict[str, Any]:
-                sock.sendall(line + b"\n")
-                reply: dict[str, Any] = json.loads(replies.readline())
-                return reply
-
+        token = state["token"]
+        sock, ask = control_connection(state["port"])
+        with sock:
             assert ask(b'{"type": "heal", "token": "guess"}')["code"] == 1000
+            assert sock.recv(1) == b""  # and the connection is closed
+        sock, ask = control_connection(state["port"])
+        with sock:
             assert ask(b"not json")["code"] == 12
-            token = state["token"]
             assert ask(json.dumps({"type": "reboot", "token": token}).encode())["code"] == 10
+            body = {"type": "partition", "groups": [["n1"]], "token": token, "msg_id": 7}
+            refused = ask(json.dumps(body).encode())
+            assert refused["code"] == 12 and refused["in_reply_to"] == 7, refused
             shown = ask(json.dumps({"type": "isolate", "node": "n2", "token": token}).encode())
             assert shown["type"] == "isolate_ok"
             assert shown["cut"] == [["n1", "n2"], ["n2", "n1"], ["n2", "n3"], ["n3", "n2"]]
             assert len(shown["links"]) == 6
-            replies.close()
+        stop(running, scratch_dir)
+
+
+def test_hostile_control_clients_stall_neither_the_proxies_nor_the_command(
+    scratch_dir: Path,
+) -> None:
+    with faulty_cluster(scratch_dir) as (running, ports):
+        state = json.loads(state_file_path(scratch_dir / "cluster.toml").read_text())
+        with contextlib.ExitStack() as stack:
+            silent = stack.enter_context(socket.create_connection((LOOPBACK, state["port"])))
+            flood = stack.enter_context(socket.create_connection((LOOPBACK, state["port"])))
+            flood.sendall(b"x" * (128 * 1024))  # a line past the limit, never ended
+            flood.settimeout(DEADLINE)
+            assert b'"code":12' in flood.recv(4096)
+            request(ports[0], {"type": "mv_write", "key": "through", "value": 1})
+            wait_for(lambda: values(ports[1], "through"), lambda seen: seen == [1], "replicated")
+            shown = fault(scratch_dir, "show")
+            assert shown.returncode == 0, shown.stderr
+            assert silent.fileno() >= 0
         stop(running, scratch_dir)
 
 
@@ -352,3 +383,50 @@ def test_links_alike_both_ways_are_one_line() -> None:
         "n1 <-> n3  latency 100 ms",
         "n2 -> n3   cut",
     ]
+
+
+def test_a_killed_cluster_up_leaves_a_stale_state_file_the_next_one_replaces(
+    scratch_dir: Path,
+) -> None:
+    state = state_file_path(scratch_dir / "cluster.toml")
+    with faulty_cluster(scratch_dir) as (running, _):
+        nodes = list(running.tree())
+        os.kill(running.pid, signal.SIGKILL)
+        running.wait_exits([running.pid])
+        wait_gone(nodes, "after SIGKILL to cluster up --faults", running.log_text())
+        assert state.exists()
+        stale = fault(scratch_dir, "show")
+        assert stale.returncode == 1, stale.stderr
+        assert stale.stderr.strip() == (
+            f"replica fault: stale {state} ignored: its `cluster up --faults` "
+            f"(pid {running.pid}) is gone"
+        )
+    with faulty_cluster(scratch_dir) as (running, _):
+        assert f"stale {state} ignored" in running.log_text()
+        assert fault(scratch_dir, "cut", "n1", "n2").stdout == "n1 -> n2   cut\n"
+        stop(running, scratch_dir)
+
+
+def test_serve_refuses_a_peer_address_it_cannot_use(scratch_dir: Path) -> None:
+    write_cluster(scratch_dir, ["n1", "n2"], ports=free_ports(2))
+    for address, says in [
+        ("n1=127.0.0.1:9", "this node"),
+        ("n7=127.0.0.1:9", "unknown peer 'n7'"),
+        ("n2", "ID=HOST:PORT"),
+        ("n2=127.0.0.1:0", "1 to 65535"),
+    ]:
+        refused = replica(
+            "serve", "--config", "cluster.toml", "--node", "n1", "--memory",
+            f"--peer-address={address}", cwd=scratch_dir,
+        )  # fmt: skip
+        assert refused.returncode == 2, (address, refused.stderr)
+        assert says in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    helps = {
+        "": "fault",
+        "serve": "--peer-address",
+        "cluster up": "--faults",
+        "fault": "partition",
+    }
+    for command, says in helps.items():
+        shown = replica(*command.split(), "--help", cwd=scratch_dir)
+        assert shown.returncode == 0 and says in shown.stdout, shown.stdout

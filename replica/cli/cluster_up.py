@@ -59,7 +59,13 @@ def run_cluster_up(args: argparse.Namespace) -> int:
             text = f"a `cluster up --faults` for {config_path} already runs (pid {running.pid})"
             print(f"replica: {text}", file=sys.stderr)
             return EXIT_FAILURE
-    return uvloop.run(cluster_up(config_path, config, args.log_level, faults=args.faults))
+    try:
+        return uvloop.run(cluster_up(config_path, config, args.log_level, faults=args.faults))
+    except OSError as exc:  # a proxy that cannot listen, a state file that cannot be written
+        if not args.faults:
+            raise
+        print(f"replica: cluster up --faults: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 async def cluster_up(

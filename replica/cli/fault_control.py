@@ -14,8 +14,9 @@ closes, every proxy closes and the state file is removed.
 The endpoint runs on the supervisor's event loop beside the proxies, so
 nothing a control client does may hold that loop: only loopback peers are
 served, at most MAX_CLIENTS at a time, a request line is at most
-MAX_LINE_BYTES, a client silent for IDLE_SECONDS or not reading its replies
-for WRITE_SECONDS is dropped, and one request acts on the proxies at a time.
+MAX_LINE_BYTES, a client silent for IDLE_SECONDS, not reading its replies
+for WRITE_SECONDS or without the token is dropped, and one request acts on
+the proxies at a time.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ log = logging.getLogger("replica.cli.faults")
 
 MAX_CLIENTS = 8
 MAX_LINE_BYTES = 64 * 1024
-IDLE_SECONDS = 30.0
+IDLE_SECONDS = 10.0
 WRITE_SECONDS = 5.0
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1", "::")
 
@@ -182,8 +183,9 @@ class ControlServer:
         except orjson.JSONDecodeError:
             await self._send(writer, error(MALFORMED, "not JSON"))
             return True
-        await self._send(writer, await self.control.answer(body))
-        return True
+        reply = await self.control.answer(body)
+        await self._send(writer, reply)
+        return reply.get("code") != NOT_AUTHORISED
 
     async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
         writer.write(orjson.dumps(reply) + b"\n")
@@ -229,7 +231,10 @@ async def running_faults(config_path: Path, config: ClusterConfig) -> AsyncItera
             await proxy.start()
         port = await server.start()
         state = write_state_file(config_path, FaultEndpoint(pid, LOOPBACK, port, control.token))
-        print(f"faults: {len(proxies)} link proxies, control at {LOOPBACK}:{port} ({state})")
+        print(
+            f"faults: {len(proxies)} link proxies, control at {LOOPBACK}:{port} ({state})",
+            flush=True,
+        )
         yield {
             node: [
                 f"--peer-address={target}={LOOPBACK}:{proxy.listen_port}"
