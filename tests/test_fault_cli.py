@@ -430,3 +430,13 @@ def test_serve_refuses_a_peer_address_it_cannot_use(scratch_dir: Path) -> None:
     for command, says in helps.items():
         shown = replica(*command.split(), "--help", cwd=scratch_dir)
         assert shown.returncode == 0 and says in shown.stdout, shown.stdout
+
+
+def test_faults_refuse_a_node_the_proxies_cannot_reach_at_loopback(scratch_dir: Path) -> None:
+    (port,) = free_ports(1)
+    config = scratch_dir / "cluster.toml"
+    config.write_text(f'[[nodes]]\nid = "n1"\nhost = "192.0.2.7"\nport = {port}\n')
+    refused = replica("cluster", "up", "--config", "cluster.toml", "--faults", cwd=scratch_dir)
+    assert refused.returncode == 2, refused.stderr
+    assert "n1 listens at 192.0.2.7" in refused.stderr
+    assert not state_file_path(config).exists()

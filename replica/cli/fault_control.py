@@ -54,7 +54,7 @@ MAX_CLIENTS = 8
 MAX_LINE_BYTES = 64 * 1024
 IDLE_SECONDS = 10.0
 WRITE_SECONDS = 5.0
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1", "::")
+REACHABLE_AT_LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0", "::")  # where proxies dial 127.0.0.1
 
 PeerOptions = dict[str, list[str]]
 """Node id → the `replica serve` options that route its peer links through the proxies."""
@@ -73,9 +73,9 @@ class FaultControl:
         """The reply to one decoded request: `<type>_ok` with the network now, or an error."""
         reply: dict[str, Any]
         try:
-            if not isinstance(body, dict) or not secrets.compare_digest(
-                str(body.get("token", "")), self.token
-            ):
+            if not isinstance(body, dict):
+                raise FaultRequestError(MALFORMED, "a request must be a JSON object")
+            if not secrets.compare_digest(str(body.get("token", "")), self.token):
                 raise FaultRequestError(NOT_AUTHORISED, "missing or wrong token")
             request = check_request(body, self.node_ids)
             async with self._lock:
@@ -193,19 +193,12 @@ class ControlServer:
 
 
 def check_local(config: ClusterConfig) -> None:
-    """ConfigError unless every node can be reached on loopback, where the proxies are."""
+    """ConfigError unless every node can be reached at 127.0.0.1, where the proxies dial it."""
     for node in config.nodes:
-        if node.host not in LOCAL_HOSTS and not _is_loopback(node.host):
+        if node.host not in REACHABLE_AT_LOOPBACK:
             raise ConfigError(
-                f"--faults runs every node on this machine's loopback: {node.id} is at {node.host}"
+                f"--faults reaches every node at {LOOPBACK}: {node.id} listens at {node.host}"
             )
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @contextlib.asynccontextmanager
