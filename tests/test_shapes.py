@@ -18,6 +18,7 @@ from replica.testing.shapes import (
     majority,
     shape_named,
 )
+from tests.test_structure import CORE_MAY_NOT_IMPORT, PACKAGE, all_imports
 
 node_sets = st.integers(min_value=1, max_value=9).map(lambda n: [f"n{i}" for i in range(1, n + 1)])
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
@@ -159,3 +160,9 @@ def test_different_seeds_give_different_schedules_and_bad_settings_are_refused()
         plan(1, nodes, interval=0)
     with pytest.raises(ValueError, match="at least one"):
         plan(1, nodes, shapes=())
+
+
+def test_shapes_are_pure_no_io_and_nothing_else_of_ours() -> None:
+    imported = all_imports(PACKAGE)["replica.testing.shapes"]
+    assert not {name for name in imported if name.split(".")[0] in CORE_MAY_NOT_IMPORT}
+    assert not {name for name in imported if name.startswith("replica")}, imported

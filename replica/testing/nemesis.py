@@ -72,16 +72,16 @@ def plan(
     rng = random.Random(seed)
     ordered = sorted(nodes)
     steps = []
-    start = 0.0
-    while start < duration:
+    rounds = 0
+    while (start := 2 * rounds * interval) < duration:
         fault = rng.choice(faults)
         if fault == SLOW:
             assert latency_ms is not None
             steps.append(Step(start, SLOW, latency_ms=latency_ms))
         else:
             steps.append(Step(start, fault, frozenset(functions[fault](ordered, rng))))
-        steps.append(Step(start + interval, None))
-        start += 2 * interval
+        steps.append(Step((2 * rounds + 1) * interval, None))
+        rounds += 1
     return steps
 
 
