@@ -177,7 +177,11 @@ class LinkProxy:
         self.jitter_ms = float(jitter_ms) if delay_ms > 0 else 0.0
 
     def set_bandwidth(self, bytes_per_second: int | None) -> None:
-        """Pace each direction of each connection to `bytes_per_second`; None lifts the cap."""
+        """Pace each direction of each connection to `bytes_per_second`; None lifts the cap.
+
+        Each slice of n bytes leaves n / rate seconds after the one before it
+        (or after it arrived), so N bytes take at least N / rate seconds.
+        """
         if bytes_per_second is not None and bytes_per_second <= 0:
             raise ValueError(f"a bandwidth cap must be > 0 bytes/s, not {bytes_per_second}")
         self.bandwidth = bytes_per_second
