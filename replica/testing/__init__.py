@@ -10,23 +10,30 @@ from replica.testing.client import JsonClient, ReplicaError, without_ids
 from replica.testing.cluster import Cluster, ProxiedCluster, cluster, proxied_cluster
 from replica.testing.cluster_file import write_cluster, write_cluster_view
 from replica.testing.history import FinalRead, History, Report, check, final_read_requests
+from replica.testing.nemesis import Nemesis
 from replica.testing.ports import LOOPBACK, free_listen_ports, free_ports
 from replica.testing.process import NodeProcess, helper_pids, replica_command, wait_unlocked
 from replica.testing.proxy import LinkProxy, Partitioner
+from replica.testing.shapes import SHAPES, Cut, Link, ShapeFunction
 from replica.testing.waiting import converged, eventually
 
 __all__ = [
     "LOOPBACK",
+    "SHAPES",
     "Cluster",
+    "Cut",
     "FinalRead",
     "History",
     "JsonClient",
+    "Link",
     "LinkProxy",
+    "Nemesis",
     "NodeProcess",
     "Partitioner",
     "ProxiedCluster",
     "ReplicaError",
     "Report",
+    "ShapeFunction",
     "check",
     "cluster",
     "converged",
