@@ -186,7 +186,8 @@ def test_partition_cut_show_latency_and_status(scratch_dir: Path) -> None:
             "n1 <-> n3  cut",
             "n2 -> n3   cut",
         ]
-        assert fault(scratch_dir, "show").stdout == cut.stdout
+        shown = replica("fault", "show", "--config", "cluster.toml", cwd=scratch_dir)
+        assert shown.stdout == cut.stdout, shown.stderr
         request(n3, {"type": "mv_write", "key": "one-way", "value": "from n3"})
         request(n2, {"type": "mv_write", "key": "one-way-back", "value": "from n2"})
         wait_for(lambda: values(n2, "one-way"), lambda seen: seen == ["from n3"], "n3 to n2")

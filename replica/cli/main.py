@@ -186,26 +186,36 @@ def _add_fault(commands: Commands) -> None:
     )
     _config_argument(fault)
     actions = fault.add_subparsers(dest="action", metavar="action", required=True)
-    partition = actions.add_parser(
-        "partition", help="cut exactly the links between groups, heal the others: n1 / n2 n3"
+    partition = _fault_action(
+        actions, "partition", "cut exactly the links between groups, heal the others: n1 / n2 n3"
     )
     partition.add_argument("groups", nargs="+", metavar="NODE", help="node ids, groups split by /")
-    isolate = actions.add_parser("isolate", help="cut every link from and to NODE")
+    isolate = _fault_action(actions, "isolate", "cut every link from and to NODE")
     isolate.add_argument("node", metavar="NODE")
-    cut = actions.add_parser("cut", help="cut one direction: nothing FROM sends reaches TO")
+    cut = _fault_action(actions, "cut", "cut one direction: nothing FROM sends reaches TO")
     cut.add_argument("source", metavar="FROM")
     cut.add_argument("target", metavar="TO")
-    latency = actions.add_parser(
+    latency = _fault_action(
+        actions,
         "latency",
-        help="delay both directions between two nodes: n1 n2 100ms [jitter 20ms]; 0 removes it",
+        "delay both directions between two nodes: n1 n2 100ms [jitter 20ms]; 0 removes it",
     )
     latency.add_argument("a", metavar="NODE")
     latency.add_argument("b", metavar="NODE")
     latency.add_argument("delay", metavar="DELAY", help="100ms, 1s, or a bare number of ms")
     latency.add_argument("jitter", nargs="*", metavar="jitter JITTER", help="± up to JITTER")
-    actions.add_parser("heal", help="every link up, every latency gone")
-    actions.add_parser("show", help="change nothing; print what is cut or delayed")
+    _fault_action(actions, "heal", "every link up, every latency gone")
+    _fault_action(actions, "show", "change nothing; print what is cut or delayed")
     fault.set_defaults(run=run_fault)
+
+
+def _fault_action(actions: Commands, name: str, text: str) -> argparse.ArgumentParser:
+    """An action of `replica fault`, which takes --config after it as well."""
+    action: argparse.ArgumentParser = actions.add_parser(name, help=text, description=text)
+    action.add_argument(  # SUPPRESS: a default here would override a --config given before
+        "--config", default=argparse.SUPPRESS, metavar="PATH", help="the cluster file"
+    )
+    return action
 
 
 def _add_status(commands: Commands) -> None:
