@@ -11,10 +11,11 @@ its redials refused, as with a dead peer), and a *heal* listens on the same
 port again.  Links start cut, so the benchmark can heal them once every node
 listens, and no node ever sees a link that accepts and then fails.
 
-The proxies run in their own process so that forwarding never waits for the
-benchmark's client work, and they count what crosses each link by message
-type (from the `"type"` near the start of every line), which tells where the
-replication bytes go.
+Each link is the testing kit's `LinkProxy` (replica.testing.proxy), the one
+the tests partition clusters with.  The proxies run in their own process so
+that forwarding never waits for the benchmark's client work, and a tap on each
+counts what crosses it by message type (from the `"type"` near the start of
+every line), which tells where the replication bytes go.
 
 Control is one JSON object per line on stdin, one answer per line on stdout:
 `{"cmd": "heal" | "cut", "links": [names]}` → `{"ok": true}`;
@@ -34,11 +35,12 @@ import contextlib
 import re
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
-LOOPBACK = "127.0.0.1"
+from replica.testing.proxy import Direction, LinkProxy
+
 HEAD_BYTES = 160  # a line's message type sits in its first few dozen bytes
 TYPE_PATTERN = re.compile(rb'"type":\s*"([^"]{1,64})"')
 
@@ -85,118 +87,31 @@ class Tally:
         self._length = 0
 
 
-class _Half(asyncio.Protocol):
-    """One side of a proxied connection; what it reads goes out the other side."""
-
-    def __init__(self, tally: Tally, halves: set[_Half]) -> None:
-        self.tally = tally
-        self.halves = halves  # the link's open connection sides, for a cut to abort
-        self.transport: asyncio.Transport | None = None
-        self.other: _Half | None = None
-        self.early: list[bytes] = []  # read before the other side connected
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.halves.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        self.tally.feed(data)
-        other = self.other
-        if other is not None and other.transport is not None:
-            other.transport.write(data)
-        else:
-            self.early.append(data)
-
-    def pair(self, other: _Half) -> None:
-        self.other = other
-        if self.early and other.transport is not None:
-            other.transport.write(b"".join(self.early))
-            self.early.clear()
-
-    def pause_writing(self) -> None:  # the other side reads only as fast as we can write
-        if self.other is not None and self.other.transport is not None:
-            self.other.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.other is not None and self.other.transport is not None:
-            self.other.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.halves.discard(self)
-        if self.other is not None and self.other.transport is not None:
-            self.other.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-
 class Link:
-    """One directed peer link: a listening port that forwards to a node's real port."""
+    """One directed peer link: the kit's `LinkProxy`, its two directions tallied by type."""
 
     def __init__(self, name: str, listen_port: int, target_port: int) -> None:
         self.name = name
-        self.listen_port = listen_port
-        self.target_port = target_port
-        self.sent = Tally()
-        self.replies = Tally()
+        self.tallies: dict[Direction, Tally] = {"sent": Tally(), "replies": Tally()}
         self.accepted: list[float] = []  # when each connection through it was accepted
-        self._server: asyncio.AbstractServer | None = None
-        self._halves: set[_Half] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def heal(self) -> None:
-        if self._server is not None:
-            return
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._accepted, LOOPBACK, self.listen_port, reuse_address=True
+        self.proxy = LinkProxy(
+            listen_port,
+            target_port,
+            tap=lambda direction, data: self.tallies[direction].feed(data),
+            on_accept=lambda: self.accepted.append(time.monotonic()),
         )
-
-    async def cut(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for half in list(self._halves):
-            half.abort()
-        self._halves.clear()
-
-    def _accepted(self) -> _Half:
-        self.accepted.append(time.monotonic())
-        inbound = _Half(self.sent, self._halves)
-        task = asyncio.get_running_loop().create_task(self._connect(inbound))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return inbound
-
-    async def _connect(self, inbound: _Half) -> None:
-        """Dial the target for a freshly accepted connection; drop it if the target is down."""
-        loop = asyncio.get_running_loop()
-        outbound = _Half(self.replies, self._halves)
-        try:
-            await loop.create_connection(lambda: outbound, LOOPBACK, self.target_port)
-        except OSError:
-            inbound.abort()
-            return
-        if self._server is None or inbound.transport is None or inbound.transport.is_closing():
-            outbound.abort()  # cut while dialling, or the dialler already left
-            return
-        outbound.pair(inbound)
-        inbound.pair(outbound)
 
     def stats(self) -> dict[str, Any]:
         return {
-            "sent": self.sent.by_type,
-            "replies": self.replies.by_type,
+            "sent": self.tallies["sent"].by_type,
+            "replies": self.tallies["replies"].by_type,
             "accepted": self.accepted,
         }
 
     def reset(self) -> None:
         """Start counting afresh (a line in progress is counted whole when it ends)."""
-        self.sent.by_type.clear()
-        self.replies.by_type.clear()
+        for tally in self.tallies.values():
+            tally.by_type.clear()
         self.accepted.clear()
 
 
@@ -207,7 +122,7 @@ def parse_link(text: str) -> Link:
 
 
 async def serve(links: dict[str, Link]) -> None:
-    """Answer control lines from stdin until it closes, then cut every link."""
+    """Answer control lines from stdin until it closes, then close every link."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -218,7 +133,7 @@ async def serve(links: dict[str, Link]) -> None:
             sys.stdout.flush()
     finally:
         for link in links.values():
-            await link.cut()
+            await link.proxy.close()
 
 
 async def _command(links: dict[str, Link], command: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +141,7 @@ async def _command(links: dict[str, Link], command: dict[str, Any]) -> dict[str,
     try:
         if cmd in ("heal", "cut"):
             for name in command.get("links", list(links)):
-                await getattr(links[name], cmd)()
+                await getattr(links[name].proxy, cmd)()
             return {"ok": True}
         if cmd == "stats":
             return {"ok": True, "stats": {name: link.stats() for name, link in links.items()}}

@@ -1,4 +1,5 @@
-"""The benchmark's pure parts: statistics of alternating rounds, request mixes, pooled loads.
+"""The benchmark's parts: statistics of alternating rounds, request mixes, pooled loads,
+and the proxy process that tallies what crosses each peer link.
 
 The benchmark lives in scripts/benchmarks, a package beside scripts/bench.py,
 not in the installed project, so it is imported from its directory.
@@ -7,16 +8,25 @@ not in the installed project, so it is imported from its directory.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import math
 import random
+import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
+
+from replica.testing.ports import LOOPBACK, free_listen_ports
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from benchmarks.load import LoadResult
+from benchmarks.report import BenchError
+from benchmarks.session import PROXY_SCRIPT, ProxyControl
 from benchmarks.stats import (
     expected_distinct,
     least_plausible,
@@ -120,3 +130,71 @@ def test_connections_side_by_side_combine_over_the_run_s_seconds() -> None:
     whole = LoadResult.combined(parts, 2.0)
     assert whole.ops_per_s == 20.0
     assert whole.node_cpu == pytest.approx(0.4)
+
+
+@contextlib.asynccontextmanager
+async def answering_server() -> AsyncIterator[int]:
+    """Answers every line with `{"type": "<its type>_ok"}`, as a node answers a peer."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while line := await reader.readline():
+                writer.write(orjson.dumps({"type": orjson.loads(line)["type"] + "_ok"}) + b"\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, LOOPBACK, 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_proxy_process_tallies_each_way_by_type_and_cuts_and_heals_on_command() -> None:
+    lines = [
+        orjson.dumps({"type": "mv_merge" if i % 3 else "peer_hello", "pad": "x" * i}) + b"\n"
+        for i in range(300)
+    ]
+    stream = b"".join(lines)
+    async with answering_server() as port:
+        (listen_port,) = free_listen_ports(1)
+        argv = [sys.executable, str(PROXY_SCRIPT), "--link", f"a>b:{listen_port}:{port}"]
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        control = ProxyControl(process)
+        try:
+            with pytest.raises(ConnectionRefusedError):  # links start cut
+                await asyncio.open_connection(LOOPBACK, listen_port)
+            await control.command("heal", ["a>b"])
+            reader, writer = await asyncio.open_connection(LOOPBACK, listen_port)
+            for start in range(0, len(stream), 777):  # lines split across reads
+                writer.write(stream[start : start + 777])
+                await writer.drain()
+            replies = [await asyncio.wait_for(reader.readline(), 10) for _ in lines]
+            stats = (await control.stats())["a>b"]
+
+            merges = [line for line in lines if b"mv_merge" in line]
+            assert stats["sent"]["mv_merge"][:2] == [len(merges), sum(map(len, merges))]
+            assert stats["sent"]["peer_hello"][0] == len(lines) - len(merges)
+            assert stats["replies"]["mv_merge_ok"][:2] == [
+                len(merges),
+                sum(len(r) for r in replies if b"mv_merge_ok" in r),
+            ]
+            assert len(stats["accepted"]) == 1
+
+            await control.command("cut", ["a>b"])
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # the cut closed it
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection(LOOPBACK, listen_port)
+            await control.reset()
+            assert (await control.stats())["a>b"] == {"sent": {}, "replies": {}, "accepted": []}
+            with pytest.raises(BenchError, match="KeyError"):
+                await control.command("heal", ["nope"])
+        finally:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.close()  # end of stdin stops the proxy process
+            try:
+                assert process.wait(10) == 0
+            finally:
+                process.kill()
+                process.stdout.close()

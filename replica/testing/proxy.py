@@ -25,8 +25,8 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, Literal
 
 from replica.testing.ports import LOOPBACK
 from replica.testing.shapes import Link
@@ -37,7 +37,11 @@ RESET_TIMEOUT = 5.0
 MAX_BUFFERED = 4 << 20  # bytes held back per direction before the proxy stops reading
 PACING_SLICES_PER_SECOND = 50  # a capped direction sends in slices of 20 ms worth
 
-__all__ = ["Link", "LinkProxy", "Partitioner"]
+__all__ = ["Direction", "Link", "LinkProxy", "Partitioner", "Tap"]
+
+Direction = Literal["sent", "replies"]
+"""`sent`: what the dialling node wrote; `replies`: what the node dialled answered."""
+Tap = Callable[[Direction, bytes], None]
 
 
 def _abort(writer: asyncio.StreamWriter, *, reset: bool) -> None:
@@ -61,9 +65,14 @@ class _Direction:
     """
 
     def __init__(
-        self, proxy: LinkProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        proxy: LinkProxy,
+        direction: Direction,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
         self.proxy = proxy
+        self.direction: Direction = direction
         self.reader = reader
         self.writer = writer
         self.queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
@@ -93,6 +102,8 @@ class _Direction:
         loop = asyncio.get_running_loop()
         while data := await self.reader.read(CHUNK):
             proxy.bytes_forwarded += len(data)
+            if proxy.tap is not None:
+                proxy.tap(self.direction, data)
             if self.held == 0 and proxy.latency_ms == 0 and proxy.bandwidth is None:
                 self.writer.write(data)
                 await self.writer.drain()
@@ -135,7 +146,10 @@ class LinkProxy:
 
     Faults other than a cut apply to live connections at once and to new
     ones; jitter draws from `rng` (a fresh `random.Random` unless given), so a
-    seeded proxy jitters the same way every run.
+    seeded proxy jitters the same way every run.  An observer sees what
+    crosses without slowing what it does not watch: `tap(direction, chunk)`
+    gets every chunk as it is read, before any delay, and `on_accept()` runs
+    for every connection accepted.
     """
 
     def __init__(
@@ -145,8 +159,12 @@ class LinkProxy:
         host: str = LOOPBACK,
         *,
         rng: random.Random | None = None,
+        tap: Tap | None = None,
+        on_accept: Callable[[], None] | None = None,
     ) -> None:
         self.host = host
+        self.tap = tap
+        self.on_accept = on_accept
         self.listen_port = listen_port
         self.target_port = target_port
         self.rng = rng if rng is not None else random.Random()
@@ -265,6 +283,8 @@ class LinkProxy:
         self._handlers.add(task)
         self._writers.add(down)
         self.connections_accepted += 1
+        if self.on_accept is not None:
+            self.on_accept()
         try:
             try:
                 up_reader, up = await asyncio.open_connection(self.host, self.target_port)
@@ -294,8 +314,8 @@ class LinkProxy:
     ) -> None:
         """Forward until either side closes and what it sent is delivered; then both go."""
         pumps = [
-            asyncio.create_task(_Direction(self, down_reader, up).run()),
-            asyncio.create_task(_Direction(self, up_reader, down).run()),
+            asyncio.create_task(_Direction(self, "sent", down_reader, up).run()),
+            asyncio.create_task(_Direction(self, "replies", up_reader, down).run()),
         ]
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)

@@ -14,7 +14,8 @@ from typing import Any
 import hiredis
 import orjson
 
-from .processes import LOOPBACK
+from replica.testing.ports import LOOPBACK
+
 from .report import BenchError, Body
 
 READ_LIMIT = 64 << 20

@@ -20,8 +20,9 @@ from typing import Any
 
 import orjson
 
+from replica.testing.ports import LOOPBACK
+
 from .machine import machine_busy_seconds, process_cpu_seconds
-from .processes import LOOPBACK
 from .report import BenchError, Body
 from .session import NodeHandle
 from .stats import percentile

@@ -1,7 +1,10 @@
-"""Child processes that stop whatever happens, and free loopback ports for them.
+"""Child processes that stop whatever happens.
 
-Each child leads its own process group (a terminal's Ctrl-C reaches only the
-benchmark), so stopping signals the group: SIGTERM, then SIGKILL.
+Nodes are the testing kit's `NodeProcess`, stopped as the kit stops them and
+their durable helpers reaped.  Every other child (the proxy process, the
+floor, redis-server, samplers) leads its own process group (a terminal's
+Ctrl-C reaches only the benchmark), so stopping signals the group: SIGTERM,
+then SIGKILL.
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from replica.testing.ports import LOOPBACK, free_ports
-
-__all__ = ["LOOPBACK", "STOP_TIMEOUT", "Children", "free_ports", "log_tail", "signal_group"]
+from replica.testing.process import NodeProcess
 
 STOP_TIMEOUT = 5.0
 
@@ -26,6 +27,12 @@ class Children:
 
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.nodes: list[NodeProcess] = []
+
+    def start_node(self, node: NodeProcess) -> NodeProcess:
+        """Start `node` (`replica serve`); it is stopped, its helpers reaped, at the end."""
+        self.nodes.append(node.start())
+        return node
 
     def spawn(
         self,
@@ -52,6 +59,7 @@ class Children:
         return process
 
     def stop_all(self) -> None:
+        """The other children, signalled all at once; then the nodes, one by one as the kit does."""
         running = [p for p in self.processes if p.poll() is None]
         for process in running:
             if process.stdin is not None:
@@ -68,6 +76,10 @@ class Children:
         for process in self.processes:
             if process.stdout is not None:
                 process.stdout.close()
+        for node in self.nodes:
+            node.stop(STOP_TIMEOUT)
+        for node in self.nodes:
+            node.reap_helpers()
 
 
 def signal_group(process: subprocess.Popen[bytes], sig: int) -> None:

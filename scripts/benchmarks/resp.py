@@ -30,10 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from replica.testing.ports import LOOPBACK, free_ports
+
 from .clients import resp_commands, resp_ping
 from .machine import process_cpu_seconds
 from .options import count_option, rounds_option, run_options
-from .processes import LOOPBACK, free_ports, log_tail
+from .processes import log_tail
 from .report import BenchError, Report, Target, row
 from .rounds import Round, alternate, paired
 from .session import START_TIMEOUT, NodeHandle, Session
@@ -80,12 +82,12 @@ async def start_redis(s: Session, binary: str) -> NodeHandle:
     argv = [binary, "--port", str(port), "--bind", LOOPBACK, "--appendonly", "yes"]
     argv += ["--appendfsync", "always", "--save", "", "--dir", str(directory)]
     argv += ["--daemonize", "no", "--logfile", ""]
-    redis.process = s.children.spawn(argv, cwd=directory, log=redis.log)
+    redis.other = process = s.children.spawn(argv, cwd=directory, log=redis.log)
     deadline = time.monotonic() + START_TIMEOUT
     while not await resp_ping(port):
-        if redis.process.poll() is not None:
+        if process.poll() is not None:
             raise BenchError(
-                f"redis-server exited with code {redis.process.returncode}: "
+                f"redis-server exited with code {process.returncode}: "
                 f"{log_tail(redis.log, 10, ' | ')}"
             )
         if time.monotonic() > deadline:

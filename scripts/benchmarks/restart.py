@@ -13,17 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import signal
 import time
 from typing import Any
 
 import orjson
 
+from replica.testing.ports import LOOPBACK
+
 from .clients import READ_LIMIT
 from .fill import add_fill_options, check_filled, fill, fill_params, fill_sample, writes_row
 from .load import LoadResult
 from .options import single_node_options
-from .processes import LOOPBACK
 from .report import BenchError, Report, Target, row
 from .session import NodeHandle, Session
 from .workload import encode, key_name, value_for
@@ -41,7 +41,7 @@ async def run(args: argparse.Namespace, s: Session) -> Report:
     load = await fill(node, "mv_write", args.keys, args.value_bytes, args.connections, args.window)
 
     s.phase = f"killing {node.id} with SIGKILL"
-    await s.stop_node(node.id, signal.SIGKILL)
+    await s.stop_node(node.id, crash=True)
     sample = fill_sample(args)
     s.log_level = "info"  # for the "loaded N keys in X ms" line
     s.phase = f"restarting {node.id} over {args.keys} keys"

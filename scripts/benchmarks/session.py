@@ -1,7 +1,9 @@
 """A running cluster: N `replica serve` processes whose peer links pass through proxies.
 
-The proxies (scripts/bench_proxy.py, a process of their own; none for a
-single node) let links be cut and healed without touching the nodes.  The
+Built on the testing kit (`replica.testing`): each node is a `NodeProcess`
+with its own cluster file from `write_cluster_view`, and the proxies
+(scripts/bench_proxy.py, the kit's `LinkProxy` in a process of their own; none
+for a single node) let links be cut and healed without touching the nodes.  The
 nodes are judged only by what they answer (`status`, reads) and by what
 crosses the proxies, so the benchmark measures the server as deployed.
 A session of zero nodes starts nothing: a scenario that starts its own
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,9 +25,13 @@ from typing import Any
 
 import orjson
 
+from replica.testing.cluster_file import write_cluster_view
+from replica.testing.ports import LOOPBACK, free_listen_ports, free_ports
+from replica.testing.process import NodeProcess
+
 from .clients import Connection
 from .machine import process_cpu_seconds
-from .processes import LOOPBACK, STOP_TIMEOUT, Children, free_ports, log_tail, signal_group
+from .processes import Children, log_tail
 from .report import BenchError, Body
 
 SCRIPTS = Path(__file__).resolve().parent.parent
@@ -96,14 +101,18 @@ class Variant:
     env: dict[str, str] = field(default_factory=dict)
     serve_args: tuple[str, ...] = ()
 
-    def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+    def overrides(self) -> dict[str, str]:
+        """What this variant changes in the environment it is started in."""
+        env = {}
         if self.src is not None:
+            inherited = os.environ.get("PYTHONPATH")
             env["PYTHONPATH"] = os.pathsep.join(
-                [str(self.src), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+                [str(self.src), *([inherited] if inherited else [])]
             )
-        env.update(self.env)
-        return env
+        return {**env, **self.env}
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **self.overrides()}
 
     def replica_file(self, cwd: Path) -> str:
         """The `replica/__init__.py` a node of this variant imports, asked of Python itself."""
@@ -121,20 +130,29 @@ CURRENT = Variant()
 
 @dataclass
 class NodeHandle:
-    """A server the benchmark started: a node, or another server measured like one."""
+    """A server the benchmark started: a node, or another server measured like one.
+
+    A node runs as the kit's `NodeProcess` (`runner`); another server (the
+    floor, redis-server) as a plain child process (`other`).
+    """
 
     id: str
     port: int
     directory: Path
     resp_port: int | None = None  # its Redis-protocol port, when the session asked for one
-    process: subprocess.Popen[bytes] | None = None
+    runner: NodeProcess | None = None
+    other: subprocess.Popen[bytes] | None = None
     spawned_at: float = 0.0  # time.monotonic() just before its process was started
     control: Connection | None = None  # status polls only, never shared with pipelines
     pool: list[Connection] = field(default_factory=list)
 
     @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.runner.process if self.runner is not None else self.other
+
+    @property
     def log(self) -> Path:
-        return self.directory / "node.log"
+        return self.runner.stderr_path if self.runner is not None else self.directory / "server.log"
 
 
 class Session:
@@ -161,19 +179,18 @@ class Session:
         # n1, n2, ...: another session in the same directory takes another prefix
         ids = [f"{id_prefix}{i}" for i in range(1, node_count + 1)]
         self.links = [link_name(a, b) for a in ids for b in ids if a != b]
-        ports = free_ports(2 * len(ids) + len(self.links) if resp else len(ids) + len(self.links))
+        ports = free_ports(2 * len(ids) if resp else len(ids))
         self.nodes = {
             node_id: NodeHandle(
                 node_id,
                 ports[i],
                 directory / node_id,
-                resp_port=ports[len(ids) + len(self.links) + i] if resp else None,
+                resp_port=ports[len(ids) + i] if resp else None,
             )
             for i, node_id in enumerate(ids)
         }
-        self.proxy_ports = dict(
-            zip(self.links, ports[len(ids) : len(ids) + len(self.links)], strict=True)
-        )
+        # a cut proxy binds its port again when it heals: keep it out of the ephemeral range
+        self.proxy_ports = dict(zip(self.links, free_listen_ports(len(self.links)), strict=True))
         self.proxy: ProxyControl | None = None
         self.phase = "starting"
         self.latency: dict[str, tuple[float, float]] = {}  # node → (asked at, seconds)
@@ -197,23 +214,19 @@ class Session:
             self._start_proxy()
         for node in self.nodes.values():
             self._start_node(node)
-        await asyncio.gather(*(self._wait_listening(node) for node in self.nodes.values()))
+        await asyncio.gather(*(self._node_ready(node) for node in self.nodes.values()))
         for node in self.nodes.values():
             node.control = await Connection.open(node.port, node.id)
         if self.links:
             await self.heal(self.links)
             await self.wait_links(lambda a, b: True)
 
-    async def stop_node(self, node_id: str, sig: int = signal.SIGTERM) -> None:
-        """Close the node's clients and stop its process with `sig` (SIGKILL: a crash)."""
+    async def stop_node(self, node_id: str, *, crash: bool = False) -> None:
+        """Close the node's clients and stop its process; with `crash`, kill -9 it."""
         node = self.nodes[node_id]
         await self._close_clients(node)
-        if node.process is not None and node.process.poll() is None:
-            signal_group(node.process, sig)
-            try:
-                await asyncio.to_thread(node.process.wait, STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                raise BenchError(f"{node_id} still running {STOP_TIMEOUT}s after {sig!r}") from None
+        if node.runner is not None:
+            await asyncio.to_thread(node.runner.kill if crash else node.runner.stop)
 
     def start_node(self, node_id: str) -> NodeHandle:
         """Start a stopped node again, as `memory` and `log_level` now say; does not wait."""
@@ -224,7 +237,7 @@ class Session:
     async def wait_ready(self, node_id: str) -> None:
         """Until the node listens; then open its status connection."""
         node = self.nodes[node_id]
-        await self._wait_listening(node)
+        await self._node_ready(node)
         node.control = await Connection.open(node.port, node.id)
 
     async def start_floor(self) -> NodeHandle:
@@ -234,7 +247,7 @@ class Session:
         floor.directory.mkdir()
         argv = [sys.executable, str(FLOOR_SCRIPT), "--port", str(port)]
         floor.spawned_at = time.monotonic()
-        floor.process = self.children.spawn(argv, cwd=floor.directory, log=floor.log)
+        floor.other = self.children.spawn(argv, cwd=floor.directory, log=floor.log)
         await self._wait_listening(floor)
         return floor
 
@@ -249,35 +262,45 @@ class Session:
         self.proxy = ProxyControl(process)
 
     def _start_node(self, node: NodeHandle) -> None:
+        """A fresh `NodeProcess` each time, so a restart runs as `memory` and `log_level` say."""
         node.directory.mkdir(parents=True, exist_ok=True)
-        config = node.directory / "cluster.toml"
-        config.write_text(self._cluster_file(node.id))
-        argv = [sys.executable, "-m", "replica", "serve", "--config", str(config)]
-        argv += ["--node", node.id, "--log-level", self.log_level]
-        if self.memory:
-            argv.append("--memory")
-        argv += self.variant.serve_args
-        env = self.variant.environment()
+        node.runner = NodeProcess(
+            self._cluster_file(node),
+            node.id,
+            LOOPBACK,
+            node.port,
+            log_level=self.log_level,
+            extra_args=self.variant.serve_args,
+            memory=self.memory,
+            env=self.variant.overrides(),
+            resp_port=node.resp_port,
+        )
         node.spawned_at = time.monotonic()
-        node.process = self.children.spawn(argv, cwd=node.directory, log=node.log, env=env)
+        self.children.start_node(node.runner)
 
-    def _cluster_file(self, me: str) -> str:
+    def _cluster_file(self, me: NodeHandle) -> Path:
         """`me` at its real port; every peer at the port of the proxy on the link to it."""
-        lines = ["[cluster]", f"gossip_interval_ms = {self.gossip_ms}", ""]
-        for node in self.nodes.values():
-            port = node.port if node.id == me else self.proxy_ports[link_name(me, node.id)]
-            lines += [
-                "[[nodes]]",
-                f'id = "{node.id}"',
-                f'host = "{LOOPBACK}"',
-                f"port = {port}",
-                f'data_dir = "data/{node.id}"',
-                *([f"resp_port = {node.resp_port}"] if node.resp_port is not None else []),
-                "",
-            ]
-        return "\n".join(lines)
+        view = [
+            (node.id, node.port if node is me else self.proxy_ports[link_name(me.id, node.id)])
+            for node in self.nodes.values()
+        ]
+        resp_ports = {n.id: n.resp_port for n in self.nodes.values() if n.resp_port is not None}
+        return write_cluster_view(
+            me.directory / "cluster.toml",
+            view,
+            resp_ports or None,
+            gossip_interval_ms=self.gossip_ms,
+        )
+
+    async def _node_ready(self, node: NodeHandle) -> None:
+        assert node.runner is not None
+        try:
+            await node.runner.ready(START_TIMEOUT)
+        except (RuntimeError, TimeoutError) as exc:
+            raise BenchError(str(exc).splitlines()[0]) from None
 
     async def _wait_listening(self, node: NodeHandle) -> None:
+        """Until a server that is not a node (the floor) accepts connections."""
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             self.check_alive(node)
