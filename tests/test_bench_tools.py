@@ -1,5 +1,6 @@
 """The benchmark's parts: statistics of alternating rounds, request mixes, pooled loads,
-and the proxy process that tallies what crosses each peer link.
+and the proxy process that tallies what crosses each peer link through the kit's
+`LinkProxy` and its tap.
 
 The benchmark lives in scripts/benchmarks, a package beside scripts/bench.py,
 not in the installed project, so it is imported from its directory.
@@ -21,6 +22,7 @@ import orjson
 import pytest
 
 from replica.testing.ports import LOOPBACK, free_listen_ports
+from replica.testing.proxy import Direction, LinkProxy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
@@ -151,11 +153,45 @@ async def answering_server() -> AsyncIterator[int]:
         await server.wait_closed()
 
 
-async def test_the_proxy_process_tallies_each_way_by_type_and_cuts_and_heals_on_command() -> None:
-    lines = [
+def peer_lines(count: int) -> list[bytes]:
+    return [
         orjson.dumps({"type": "mv_merge" if i % 3 else "peer_hello", "pad": "x" * i}) + b"\n"
-        for i in range(300)
+        for i in range(count)
     ]
+
+
+async def test_the_link_proxy_tap_sees_every_byte_each_way_in_order_and_each_accept() -> None:
+    seen: dict[Direction, bytearray] = {"sent": bytearray(), "replies": bytearray()}
+    accepted: list[int] = []
+    stream = b"".join(peer_lines(200))
+    answers = bytearray()
+    async with answering_server() as port:
+        (listen_port,) = free_listen_ports(1)
+        proxy = LinkProxy(
+            listen_port,
+            port,
+            tap=lambda direction, data: seen[direction].extend(data),
+            on_accept=lambda: accepted.append(len(accepted)),
+        )
+        await proxy.start()
+        try:
+            proxy.set_latency(5, 2)  # held chunks are tapped as they arrive, delivered later
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection(LOOPBACK, listen_port)
+                writer.write(stream)
+                await writer.drain()
+                for _ in range(200):
+                    answers += await asyncio.wait_for(reader.readline(), 10)
+                writer.close()
+        finally:
+            await proxy.close()
+    assert bytes(seen["sent"]) == 2 * stream
+    assert seen["replies"] == answers and answers.count(b"mv_merge_ok") == 2 * 133
+    assert accepted == [0, 1] and proxy.connections_accepted == 2
+
+
+async def test_the_proxy_process_tallies_each_way_by_type_and_cuts_and_heals_on_command() -> None:
+    lines = peer_lines(300)
     stream = b"".join(lines)
     async with answering_server() as port:
         (listen_port,) = free_listen_ports(1)
