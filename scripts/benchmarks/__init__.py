@@ -5,7 +5,8 @@
 `add_parser(commands, common)` that declares its options and a
 `run(args, session)` coroutine that returns a `Report`; `cli` lists them.
 What they share: `processes` (children that always stop), `session` (nodes
-behind proxies that cut links), `clients` and `load` (requests in flight),
-`workload` (keys, values, request mixes), `rounds` and `stats` (alternating
-rounds and their paired ratios), `machine` (/proc readings), `report`.
+behind proxies that cut links, both from the testing kit `replica.testing`),
+`clients` and `load` (requests in flight), `workload` (keys, values, request
+mixes), `rounds` and `stats` (alternating rounds and their paired ratios),
+`machine` (/proc readings), `report`.
 """
