@@ -113,12 +113,13 @@ def _written_by(actor: Any, peer: str) -> bool:
 def _mv_without(siblings: Any, peer: str) -> Any:
     if not isinstance(siblings, list):
         return siblings  # malformed: refused as usual
-    return [
-        s
-        for s in siblings
-        if not (isinstance(s, dict) and isinstance(s.get("dot"), list) and s["dot"])
-        or not _written_by(s["dot"][0], peer)
-    ]
+    return [s for s in siblings if not _written_by(_dot_actor(s), peer)]
+
+
+def _dot_actor(sibling: Any) -> Any:
+    """A wire sibling's `dot[0]`, or None for a malformed one (which decoding then refuses)."""
+    dot = sibling.get("dot") if isinstance(sibling, dict) else None
+    return dot[0] if isinstance(dot, list) and dot else None
 
 
 def _counter_without(state: Any, peer: str) -> Any:
