@@ -105,6 +105,24 @@ def test_without_the_setting_every_merge_is_kept() -> None:
 # -- real clusters: the checker against a node that loses writes --------------------------
 
 
+async def test_a_restarted_node_refilled_by_anti_entropy_still_lacks_the_peers_writes() -> None:
+    async with cluster(n=3, memory=True, node_env=DROPPING) as running:
+        n2 = await running.client("n2")
+        async with running.partitioned([["n1"], ["n2"], ["n3"]]):
+            await (await running.client("n1")).mv_write("k", "from n1")
+            await n2.mv_write("k", "from n2")
+        await eventually(lambda: n2.mv_read("k"), lambda r: len(r["values"]) == 2, "siblings")
+        await running.restart("n3")  # in memory: it starts empty, refilled by repair alone
+
+        # Whichever peer repaired it, the state n3 got for k carried n1's sibling too.
+        n3 = await running.client("n3")
+        read = await eventually(
+            lambda: n3.mv_read("k"), lambda r: len(r["values"]) > 0, "k repaired at n3"
+        )
+        assert [s["value"] for s in read["values"]] == ["from n2"]
+        assert "n3 DROPS every write of n1" in running.nodes["n3"].stderr_text()
+
+
 async def write_on_every_node(running: ProxiedCluster, history: History) -> dict[str, int]:
     """MV writes on distinct and shared keys (some with contexts), LWW and counter writes.
 
