@@ -14,8 +14,14 @@ import itertools
 
 import pytest
 
-from replica.testing import History, Nemesis, check, final_read_requests
-from replica.testing.recording import final_reads, recording_clients
+from replica.testing import (
+    History,
+    Nemesis,
+    check,
+    final_read_requests,
+    final_reads,
+    recording_clients,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,7 +45,7 @@ async def write_until(stop, node, client):
 
 
 async def test_writes_under_flapping_partitions_pass_the_history_checker(replica_cluster):
-    cluster = await replica_cluster(n=3, memory=True)
+    cluster = await replica_cluster(n=3)
     history = History()
 
     async with recording_clients(cluster, history) as clients:

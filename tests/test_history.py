@@ -29,6 +29,8 @@ class SimulatedMV:
     replicas: dict[str, MVRegister] = field(
         default_factory=lambda: {n: MVRegister() for n in NODES}
     )
+    actors: dict[str, str] = field(default_factory=dict)
+    """The actor each node writes as (a durable node's `n1~<hex>`); its own id by default."""
 
     def write(
         self,
@@ -44,13 +46,13 @@ class SimulatedMV:
         i = self.history.invoke(node, body)
         reply: dict[str, Any] = {}
         if outcome != "dropped":
-            reg, new = self.replicas[node].write(node, value, context)
+            reg, new = self.replicas[node].write(self.actors.get(node, node), value, context)
             self.replicas[node] = reg
             reply = {
                 "type": "mv_write_ok",
                 "vclock": new.vclock(),
                 "context": reg.context(),
-                "values": reg.values(),
+                "values": read(reg)["values"],
             }
         if outcome == "ok":
             self.history.ok(i, reply)
@@ -95,6 +97,32 @@ def test_mv_superseded_and_concurrent_writes_pass() -> None:
     report = check(sim.history, sim.converge())
     assert report.ok, report.text
     assert "no violation" in report.text
+
+
+DURABLE_ACTORS = {"n1": "n1~5c0a7e", "n2": "n2~f09637", "n3": "n3~000001"}
+
+
+def test_mv_writes_of_durable_actors_belong_to_their_nodes() -> None:
+    """A durable node's dots name `<id>~<hex>`: its writes are matched to it, not called unknown."""
+    sim = SimulatedMV(actors=DURABLE_ACTORS)
+    first = sim.write("n1", "a")
+    sim.write("n1", "b", first["context"])
+    sim.write("n2", "c")
+    sim.write("n3", "d", outcome="lost")
+    report = check(sim.history, sim.converge())
+    assert report.ok, report.text
+
+
+def test_mv_lost_write_of_a_durable_actor_is_named_with_its_dot() -> None:
+    sim = SimulatedMV(actors=DURABLE_ACTORS)
+    sim.write("n1", "a")
+    sim.write("n2", "b")
+    reads = sim.converge()
+    for r in reads:
+        r.reply["values"] = [s for s in r.reply["values"] if s["value"] != "b"]
+    report = check(sim.history, reads)
+    assert kinds(report) == {"lost write"}, report.text
+    assert names(report, 1) and '["n2~f09637",1]' in report.text
 
 
 def test_mv_indefinite_writes_that_did_or_did_not_land_pass() -> None:

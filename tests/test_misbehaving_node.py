@@ -106,7 +106,7 @@ def test_without_the_setting_every_merge_is_kept() -> None:
 
 
 async def test_a_restarted_node_refilled_by_anti_entropy_still_lacks_the_peers_writes() -> None:
-    async with cluster(n=3, memory=True, node_env=DROPPING) as running:
+    async with cluster(n=3, node_env=DROPPING) as running:
         n2 = await running.client("n2")
         async with running.partitioned([["n1"], ["n2"], ["n3"]]):
             await (await running.client("n1")).mv_write("k", "from n1")
@@ -201,7 +201,7 @@ def lost_operations(report: Report, family: str) -> set[int]:
 
 
 async def test_the_checker_names_the_writes_a_node_lost_and_that_node() -> None:
-    async with cluster(n=3, memory=True, node_env=DROPPING) as running:
+    async with cluster(n=3, node_env=DROPPING) as running:
         history = History()
         named = await write_on_every_node(running, history)
         await settle(running, history, ["n1", "n2"])

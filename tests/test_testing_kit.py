@@ -214,6 +214,19 @@ async def test_per_node_settings_and_environment_reach_only_their_node(
         assert (issued_n2 - issued_n1) >> 16 >= skew_ms - 60_000, (issued_n1, issued_n2)
 
 
+async def test_skewing_a_running_nodes_clock_moves_the_lww_timestamps_it_issues(
+    cluster_dirs: list[Path],
+) -> None:
+    skew_ms = 3_600_000
+    async with cluster(2, memory=True) as running:
+        cluster_dirs.append(running.directory)
+        before = (await (await running.client("n2")).lww_write("a", 1))["timestamp"]
+        await running.skew_clock("n2", skew_ms)
+        after = (await (await running.client("n2")).lww_write("b", 1))["timestamp"]
+        assert (after - before) >> 16 >= skew_ms, (before, after)
+        assert running.nodes["n1"].env.get("REPLICA_CLOCK_OFFSET_MS") is None
+
+
 # -- clients, fixtures and teardown ------------------------------------------------------
 
 

@@ -13,7 +13,13 @@ from replica.testing.history import FinalRead, History, Report, check, final_rea
 from replica.testing.nemesis import Nemesis
 from replica.testing.ports import LOOPBACK, free_listen_ports, free_ports
 from replica.testing.process import NodeProcess, helper_pids, replica_command, wait_unlocked
-from replica.testing.proxy import LinkProxy, Partitioner
+from replica.testing.proxy import Direction, LinkProxy, Partitioner, Tap
+from replica.testing.recording import (
+    RecordingClient,
+    final_reads,
+    recording_client,
+    recording_clients,
+)
 from replica.testing.shapes import SHAPES, Cut, Link, ShapeFunction
 from replica.testing.waiting import converged, eventually
 
@@ -22,6 +28,7 @@ __all__ = [
     "SHAPES",
     "Cluster",
     "Cut",
+    "Direction",
     "FinalRead",
     "History",
     "JsonClient",
@@ -31,18 +38,23 @@ __all__ = [
     "NodeProcess",
     "Partitioner",
     "ProxiedCluster",
+    "RecordingClient",
     "ReplicaError",
     "Report",
     "ShapeFunction",
+    "Tap",
     "check",
     "cluster",
     "converged",
     "eventually",
     "final_read_requests",
+    "final_reads",
     "free_listen_ports",
     "free_ports",
     "helper_pids",
     "proxied_cluster",
+    "recording_client",
+    "recording_clients",
     "replica_command",
     "wait_unlocked",
     "without_ids",

@@ -35,6 +35,7 @@ from replica.testing.proxy import Link, LinkProxy, Partitioner
 from replica.testing.shapes import Cut, ShapeFunction, shape_named
 from replica.testing.waiting import CONVERGE_TIMEOUT, converged, eventually, quiet
 
+CLOCK_OFFSET_ENV = "REPLICA_CLOCK_OFFSET_MS"
 DEFAULT_GOSSIP_INTERVAL_MS = 50  # fast enough that a scenario converges in a blink
 
 
@@ -216,6 +217,16 @@ class ProxiedCluster:
     async def wipe_and_restart(self, node_id: str) -> None:
         """Restart the node with an empty data dir: it refills from its peers."""
         await self.restart(node_id, wipe=True)
+
+    async def skew_clock(self, node_id: str, offset_ms: int) -> None:
+        """Restart the node with its hybrid logical clock `offset_ms` off the wall clock.
+
+        Through the node's own `REPLICA_CLOCK_OFFSET_MS`, never the OS clock;
+        negative runs behind.  The clock never goes below a timestamp the node
+        has already seen, so skewing back does not rewind it.
+        """
+        self.nodes[node_id].env[CLOCK_OFFSET_ENV] = str(int(offset_ms))
+        await self.restart(node_id)
 
     # -- clients and waiting ---------------------------------------------------------------
 

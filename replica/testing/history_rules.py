@@ -108,12 +108,23 @@ class Violation:
 Rule = Callable[[str, list[Operation], Reads], list[Violation]]
 
 
+def owner(actor: str) -> str:
+    """The node an MV dot's actor belongs to: a durable node writes as `<id>~<incarnation>`."""
+    return actor.split("~", 1)[0]
+
+
 def mv_dot(op: Operation) -> Dot | None:
-    """The dot an acknowledged `mv_write` made: its node's entry in the reply's `vclock`."""
+    """The dot an acknowledged `mv_write` made: its sibling's in the reply (actor and counter)."""
     if op.type != "mv_write" or not op.ok or op.reply is None:
         return None
-    counter = op.reply.get("vclock", {}).get(op.node)
-    return Dot(op.node, counter) if isinstance(counter, int) else None
+    vclock = op.reply.get("vclock")
+    for sibling in op.reply.get("values", []):
+        dot = sibling.get("dot") if isinstance(sibling, dict) else None
+        if dot and sibling["vclock"] == vclock and owner(dot[0]) == op.node:
+            return Dot(*dot)
+    # No sibling says it: the one actor of the vclock that belongs to the node, if just one.
+    mine = [(a, c) for a, c in (vclock or {}).items() if owner(a) == op.node]
+    return Dot(*mine[0]) if len(mine) == 1 and isinstance(mine[0][1], int) else None
 
 
 def mv_superseded(op: Operation) -> VersionVector | None:
@@ -149,8 +160,8 @@ def _past(op: Operation, writes: list[Operation], reads: Reads) -> VersionVector
         return None
     for reply in reads.values():
         for s in reply.get("values", []):
-            if s["dot"][0] == op.node and _same(s["value"], value):
-                return {**s["vclock"], op.node: s["dot"][1] - 1}
+            if owner(s["dot"][0]) == op.node and _same(s["value"], value):
+                return {**s["vclock"], s["dot"][0]: s["dot"][1] - 1}
     return None
 
 
@@ -176,10 +187,10 @@ def check_mv(key: str, ops: list[Operation], reads: Reads) -> list[Violation]:
             if writer is not None and not _same(writer.body.get("value"), value):
                 found.add("dot used twice", f"{shown}, acknowledged for another value", writer)
             elif writer is None and not any(
-                op.indefinite and op.node == dot.node and _same(op.body.get("value"), value)
+                op.indefinite and op.node == owner(dot.node) and _same(op.body.get("value"), value)
                 for op in writes
             ):
-                found.add("never written", f"{shown}, which no write on {dot.node} made")
+                found.add("never written", f"{shown}, which no write on {owner(dot.node)} made")
     pasts = [(op, _past(op, writes, reads)) for op in writes]
     for dot, op in by_dot.items():
         missing = [n for n, r in reads.items() if [dot.node, dot.counter] not in _dots(r)]
