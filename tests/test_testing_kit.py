@@ -227,6 +227,23 @@ async def test_skewing_a_running_nodes_clock_moves_the_lww_timestamps_it_issues(
         assert running.nodes["n1"].env.get("REPLICA_CLOCK_OFFSET_MS") is None
 
 
+async def test_converged_waits_for_equal_digests_which_a_partition_keeps_apart(
+    cluster_dirs: list[Path],
+) -> None:
+    async with cluster(2, memory=True) as running:
+        cluster_dirs.append(running.directory)
+        async with running.partitioned([["n1"], ["n2"]]):
+            await (await running.client("n1")).lww_write("k", "a", timestamp=1)
+            await (await running.client("n2")).lww_write("k", "b", timestamp=1)
+            apart = await running.statuses()
+            assert apart["n1"]["digests"]["lww"] != apart["n2"]["digests"]["lww"]
+            assert apart["n1"]["keys"] == apart["n2"]["keys"]  # key counts alone would agree
+        seen = await running.converged()
+        digests = {node: status["digests"] for node, status in seen["statuses"].items()}
+        assert digests["n1"] == digests["n2"] and set(digests["n1"]) >= {"mv", "lww"}
+        assert (await (await running.client("n1")).lww_read("k"))["value"] == "b"  # n2 > n1
+
+
 # -- clients, fixtures and teardown ------------------------------------------------------
 
 

@@ -93,8 +93,11 @@ class AntiEntropy:
                 return
             peer = idle[self._next_peer % len(idle)]
             self._next_peer += 1
-        roots = {name: digest.root() for name, digest in self.digests.items()}
-        self.send(peer, {"type": "ae_roots", "roots": roots})
+        self.send(peer, {"type": "ae_roots", "roots": self.roots()})
+
+    def roots(self) -> dict[str, int]:
+        """Each keyspace's root hash, every changed key rehashed first."""
+        return {name: digest.root() for name, digest in self.digests.items()}
 
     def answer_roots(self, body: dict[str, Any]) -> dict[str, Any]:
         """A peer's roots: our bucket hashes for each keyspace where they differ."""

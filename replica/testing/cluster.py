@@ -256,7 +256,7 @@ class ProxiedCluster:
         return {n: without_ids(await self.request(n, body)) for n in ids}
 
     async def statuses(self) -> dict[str, Body]:
-        return await self.request_each({"type": "status"})
+        return await self.request_each({"type": "status", "digests": True})
 
     async def wait_quiet(self, what: str = "every link up, nothing pending") -> None:
         """Every node connected to every peer, with no change pending for any of them."""

@@ -4,8 +4,9 @@ Contract: `eventually(probe, predicate)` polls `probe` until `predicate`
 accepts what it returned and returns that; past its deadline it raises
 `AssertionError` showing the last thing it saw, because "timed out" alone
 does not say what went wrong.  `converged(cluster)` waits until every node's
-`status` shows every peer connected with nothing pending and all nodes hold
-the same number of keys of each type, and, given reads, answer them alike.
+`status` shows every peer connected with nothing pending, all nodes report
+the same digest (anti-entropy root hash) and number of keys of each type,
+and, given reads, answer them alike.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def quiet(statuses: dict[str, Body]) -> bool:
     )
 
 
+def same_digests(statuses: dict[str, Body]) -> bool:
+    """Every node reports the same anti-entropy root for each keyspace."""
+    return _all_equal(status.get("digests") for status in statuses.values())
+
+
 def _all_equal(views: Iterable[Any]) -> bool:
     first, *rest = list(views)
     return all(view == first for view in rest)
@@ -68,7 +74,7 @@ def _all_equal(views: Iterable[Any]) -> bool:
 async def converged(
     cluster: Polled, reads: Iterable[Body] = (), timeout: float = CONVERGE_TIMEOUT
 ) -> dict[str, Any]:
-    """Until the nodes agree: nothing pending anywhere, equal key counts, equal answers to `reads`.
+    """Until the nodes agree: nothing pending, equal digests and key counts, equal `reads` answers.
 
     Returns the last statuses and answers, by node.
     """
@@ -86,6 +92,7 @@ async def converged(
     def agreed(seen: dict[str, Any]) -> bool:
         return (
             quiet(seen["statuses"])
+            and same_digests(seen["statuses"])
             and _all_equal(seen["keys"].values())
             and all(_all_equal(each.values()) for each in seen["answers"])
         )

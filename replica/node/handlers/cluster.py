@@ -59,8 +59,9 @@ def _replicator(ctx: Context) -> Replicator:
 
 
 def status(ctx: Context, body: Body, src: str | None) -> Body:
+    """With `"digests": true`, also each keyspace's anti-entropy root, so a test can see agreement."""
     keyspaces, replicator = ctx.keyspaces, ctx.replicator
-    return {
+    reply: Body = {
         "type": "status_ok",
         "node_id": ctx.node_id,
         "peers": [] if replicator is None else replicator.status(),
@@ -70,6 +71,10 @@ def status(ctx: Context, body: Body, src: str | None) -> Body:
         "actor": keyspaces.actor,
         "durability": {"mode": "memory"} if ctx.durability is None else ctx.durability.status(),
     }
+    if body.get("digests") is True and replicator is not None:
+        roots = replicator.anti_entropy.roots()
+        reply["digests"] = {name: f"{root:016x}" for name, root in roots.items()}
+    return reply
 
 
 HANDLERS: dict[str, Handler] = {
