@@ -59,7 +59,7 @@ def _replicator(ctx: Context) -> Replicator:
 
 
 def status(ctx: Context, body: Body, src: str | None) -> Body:
-    """With `"digests": true`, also each keyspace's anti-entropy root, so a test can see agreement."""
+    """With `"digests": true`, also each keyspace's anti-entropy root: agreement, seen."""
     keyspaces, replicator = ctx.keyspaces, ctx.replicator
     reply: Body = {
         "type": "status_ok",
