@@ -28,7 +28,14 @@ from replica.crdt import registry
 from replica.crdt.clocked_siblings import ClockedSiblings, NotCovered
 from replica.crdt.hlc import LOGICAL_BITS
 from replica.crdt.lww import LWWRegister
-from replica.crdt.malformed import MAX_COUNTER, MAX_INT, MAX_VALUE_DEPTH, Malformed, require_value
+from replica.crdt.malformed import (
+    MAX_CONTEXT_ACTORS,
+    MAX_COUNTER,
+    MAX_INT,
+    MAX_VALUE_DEPTH,
+    Malformed,
+    require_value,
+)
 from replica.crdt.mv_register import MVRegister
 from replica.crdt.mvcc import Version, VersionChain
 from replica.keyspaces import Keyspaces, TooFarAhead, wall_clock_ms
@@ -234,6 +241,35 @@ async def test_context_counters_past_2_53_are_refused(scratch_dir: Path) -> None
             await eventually(read_n2, lambda seen: all(seen), "both keys on n2")
             status = await c1.request({"type": "status"})
             assert all(peer["pending"] == 0 for peer in status["peers"]), status
+
+
+async def test_a_context_or_clock_naming_more_than_1000_actors_is_refused(
+    scratch_dir: Path,
+) -> None:
+    with running_cluster(scratch_dir, ("n1",)) as nodes:
+        async with await nodes["n1"].connect() as c1:
+            wide = {f"a{i}": 1 for i in range(MAX_CONTEXT_ACTORS + 1)}
+            reply = await c1.request(
+                {"type": "mv_write", "key": "k", "value": "v", "context": wide}
+            )
+            assert is_error(reply, 12), reply
+            assert "1001 actors" in reply["text"], reply
+            clock = [1] * (MAX_CONTEXT_ACTORS + 1)
+            for request in ("kv_put", "kv_resolve"):
+                reply = await c1.request({"type": request, "key": "c", "value": 1, "clock": clock})
+                assert is_error(reply, 12), reply
+            assert (await c1.request({"type": "mv_read", "key": "k"}))["values"] == []
+            assert (await c1.request({"type": "kv_get", "key": "c"}))["values"] == []
+            # At the limit it is an ordinary write.
+            wide.pop("a0")
+            written = await c1.request(
+                {"type": "mv_write", "key": "k", "value": "v", "context": wide}
+            )
+            assert written["type"] == "mv_write_ok", written
+            put = await c1.request(
+                {"type": "kv_put", "key": "c", "value": 1, "clock": clock[:MAX_CONTEXT_ACTORS]}
+            )
+            assert put["type"] == "kv_put_ok", put
 
 
 # -- item 7: timestamps ------------------------------------------------------------------------

@@ -53,12 +53,15 @@ class Order(Enum):
     CONCURRENT = "concurrent"
 
 
-def clock_from_wire(raw: Any, limit: int = MAX_INT) -> Clock:
+def clock_from_wire(raw: Any, limit: int = MAX_INT, max_entries: int | None = None) -> Clock:
     """Validate a clock without padding or stripping it: replies echo it.
 
-    Each entry is at most `limit`: `MAX_COUNTER` for a client's clock, `MAX_INT` for a peer's.
+    Each entry is at most `limit`: `MAX_COUNTER` for a client's clock, `MAX_INT`
+    for a peer's; a client's clock has at most `max_entries` entries.
     """
     entries = require_list(raw, "a clock")
+    if max_entries is not None and len(entries) > max_entries:
+        raise Malformed(f"a clock of {len(entries)} entries; at most {max_entries} are accepted")
     return tuple(require_count(entry, f"clock entry {i}", limit) for i, entry in enumerate(entries))
 
 

@@ -16,6 +16,8 @@ MAX_COUNTER = (1 << 53) - 1
 """The largest counter a client may put in a context or clock: exact in every JSON
 reader (a double's integers), and far enough below `MAX_INT` that a dot issued
 one above it still fits every peer's check."""
+MAX_CONTEXT_ACTORS = 1000
+"""The most entries a client's context or clock may have: bounds the work one request buys."""
 MAX_VALUE_DEPTH = 100
 """How deep arrays and objects may nest in a value.  Stored records, replies and
 gossip wrap a value in at most a dozen more levels, well inside the 254 the

@@ -68,14 +68,19 @@ def covers(vv: Mapping[str, int], dot: Dot) -> bool:
     return vv.get(dot.node, 0) >= dot.counter
 
 
-def from_wire(raw: Any, what: str = "a version vector", limit: int = MAX_INT) -> VersionVector:
-    """Validate `{node: counter}`, each counter at most `limit`.
+def from_wire(
+    raw: Any, what: str = "a version vector", limit: int = MAX_INT, max_actors: int | None = None
+) -> VersionVector:
+    """Validate `{node: counter}`, each counter at most `limit`, at most `max_actors` entries.
 
     Zero entries are dropped so equal histories compare equal.  A client's
-    context is read with `MAX_COUNTER` as its limit, a peer's with `MAX_INT`.
+    context is read with `MAX_COUNTER` and `MAX_CONTEXT_ACTORS`, a peer's with
+    `MAX_INT` and no bound on its entries (replicated state is never refused).
     """
     if not isinstance(raw, dict):
         raise Malformed(f"{what} must be an object of node id to counter")
+    if max_actors is not None and len(raw) > max_actors:
+        raise Malformed(f"{what} names {len(raw)} actors; at most {max_actors} are accepted")
     out: VersionVector = {}
     for node, counter in raw.items():
         if require_count(counter, f"{what}'s entry {node!r}", limit):

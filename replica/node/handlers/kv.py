@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from replica.crdt.clocked_siblings import Clock, NotCovered, PutResult, clock_from_wire
-from replica.crdt.malformed import MAX_COUNTER, require_field, require_str, require_value
+from replica.crdt.malformed import (
+    MAX_CONTEXT_ACTORS,
+    MAX_COUNTER,
+    require_field,
+    require_str,
+    require_value,
+)
 from replica.crdt.registry import KV
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces
@@ -33,7 +39,7 @@ def resolve(keyspaces: Keyspaces, key: str, value: Any, clock: Clock) -> None:
 def kv_put(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     value = require_value(body, "value", checked=ctx.integers_checked)
-    clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER)
+    clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER, MAX_CONTEXT_ACTORS)
     result = put(ctx.keyspaces, key, value, clock)
     reply: Body = {"type": "kv_put_ok", "status": result.status}
     if result.status == "conflict":
@@ -53,7 +59,7 @@ def kv_get(ctx: Context, body: Body, src: str | None) -> Body:
 def kv_resolve(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     value = require_value(body, "value", checked=ctx.integers_checked)
-    clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER)
+    clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER, MAX_CONTEXT_ACTORS)
     try:
         resolve(ctx.keyspaces, key, value, clock)
     except NotCovered as exc:

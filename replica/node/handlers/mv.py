@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from replica.crdt import version_vector
-from replica.crdt.malformed import MAX_COUNTER, require_str, require_value
+from replica.crdt.malformed import MAX_CONTEXT_ACTORS, MAX_COUNTER, require_str, require_value
 from replica.crdt.mv_register import MVRegister, Sibling
 from replica.crdt.registry import MV
 from replica.crdt.version_vector import VersionVector
@@ -54,7 +54,7 @@ def _write(ctx: Context, body: Body) -> tuple[MVRegister, Sibling]:
     context = (
         None
         if raw_context is None
-        else version_vector.from_wire(raw_context, "context", MAX_COUNTER)
+        else version_vector.from_wire(raw_context, "context", MAX_COUNTER, MAX_CONTEXT_ACTORS)
     )
     return write(ctx.keyspaces, key, value, context)
 
