@@ -2,7 +2,8 @@
 
 A handler raises `RequestError` for a refusal the contract defines (absent key,
 stale write, failed precondition) and lets `Malformed` escape for bad input;
-the node turns both into an error reply.  Everything else is a bug: error 13.
+the node turns both into an error reply.  1000 opens Maelstrom's range of
+custom codes.  Everything else is a bug: error 13.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ class ErrorCode(IntEnum):
     KEY_DOES_NOT_EXIST = 20
     PRECONDITION_FAILED = 22
     TXN_CONFLICT = 30
+    NOT_AUTHORISED = 1000
+    """A peer-only message on a connection that has not proven cluster membership."""
 
 
 class RequestError(Exception):

@@ -34,6 +34,7 @@ import pytest
 from replica.crdt.registry import BY_NAME
 from replica.durable.records import encode_commit, log_entries, state_of
 from replica.node.router import Node
+from replica.node.session import trusted
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGENERATE = os.environ.get("REPLICA_REGEN_GOLDEN") == "1"
@@ -230,7 +231,7 @@ def replay(node: Node, requests: list[dict[str, Any]]) -> list[Any]:
     """Each request as one line to `node`; its decoded reply, or None."""
     replies = []
     for request in requests:
-        line = node.handle_line(orjson.dumps(request))
+        line = node.handle_line(orjson.dumps(request), trusted())
         replies.append(None if line is None else orjson.loads(line))
     return replies
 

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from replica.node.router import Node, NodeSettings
+from replica.node.session import trusted
 from replica.replication import delta_compression
 from replica.testing import History, ProxiedCluster, Report, check, cluster, eventually
 from replica.testing.recording import final_reads, recording_clients
@@ -28,7 +29,7 @@ DROPPING = {"n3": {"REPLICA_TEST_DROP_MERGES_FROM": "n1"}}
 def deliver(node: Node, src: str, body: dict[str, Any]) -> dict[str, Any]:
     """A peer's merge in the envelope form; the reply body."""
     line = orjson.dumps({"src": src, "dest": node.node_id, "body": {"msg_id": 7, **body}})
-    out = node.handle_line(line)
+    out = node.handle_line(line, trusted())
     assert out is not None
     reply: dict[str, Any] = orjson.loads(out)["body"]
     return reply

@@ -17,27 +17,29 @@ from replica.node import router as node_module
 from replica.node.handlers import mv as mv_ops
 from replica.node.handlers import mvcc as mvcc_ops
 from replica.node.router import Node, NodeSettings
+from replica.node.session import trusted
 from replica.replication import delta_compression
 
 
 class Client:
-    """Sends bodies to a node in the bare form and decodes its replies."""
+    """Sends bodies to a node in the bare form, as trusted input, and decodes its replies."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.next_id = 1
+        self.session = trusted()
 
     def __call__(self, type_: str, **fields: Any) -> dict[str, Any]:
         body = {"type": type_, "msg_id": self.next_id, **fields}
         self.next_id += 1
-        line = self.node.handle_line(orjson.dumps(body))
+        line = self.node.handle_line(orjson.dumps(body), self.session)
         assert line is not None and line.endswith(b"\n")
         reply = orjson.loads(line)
         assert reply.get("in_reply_to") == body["msg_id"]
         return reply
 
     def raw(self, line: bytes) -> dict[str, Any] | None:
-        out = self.node.handle_line(line)
+        out = self.node.handle_line(line, self.session)
         return None if out is None else orjson.loads(out)
 
 
@@ -478,7 +480,7 @@ def test_gossip_compresses_large_batches_and_a_peer_applies_them() -> None:
     assert lines and all(b'"deltas_z"' in line for line in lines)
     assert sum(map(len, lines)) < 200 * 60  # far below the plain JSON of 200 states
     for line in lines:
-        ack = receiver.handle_line(line.rstrip(b"\n"))
+        ack = receiver.handle_line(line.rstrip(b"\n"), trusted())
         assert ack is not None and b"mv_merge_ok" in ack
     assert receiver.keyspaces.states["mv"] == sender.keyspaces.states["mv"]
 
@@ -498,12 +500,12 @@ def test_anti_entropy_waits_until_the_digests_are_rehashed_a_slice_per_tick(
     ask = {"type": "ae_roots", "roots": {"mv": theirs}, "msg_id": 1}
     replicator = node.replicator
     assert replicator is not None
-    assert node.handle_body(dict(ask), "n2")["buckets"] == {}  # 25 dirty keys: not yet
+    assert node.handle_body(dict(ask), "n2", trusted())["buckets"] == {}  # 25 dirty keys: not yet
     replicator.tick()
     assert replicator.digests["mv"].dirty == 15
     replicator.tick()
     assert replicator.digests["mv"].dirty == 5
-    answer = node.handle_body(dict(ask), "n2")
+    answer = node.handle_body(dict(ask), "n2", trusted())
     assert answer["type"] == "ae_roots_ok"
     assert len(answer["buckets"]["mv"]) == 256  # ready: the roots differ, so the buckets come
     assert replicator.digests["mv"].dirty == 0

@@ -17,12 +17,13 @@ from redis.exceptions import ResponseError
 from replica.crdt.malformed import Malformed
 from replica.crdt.pn_counter import MAX_TOTAL, PNCounter, TotalTooLarge
 from replica.node.router import Node
+from replica.node.session import trusted
 from replica.transports.resp import serve_resp
 from tests.harness import LOOPBACK
 
 
 def call(node: Node, **body: Any) -> dict[str, Any]:
-    reply = node.handle_line(orjson.dumps(body))
+    reply = node.handle_line(orjson.dumps(body), trusted())
     assert reply is not None
     decoded: dict[str, Any] = orjson.loads(reply)
     return decoded

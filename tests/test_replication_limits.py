@@ -29,6 +29,7 @@ from replica.crdt.clocked_siblings import ClockedSiblings
 from replica.crdt.mv_register import MVRegister
 from replica.node.handlers import mv as mv_ops
 from replica.node.router import Node
+from replica.node.session import trusted
 from replica.replication.replicator import Replicator, _split_siblings
 from tests.harness import (
     LOOPBACK,
@@ -109,7 +110,7 @@ def test_a_split_state_counts_as_delivered_only_with_its_last_part() -> None:
     assert replicator.tracker.pending("n2") == 0
     receiver = Node("n2", ["n1", "n2"])
     for line in lines[1:]:
-        receiver.handle_line(line.rstrip(b"\n"))
+        receiver.handle_line(line.rstrip(b"\n"), trusted())
     assert receiver.keyspaces.states["mv"] == node.keyspaces.states["mv"]
 
 

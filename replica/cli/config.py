@@ -13,6 +13,8 @@ mistyped field stops the node at once instead of being silently ignored.
     flush_interval_ms = 10        # optional, > 0: how often "async" commits
     max_clock_skew_ms = 60000     # optional, >= 0: how far ahead a client timestamp may be
     commit_timeout_ms = 5000      # optional, > 0: a "sync" write not on disk by then gets error 13
+    secret_file = "secret"        # optional, relative to the file's directory: peers prove it
+    insecure = false              # optional: true serves a non-loopback host with no secret
 
     [[nodes]]                     # one or more
     id = "n1"
@@ -20,11 +22,22 @@ mistyped field stops the node at once instead of being silently ignored.
     port = 7001
     data_dir = "data/n1"          # optional, relative to the file's directory
     resp_port = 6379              # optional: also serve Redis clients (RESP2) on this port
+
+The secret file (`REPLICA_SECRET_FILE` overrides `secret_file`) must be a
+non-empty file that neither group nor others may read or write; `replica
+keygen` writes one.  Protected mode: a node whose host is not a loopback
+address refuses to start without a secret unless `insecure = true`, since
+anyone who can reach its port could otherwise send it peer messages.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import secrets
+import stat
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +52,8 @@ if TYPE_CHECKING:
 
 DEFAULT_GOSSIP_INTERVAL_MS = 200
 DEFAULT_DURABILITY = SYNC
+SECRET_FILE_ENV = "REPLICA_SECRET_FILE"
+SECRET_BYTES = 32
 
 TOP_LEVEL_FIELDS = ("cluster", "nodes")
 CLUSTER_FIELDS = (
@@ -49,6 +64,8 @@ CLUSTER_FIELDS = (
     "flush_interval_ms",
     "max_clock_skew_ms",
     "commit_timeout_ms",
+    "secret_file",
+    "insecure",
 )
 NODE_FIELDS = ("id", "host", "port", "data_dir", "resp_port")
 
@@ -83,6 +100,8 @@ class ClusterConfig:
     flush_interval_ms: int = DEFAULT_FLUSH_INTERVAL_MS
     max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
     commit_timeout_ms: int = DEFAULT_COMMIT_TIMEOUT_MS
+    secret_file: str | None = None
+    insecure: bool = False
     nodes: tuple[NodeConfig, ...] = ()
 
     @property
@@ -101,7 +120,7 @@ class ClusterConfig:
         """Every other node's address, by id."""
         return {n.id: (n.host, n.port) for n in self.nodes if n.id != node_id}
 
-    def node_settings(self, clock_offset_ms: int = 0) -> NodeSettings:
+    def node_settings(self, clock_offset_ms: int = 0, secret: bytes | None = None) -> NodeSettings:
         """A node's settings from the file, its clock shifted by `clock_offset_ms` (tests)."""
         from replica.node.router import NodeSettings
 
@@ -110,7 +129,68 @@ class ClusterConfig:
             mvcc_retention_ms=self.mvcc_retention_ms,
             max_clock_skew_ms=self.max_clock_skew_ms,
             clock_offset_ms=clock_offset_ms,
+            secret=secret,
         )
+
+    def secret(self, environ: Mapping[str, str] = os.environ) -> bytes | None:
+        """The cluster secret: from `$REPLICA_SECRET_FILE`, else `secret_file`; None if neither."""
+        path = environ.get(SECRET_FILE_ENV) or self.secret_file
+        return None if path is None else read_secret(path)
+
+    def protected_mode_refusal(self, me: NodeConfig, secret: bytes | None) -> str | None:
+        """Why `me` may not start unprotected (a non-loopback host, no secret); None if it may."""
+        if secret is not None or self.insecure or is_loopback(me.host):
+            return None
+        return (
+            f"node {me.id!r} listens on {me.host}, not a loopback address, and has no cluster "
+            "secret, so anyone who reaches it could send it peer messages: set [cluster] "
+            "secret_file (see `replica keygen`) or [tls], or insecure = true to serve it anyway"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret(path: str | Path) -> bytes:
+    """The secret in the file at `path`, trailing whitespace dropped; ConfigError naming it.
+
+    The file must exist, hold something, and be neither readable nor writable by
+    group or others: a secret others can read proves nothing.
+    """
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"secret file {path}: not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o066:
+            raise ConfigError(
+                f"secret file {path}: readable or writable by group or others "
+                f"(mode {mode:04o}); run chmod 600 {path}"
+            )
+        with open(path, "rb") as file:
+            secret = file.read().rstrip()
+    except OSError as exc:
+        raise ConfigError(f"secret file {path}: cannot read: {exc.strerror or exc}") from None
+    if not secret:
+        raise ConfigError(f"secret file {path}: empty")
+    return secret
+
+
+def write_secret(path: str | Path) -> None:
+    """A new random secret (32 bytes, hex, newline) at `path`, mode 0600 from its creation.
+
+    FileExistsError if `path` exists: a secret is never overwritten.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(SECRET_BYTES) + "\n")
 
 
 def load_cluster(path: str | Path) -> ClusterConfig:
@@ -161,6 +241,17 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
     if max_clock_skew_ms < 0:
         raise ConfigError(f"[cluster] max_clock_skew_ms must be 0 or more, not {max_clock_skew_ms}")
     commit_timeout_ms = _positive(cluster, "commit_timeout_ms", DEFAULT_COMMIT_TIMEOUT_MS)
+    secret_file = cluster.get("secret_file")
+    if secret_file is not None:
+        if not isinstance(secret_file, str) or not secret_file:
+            raise ConfigError(
+                f"[cluster] secret_file must be a non-empty string, not {secret_file!r}"
+            )
+        if base_dir is not None:
+            secret_file = str(base_dir / secret_file)
+    insecure = cluster.get("insecure", False)
+    if type(insecure) is not bool:
+        raise ConfigError(f"[cluster] insecure must be true or false, not {insecure!r}")
 
     raw_nodes = document.get("nodes")
     if raw_nodes is None or raw_nodes == []:
@@ -191,6 +282,8 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
         flush_interval_ms=flush_interval_ms,
         max_clock_skew_ms=max_clock_skew_ms,
         commit_timeout_ms=commit_timeout_ms,
+        secret_file=secret_file,
+        insecure=insecure,
         nodes=nodes,
     )
 

@@ -1,4 +1,4 @@
-"""The command line: `replica serve`, `stdio`, `cluster up`, `fault` and `status`.
+"""The command line: `replica serve`, `stdio`, `cluster up`, `fault`, `status` and `keygen`.
 
 This module declares every subcommand's arguments (one `_add_<name>`
 function each) and hands the parsed arguments to the function that runs it:
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"replica {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
-    for add in (_add_serve, _add_stdio, _add_cluster, _add_fault, _add_status):
+    for add in (_add_serve, _add_stdio, _add_cluster, _add_fault, _add_status, _add_keygen):
         add(commands)
     return parser
 
@@ -228,6 +228,31 @@ def _add_status(commands: Commands) -> None:
     )
     _config_argument(status)
     status.set_defaults(run=run_status)
+
+
+def _add_keygen(commands: Commands) -> None:
+    keygen = commands.add_parser(
+        "keygen",
+        help="write a new random cluster secret (mode 0600)",
+        description="Write a new random cluster secret to PATH, readable by its owner only, "
+        "for [cluster] secret_file; an existing file is never overwritten.",
+    )
+    keygen.add_argument("path", metavar="PATH", help="the file to create")
+    keygen.set_defaults(run=run_keygen)
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    """`replica keygen PATH`: prints the path; exit 2 if it exists or cannot be created."""
+    try:
+        config.write_secret(args.path)
+    except FileExistsError:
+        print(f"replica: keygen: {args.path} exists; not overwriting a secret", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"replica: keygen: {args.path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(args.path)
+    return EXIT_OK
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:

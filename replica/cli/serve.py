@@ -4,7 +4,9 @@
 writer, listens (JSON lines, and RESP when the node has a `resp_port`), dials
 every peer and gossips until SIGINT or SIGTERM, or until a supervisor that
 passed `--watch-fd` dies; then it stops all of that in reverse order and
-exits 0.  A data dir it cannot use ends it with exit code 2 and one line.
+exits 0.  A data dir it cannot use ends it with exit code 2 and one line,
+and so does a secret file it cannot use, or a non-loopback host with neither
+a secret nor `insecure = true` (protected mode).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from replica.cli.config import ClusterConfig, NodeConfig, load_node
+from replica.cli.config import ClusterConfig, ConfigError, NodeConfig, load_node
 from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from replica.cli.logs import configure_logging
 
 if TYPE_CHECKING:
     from replica.durable.store import Store
-    from replica.node.router import Node
+    from replica.node.router import Node, NodeSettings
 
 log = logging.getLogger("replica.cli.serve")
 
@@ -42,12 +44,26 @@ DROP_MERGES_ENV = "REPLICA_TEST_DROP_MERGES_FROM"
 def run_serve(args: argparse.Namespace) -> int:
     """`replica serve`: ConfigError for a cluster file it cannot use."""
     config, me = load_node(args.config, args.node)
+    secret = config.secret()
+    refusal = config.protected_mode_refusal(me, secret)
+    if refusal is not None:
+        raise ConfigError(f"{args.config}: {refusal}")
     try:
         peers = peer_addresses(config, me, args.peer_address)
     except ValueError as exc:
         print(f"replica: --peer-address: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.log_level, me.id)
+    if config.insecure:
+        log.warning(
+            "[cluster] insecure = true: %s serves %s%s",
+            me.id,
+            me.address,
+            " with a cluster secret"
+            if secret is not None
+            else ", and any connection that says "
+            "peer_hello may send it peer messages (no secret_file, no TLS)",
+        )
     data_dir = None if args.memory else me.data_dir
     from replica.durable.errors import StorageError
     from replica.durable.store import open_store
@@ -57,11 +73,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except StorageError as exc:
         return _storage_error(exc)
     offset = args.clock_offset_ms
-    return uvloop.run(
-        _serve(
-            config, me, peers, store if data_dir is not None else None, actor, args.watch_fd, offset
-        )
-    )
+    settings = config.node_settings(offset, secret)
+    stored = store if data_dir is not None else None
+    return uvloop.run(_serve(config, me, peers, stored, actor, args.watch_fd, settings))
 
 
 def peer_addresses(
@@ -109,14 +123,15 @@ async def _serve(
     store: Store | None,
     actor: str,
     watch_fd: int | None = None,
-    clock_offset_ms: int = 0,
+    settings: NodeSettings | None = None,
 ) -> int:
     """Recover from `store` (None: a node in memory), then listen, dial `peers`, and serve.
 
     Until a stop signal, or end of file on `watch_fd` (a supervisor that died).
     """
     with _stop_on_signals() as stop, _stop_at_end_of(watch_fd, stop):  # from the start
-        return await _serve_until(stop, config, me, peers, store, actor, clock_offset_ms)
+        settings = settings or config.node_settings()
+        return await _serve_until(stop, config, me, peers, store, actor, settings)
 
 
 async def _serve_until(
@@ -126,14 +141,13 @@ async def _serve_until(
     peers: dict[str, tuple[str, int]],
     store: Store | None,
     actor: str,
-    clock_offset_ms: int,
+    settings: NodeSettings,
 ) -> int:
     from replica.durable.durability import Durability
     from replica.durable.errors import StorageError
     from replica.node.router import Node
     from replica.transports.tcp import serve_tcp
 
-    settings = config.node_settings(clock_offset_ms)
     lost = os.environ.get(DROP_MERGES_ENV) or None
     if lost is not None:
         settings = dataclasses.replace(settings, drop_merges_from=lost)
@@ -240,7 +254,9 @@ def _start_replication(
         return _nothing_to_stop
     from replica.replication.peer_links import PeerLinks, gossip_forever
 
-    links = PeerLinks(replicator, node.handle_line, peers, node.node_ids)
+    links = PeerLinks(
+        replicator, node.handle_line, peers, node.node_ids, secret=node.settings.secret
+    )
     links.start()
     gossip = asyncio.create_task(gossip_forever(replicator, config.gossip_interval_ms))
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from replica.keyspaces import Keyspaces
+from replica.node.session import Session
 from replica.replication.replicator import Replicator
 
 Body = dict[str, Any]
@@ -42,6 +43,14 @@ class Context(Protocol):
     @property
     def durability(self) -> Durable | None:
         """None for a node in memory."""
+
+    @property
+    def session(self) -> Session:
+        """What the connection of the request being handled has proven."""
+
+    @property
+    def cluster_secret(self) -> bytes | None:
+        """The secret peers prove they hold; None: any connection may become a peer's."""
 
     @property
     def integers_checked(self) -> bool:

@@ -22,7 +22,7 @@ import itertools
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -38,9 +38,10 @@ from replica.keyspaces import (
     wall_clock_ms,
 )
 from replica.node.context import Body, Handler
-from replica.node.handlers import HANDLERS
+from replica.node.handlers import HANDLERS, PEER_ONLY
 from replica.node.handlers.cluster import init
 from replica.node.handlers.merging import without_writes_of
+from replica.node.session import Session
 from replica.replication.replicator import Replicator
 
 log = logging.getLogger("replica.node.router")
@@ -61,6 +62,8 @@ class NodeSettings:
     """Added to every wall clock reading of the hybrid clock: a skewed clock for fault tests."""
     drop_merges_from: str | None = None
     """A peer whose writes this node acknowledges and loses, on purpose: for testing checkers."""
+    secret: bytes | None = field(default=None, repr=False)
+    """The cluster secret peers prove they hold (`peer_handshake`); None: no proof asked."""
 
 
 class Node:
@@ -82,6 +85,7 @@ class Node:
         """Numbers every message the node sends, replies and peer messages alike."""
         self.line = b""  # the request line being handled, read again only for a `Suspect` value
         self.integers_checked = False  # while handling it again, that line checked
+        self.session = Session()  # that of the request being handled
         offset = self.settings.clock_offset_ms
         self.keyspaces = Keyspaces(
             node_id or "",
@@ -114,6 +118,10 @@ class Node:
             self.replicator = Replicator(self.node_id, peers, self.keyspaces, self.msg_ids)
 
     @property
+    def cluster_secret(self) -> bytes | None:
+        return self.settings.secret
+
+    @property
     def durability(self) -> Durability | None:
         """The node's durable storage; None for a node in memory."""
         return self._durability
@@ -131,8 +139,12 @@ class Node:
 
     # -- lines -----------------------------------------------------------------
 
-    def handle_line(self, line: bytes) -> bytes | None:
-        """Decode one request line, handle it, and encode the reply (None: no reply is due)."""
+    def handle_line(self, line: bytes, session: Session | None = None) -> bytes | None:
+        """Decode one request line, handle it, and encode the reply (None: no reply is due).
+
+        `session` is what the line's connection has proven; None: a client that
+        proved nothing, on a connection of its own that ends with this line.
+        """
         try:
             message = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
@@ -140,12 +152,14 @@ class Node:
         if type(message) is not dict:
             return self.error_line(ErrorCode.MALFORMED_REQUEST, "a message must be a JSON object")
         self.line = line
+        if session is None:
+            session = Session()
         if "type" not in message and "body" in message:
-            return self._handle_envelope(message)
-        reply = self.handle_body(message, None)
+            return self._handle_envelope(message, session)
+        reply = self.handle_body(message, None, session)
         return None if reply is None else orjson.dumps(reply, option=LINE)
 
-    def _handle_envelope(self, message: Body) -> bytes | None:
+    def _handle_envelope(self, message: Body, session: Session) -> bytes | None:
         body = message["body"]
         src = message.get("src")
         if not isinstance(body, dict):
@@ -154,7 +168,7 @@ class Node:
             )
         else:
             src_id = src if isinstance(src, str) else None
-            reply = self.handle_body(body, src_id)
+            reply = self.handle_body(body, src_id, session)
         if reply is None:
             return None
         me = self.node_id if self.node_id is not None else message.get("dest")
@@ -172,8 +186,16 @@ class Node:
 
     # -- bodies ----------------------------------------------------------------
 
-    def handle_body(self, body: Body, src: str | None) -> Body | None:
-        """Route one message body from `src` (None: bare form) to its handler; build the reply."""
+    def handle_body(
+        self, body: Body, src: str | None, session: Session | None = None
+    ) -> Body | None:
+        """Route one message body from `src` (None: bare form) to its handler; build the reply.
+
+        A peer-only type (`PEER_ONLY`) is refused with error 1000 unless `session`
+        proved membership; a proven peer speaks only for itself, so its `src`
+        must be the node it proved (and is that node when absent).  For every
+        other type the check is one set lookup.
+        """
         msg_id = body.get("msg_id")
         if msg_id is not None and type(msg_id) is not int:
             return self._error(
@@ -191,6 +213,15 @@ class Node:
             return self._error(
                 msg_id, ErrorCode.TEMPORARILY_UNAVAILABLE, "node not initialised: send init first"
             )
+        if session is None:
+            session = Session()
+        if msg_type in PEER_ONLY:
+            refusal = _peer_refusal(msg_type, src, session)
+            if refusal is not None:
+                return self._error(msg_id, ErrorCode.NOT_AUTHORISED, refusal)
+            if session.peer is not None:
+                src = session.peer
+        self.session = session
         lost = self.settings.drop_merges_from
         if lost is not None and msg_type in BY_MERGE_TYPE:
             body = without_writes_of(lost, body, src)
@@ -246,6 +277,20 @@ class Node:
             reply["in_reply_to"] = msg_id
         reply["msg_id"] = next(self.msg_ids)
         return reply
+
+
+def _peer_refusal(msg_type: str, src: str | None, session: Session) -> str | None:
+    """Why a peer-only message may not be handled on `session`; None when it may."""
+    if session.trusted:
+        return None
+    if session.peer is None:
+        return (
+            f"{msg_type!r} is a peer message and this connection has not proven cluster "
+            "membership (a peer_hello handshake, with the cluster secret when one is set)"
+        )
+    if src is not None and src != session.peer:
+        return f"this connection proved peer {session.peer!r} and cannot speak for {src!r}"
+    return None
 
 
 def _error_body(code: ErrorCode, text: str) -> Body:

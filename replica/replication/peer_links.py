@@ -3,7 +3,10 @@
 Each node dials every peer and keeps one connection per peer, on which it sends
 its own gossip and anti-entropy messages and reads the peer's answers.  A new
 connection first says `peer_hello` (see `replica.replication.peer_handshake`) and counts as
-up only once the peer accepts it; a refusal is logged once per distinct reason.
+up only once the peer accepts it, and, with a cluster secret, once each side
+has proven it holds the secret; a refusal or a failed proof is logged once per
+distinct reason and closes the connection.  What the node reads on a link it
+dialled comes from the node it authenticated, so it is handled as that peer's.
 A dead or refusing peer is redialled with capped exponential backoff and
 jitter, so a cluster restarting at once does not dial in lockstep.  Sending never waits: a link that
 is down or whose write buffer is full refuses the line, and the delta tracker
@@ -23,6 +26,7 @@ from typing import cast
 import orjson
 
 from replica.framing import LineFramer
+from replica.node.session import Session
 from replica.replication import peer_handshake
 from replica.replication.replicator import Replicator
 
@@ -30,6 +34,9 @@ log = logging.getLogger("replica.peers")
 
 STABLE_LINK_SECONDS = 1.0
 HIGH_WATER = 1 << 20  # bytes queued to one peer before gossip to it waits for the next tick
+
+
+_CLOSED: dict[str, object] = {"type": "error", "text": "closed before answering"}
 
 
 class _PeerProtocol(asyncio.Protocol):
@@ -41,9 +48,9 @@ class _PeerProtocol(asyncio.Protocol):
         self.writable = True
         loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = loop.create_future()
-        self.hello_id: int | None = None
-        self.answer: asyncio.Future[dict[str, object]] = loop.create_future()  # to the hello
-        self.accepted = False
+        self.hello_id: int | None = None  # of the handshake message awaiting its answer
+        self.answer: asyncio.Future[dict[str, object]] = loop.create_future()  # to that message
+        self.session = Session()  # proven once the handshake is done
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
@@ -56,8 +63,8 @@ class _PeerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for line in self.framer.feed(data):
-            if self.accepted:
-                self.links.handle_line(line)  # answers to our messages, never replied to
+            if self.session.peer is not None:
+                self.links.handle_line(line, self.session)  # answers to us, never replied to
             else:
                 self._answer_to_hello(line)
         if self.framer.overflowed and self.transport is not None:
@@ -83,11 +90,20 @@ class _PeerProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writable = True
 
+    def expect(self, msg_id: int) -> asyncio.Future[dict[str, object]]:
+        """A fresh future for the answer to handshake message `msg_id`."""
+        self.hello_id = msg_id
+        if self.answer.done():
+            self.answer = asyncio.get_running_loop().create_future()
+            if self.closed.done():
+                self.answer.set_result(_CLOSED)
+        return self.answer
+
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
         if not self.answer.done():
-            self.answer.set_result({"type": "error", "text": "closed before answering the hello"})
+            self.answer.set_result(_CLOSED)
 
     def send(self, line: bytes) -> bool:
         if self.transport is None or self.transport.is_closing() or not self.writable:
@@ -102,16 +118,21 @@ class PeerLinks:
     def __init__(
         self,
         replicator: Replicator,
-        handle_line: Callable[[bytes], object],
+        handle_line: Callable[[bytes, Session], object],
         addresses: Mapping[str, tuple[str, int]],
         node_ids: Sequence[str],
         *,
+        secret: bytes | None = None,
         backoff_min: float = 0.05,
         backoff_max: float = 0.5,
     ) -> None:
-        """`handle_line` takes the peers' answers; `node_ids` is the cluster, in order."""
+        """`handle_line` takes the peers' answers; `node_ids` is the cluster, in order.
+
+        With `secret`, a peer is used only once it proved it holds the same secret.
+        """
         self.replicator = replicator
         self.handle_line = handle_line
+        self.secret = secret
         self.node_ids = list(node_ids)
         self.addresses = dict(addresses)
         self.backoff_min = backoff_min
@@ -162,28 +183,62 @@ class PeerLinks:
             delay = min(self.backoff_max, delay * 2)
 
     async def _say_hello(self, peer: str, link: _PeerProtocol) -> bool:
-        """Send our hello and wait for the answer: True once the peer accepts this node."""
-        body = peer_handshake.hello(self.replicator.node_id, self.node_ids)
-        line = self.replicator.envelope(peer, body)  # numbers the body
-        link.hello_id = body["msg_id"]
-        if not link.send(line):
-            return False
+        """Run the handshake: True once the peer accepted this node (and proved the secret)."""
         try:
-            answer = await asyncio.wait_for(
-                asyncio.shield(link.answer), peer_handshake.HANDSHAKE_TIMEOUT_S
-            )
+            async with asyncio.timeout(peer_handshake.HANDSHAKE_TIMEOUT_S):
+                why = await self._handshake(peer, link)
         except TimeoutError:
-            log.debug("peer %s did not answer the hello", peer)
-            return False
-        if answer.get("type") == peer_handshake.HELLO_OK:
-            link.accepted = True
+            why = f"peer {peer} did not finish the handshake within " + (
+                f"{peer_handshake.HANDSHAKE_TIMEOUT_S:g} s"
+            )
+        if why is None:
+            link.session.peer = peer
             self._refusals[peer].forget()
             return True
-        if answer.get("type") == "error" and "code" in answer:
-            self._refusals[peer].note(f"peer {peer} refused this node: {answer.get('text')}")
-        else:
-            log.debug("peer %s: no hello answer: %s", peer, answer.get("text"))
+        if why:
+            self._refusals[peer].note(why)
         return False
+
+    async def _handshake(self, peer: str, link: _PeerProtocol) -> str | None:
+        """None once accepted; else why not ("" for a link that merely closed)."""
+        secret = self.secret
+        me = self.replicator.node_id
+        nonce = peer_handshake.new_nonce() if secret is not None else None
+        answer = await self._ask(peer, link, peer_handshake.hello(me, self.node_ids, nonce))
+        kind = answer.get("type")
+        if kind == peer_handshake.HELLO_OK and secret is None:
+            return None
+        if kind == peer_handshake.HELLO_OK:
+            return (
+                f"peer {peer} accepted this node without proving the cluster secret "
+                "(no secret_file on it?); not using the link"
+            )
+        if kind == "error" and "code" in answer:
+            return f"peer {peer} refused this node: {answer.get('text')}"
+        if kind != peer_handshake.CHALLENGE:
+            log.debug("peer %s: no handshake answer: %s", peer, answer.get("text"))
+            return ""
+        if secret is None or nonce is None:
+            return f"peer {peer} sent a challenge and this node has no cluster secret"
+        mine, why = peer_handshake.check_challenge(secret, me, peer, nonce, answer)
+        if mine is None:
+            return why
+        answer = await self._ask(peer, link, {"type": peer_handshake.PROOF, "proof": mine.hex()})
+        if answer.get("type") == peer_handshake.HELLO_OK:
+            return None
+        if answer.get("type") == "error" and "code" in answer:
+            return f"peer {peer} refused this node's proof: {answer.get('text')}"
+        return ""
+
+    async def _ask(
+        self, peer: str, link: _PeerProtocol, body: dict[str, object]
+    ) -> dict[str, object]:
+        """Send one handshake message and wait for its answer (an error body if none)."""
+        line = self.replicator.envelope(peer, body)  # numbers the body
+        answer = link.expect(cast(int, body["msg_id"]))
+        if not link.send(line):
+            return _CLOSED
+        return await asyncio.shield(answer)
 
     async def _use(self, peer: str, link: _PeerProtocol) -> bool:
         """Gossip over an accepted link until it closes; True if it held up a while."""

@@ -9,6 +9,10 @@ body raised, every client is closed, every node stopped, every log writer and
 checkpointer they spawned gone, every proxy closed and the directory removed;
 the nodes' logs are printed, which pytest shows for a failed test.
 
+With `secret=True` every node proves the same cluster secret, written with
+mode 0600 to `secret` in the directory (`ProxiedCluster.secret_file`);
+`node_settings={"n3": {"secret_file": path}}` gives one node another.
+
 Faults: `partition(groups)` (and `partitioned(groups)`, healing on exit),
 `cut(a, b)` (one direction), `isolate(node)`, `shape(name)` (a named shape of
 `replica.testing.shapes`), `heal()` (cuts only); `latency(a, b, ms)`,
@@ -27,6 +31,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from replica.cli.config import write_secret
 from replica.testing.client import Body, JsonClient, without_ids
 from replica.testing.cluster_file import Setting, write_cluster_view
 from replica.testing.ports import LOOPBACK, free_listen_ports
@@ -37,6 +42,7 @@ from replica.testing.waiting import CONVERGE_TIMEOUT, converged, eventually, qui
 
 CLOCK_OFFSET_ENV = "REPLICA_CLOCK_OFFSET_MS"
 DEFAULT_GOSSIP_INTERVAL_MS = 50  # fast enough that a scenario converges in a blink
+SECRET_FILE = "secret"  # beside the cluster files, which name it relative to themselves
 
 
 class ProxiedCluster:
@@ -85,6 +91,11 @@ class ProxiedCluster:
                 env=(node_env or {}).get(node_id),
                 resp_port=self.resp_ports.get(node_id),
             )
+
+    @property
+    def secret_file(self) -> Path:
+        """Where a cluster started with `secret=True` keeps its secret."""
+        return self.directory / SECRET_FILE
 
     @property
     def proxies(self) -> dict[Link, LinkProxy]:
@@ -303,6 +314,7 @@ async def proxied_cluster(
     gossip_interval_ms: int = DEFAULT_GOSSIP_INTERVAL_MS,
     memory: bool = False,
     resp: bool = False,
+    secret: bool = False,
     node_settings: Mapping[str, Mapping[str, Setting]] | None = None,
     node_env: Mapping[str, Mapping[str, str]] | None = None,
     **cluster: Setting,
@@ -310,8 +322,9 @@ async def proxied_cluster(
     """A fresh cluster with a proxy on every directed link, in its own temporary directory.
 
     `cluster` is the `[cluster]` table every node shares; `resp` gives each
-    node a Redis port.  Every node, helper, proxy and file is gone on exit,
-    whatever happened.
+    node a Redis port; `secret` a cluster secret, one file of mode 0600 that
+    every node's `secret_file` names.  Every node, helper, proxy and file is
+    gone on exit, whatever happened.
     """
     ids = list(node_ids)
     links = [(a, b) for a in ids for b in ids if a != b]
@@ -324,6 +337,9 @@ async def proxied_cluster(
     }
     settings = {"gossip_interval_ms": gossip_interval_ms, **cluster}
     with tempfile.TemporaryDirectory(prefix="replica-cluster-") as name:
+        if secret:
+            write_secret(Path(name) / SECRET_FILE)
+            settings = {"secret_file": SECRET_FILE, **settings}
         running = ProxiedCluster(
             Path(name),
             ids,

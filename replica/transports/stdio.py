@@ -10,7 +10,8 @@ files and terminals and leave the descriptor's flags alone, and hands each
 chunk to the event loop, waiting until the loop has handled it: a slow node
 slows the reader instead of queueing input without bound.  Everything else
 runs on the loop, so `send` is the one path to stdout for replies and gossip
-alike; the lines one chunk produced go out in one write.
+alike; the lines one chunk produced go out in one write.  Every message on
+stdin is trusted, peer messages included: the harness is the network.
 
 An oversized line gets error 12 and is skipped; the lines after it are still
 served.  (Over TCP the connection would be closed, but stdin is the node's
@@ -31,6 +32,7 @@ from replica.errors import ErrorCode
 from replica.fd_io import write_all
 from replica.framing import LineFramer
 from replica.node.router import Node
+from replica.node.session import trusted
 
 log = logging.getLogger("replica.transports.stdio")
 
@@ -53,6 +55,7 @@ class StdioTransport:
         self.stdin_fd = stdin_fd
         self.stdout_fd = stdout_fd
         self.framer = LineFramer(node.settings.max_line_bytes)
+        self.session = trusted()  # stdin is the harness's network: every message is trusted
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +150,7 @@ class StdioTransport:
 
     def _handle(self, line: bytes) -> bytes | None:
         try:
-            return self.node.handle_line(line)
+            return self.node.handle_line(line, self.session)
         except Exception:  # the node answers every request itself; this is a bug
             log.exception("failed to handle a line")
             return self.node.error_line(ErrorCode.CRASH, "internal error")

@@ -20,8 +20,14 @@ commit, pass the high-water mark, the node stops reading from it until they
 fall below the low-water mark, so the client's own sends block in its kernel
 buffers.  A client that half-closes (EOF) still gets the replies to all it
 sent, held ones included, before the node closes the connection.  A line over
-`max_line_bytes` gets error 12 and closes its connection; no other input
-closes one, and no connection error reaches beyond its own connection.
+`max_line_bytes` gets error 12 and closes its connection, and so does a
+failed peer handshake; no other input closes one, and no connection error
+reaches beyond its own connection.
+
+Each JSON-lines connection keeps its own `Session` (what it has proven) and
+hands it to the node with every line.  A connection that receives a peer
+challenge has `HANDSHAKE_TIMEOUT_S` to answer it, or is closed; one whose
+handshake succeeds reads peer-sized lines from then on.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from replica.durable.durability import barrier_failure
 from replica.errors import ErrorCode
 from replica.framing import LineFramer
 from replica.node.router import Node
+from replica.node.session import Session
 from replica.replication import peer_handshake
 
 log = logging.getLogger("replica.transports.tcp")
@@ -204,32 +211,70 @@ class Connection(ServedConnection):
     def __init__(self, node: Node, connections: set[Any]) -> None:
         super().__init__(node, connections)
         self.framer = LineFramer(node.settings.max_line_bytes)
-        self.peer_link = False  # a peer's hello was accepted: peer line limit from here on
+        self.session = Session()
+        self.handshake_timer: asyncio.TimerHandle | None = None
 
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         handle_line = self.node.handle_line
+        session = self.session
         replies = []
         for line in self.framer.feed(data):
             try:
-                reply = handle_line(line)
+                reply = handle_line(line, session)
             except Exception:  # the node answers every request itself; this is a bug
                 log.exception("failed to handle a line from %s", self.peer)
                 reply = self.node.error_line(ErrorCode.CRASH, "internal error")
             if reply is not None:
                 replies.append(reply)
-                if not self.peer_link and peer_handshake.HELLO_MARK in line:
-                    accepted = peer_handshake.accepted(line, reply)
-                    if accepted is False:
-                        log.info("closing %s: its peer hello was refused", self.peer)
-                        return replies, True
-                    if accepted:
-                        self.peer_link = True
-                        self.framer.max_line_bytes = peer_handshake.PEER_MAX_LINE_BYTES
+            if session.news and self._handshake_moved():
+                return replies, True
         if not self.framer.overflowed:
             return replies, False
         log.info("closing %s: line over max_line_bytes", self.peer)
         replies.append(self.node.line_too_long())
         return replies, True
+
+    def _handshake_moved(self) -> bool:
+        """Act on what the handshake changed in the session; True to close the connection."""
+        session = self.session
+        session.news = False
+        if session.refused is not None:
+            log.info("closing %s: peer handshake refused: %s", self.peer, session.refused)
+            return True
+        if session.peer is not None:
+            self.framer.max_line_bytes = peer_handshake.PEER_MAX_LINE_BYTES
+            self._stop_handshake_timer()
+        elif session.challenge is not None and self.handshake_timer is None:
+            loop = asyncio.get_running_loop()
+            self.handshake_timer = loop.call_later(
+                peer_handshake.HANDSHAKE_TIMEOUT_S, self._handshake_expired
+            )
+        return False
+
+    def _handshake_expired(self) -> None:
+        self.handshake_timer = None
+        if self.session.peer is not None or self.transport is None:
+            return
+        timeout = peer_handshake.HANDSHAKE_TIMEOUT_S
+        peer_handshake.abandoned(
+            self.session, f"it did not answer the challenge within {timeout:g} s"
+        )
+        log.info("closing %s: peer handshake not finished in time", self.peer)
+        self.transport.close()
+
+    def _stop_handshake_timer(self) -> None:
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_handshake_timer()
+        peer_handshake.abandoned(
+            self.session,
+            "it closed the connection before proving the cluster secret "
+            "(it found this node's proof wrong: another secret?)",
+        )
+        super().connection_lost(exc)
 
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         return [_not_durable(reply, failure) for reply in replies]

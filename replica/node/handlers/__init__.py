@@ -7,10 +7,12 @@ through the narrow `Context`, and returns the reply body without
 `handlers.mv.mv_write`; every `<type>_merge` is `handlers.merging`'s, unless
 the type's module has its own.  A type's module may also turn Redis commands
 into the same requests (`RESP_COMMANDS`), so both ports run the same handlers.
+Peer-only types are named once, in `PEER_ONLY`, derived from the type registry.
 """
 
 from __future__ import annotations
 
+from replica.crdt.registry import TYPES
 from replica.node.context import Handler
 from replica.node.handlers import cluster, counter, kv, lww, merging, mv, mvcc
 from replica.node.resp_terms import Command
@@ -25,6 +27,12 @@ HANDLERS: dict[str, Handler] = {
     **counter.HANDLERS,
 }
 """Every message type the node answers -> its handler."""
+
+PEER_ONLY: frozenset[str] = frozenset(
+    [t.merge_type for t in TYPES] + [f"{t.merge_type}_ok" for t in TYPES] + [*cluster.PEER_HANDLERS]
+)
+"""The message types accepted only on a connection that proved cluster membership (error 1000
+elsewhere): every type's merge and its answer, anti-entropy, and every answer to a peer."""
 
 RESP_COMMANDS: dict[bytes, Command] = {
     **mv.RESP_COMMANDS,

@@ -2,7 +2,8 @@
 
 Peers' answers to the messages this node sent (`<type>_merge_ok`,
 `ae_roots_ok`, `ae_keys_ok`, and `error`) are routed here like any request,
-by type, and handed to the replicator; they are never answered.
+by type, and handed to the replicator; they are never answered.  They and
+anti-entropy are `PEER_HANDLERS`: only a proven peer may send them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,21 @@ def init(ctx: Context, body: Body, src: str | None) -> Body:
 
 
 def peer_hello(ctx: Context, body: Body, src: str | None) -> Body:
-    """A dialling peer's hello: accepted only when both nodes list the same cluster."""
-    return peer_handshake.answer(ctx.node_id, ctx.node_ids, body)
+    """A dialling peer's hello: only when both nodes list the same cluster, a challenge or `_ok`."""
+    return peer_handshake.answer_hello(
+        _me(ctx), ctx.node_ids, ctx.cluster_secret, ctx.session, body
+    )
+
+
+def peer_proof(ctx: Context, body: Body, src: str | None) -> Body:
+    """The dialler's answer to our challenge: `peer_hello_ok` when it proves the secret."""
+    return peer_handshake.answer_proof(_me(ctx), ctx.cluster_secret, ctx.session, body)
+
+
+def _me(ctx: Context) -> str:
+    if ctx.node_id is None:  # not reached: the node answers nothing before `init`
+        raise RequestError(ErrorCode.TEMPORARILY_UNAVAILABLE, "node not initialised")
+    return ctx.node_id
 
 
 def ae_roots(ctx: Context, body: Body, src: str | None) -> Body:
@@ -77,14 +91,20 @@ def status(ctx: Context, body: Body, src: str | None) -> Body:
     return reply
 
 
-HANDLERS: dict[str, Handler] = {
-    "init": init,
-    "status": status,
-    "peer_hello": peer_hello,
+PEER_HANDLERS: dict[str, Handler] = {
     "ae_roots": ae_roots,
     "ae_keys": ae_keys,
     **{f"{t.merge_type}_ok": peer_reply for t in TYPES},
     "ae_roots_ok": peer_reply,
     "ae_keys_ok": peer_reply,
     "error": peer_reply,
+}
+"""The messages only a proven peer may send: anti-entropy and every answer to our messages."""
+
+HANDLERS: dict[str, Handler] = {
+    "init": init,
+    "status": status,
+    peer_handshake.HELLO: peer_hello,
+    peer_handshake.PROOF: peer_proof,
+    **PEER_HANDLERS,
 }
