@@ -159,3 +159,12 @@ async def test_a_secret_on_one_side_only_exchanges_nothing(tmp_path: Path) -> No
         assert await values(c, "n1", "from2") == [] and await values(c, "n2", "from1") == []
         statuses = await c.statuses()
         assert not any(p["connected"] for s in statuses.values() for p in s["peers"])
+
+
+async def test_a_challenge_left_unanswered_closes_the_connection_in_time() -> None:
+    async with cluster(2, memory=True, secret=True) as c:
+        async with await c.nodes["n1"].connect() as client:
+            challenge = await client.request(hs.hello("n2", ["n1", "n2"], hs.new_nonce()))
+            assert challenge["type"] == hs.CHALLENGE
+            assert await client.closed_by_peer(timeout=hs.HANDSHAKE_TIMEOUT_S + 5)
+        await logged(c, "n1", "refused peer 'n2': it did not answer the challenge within 5 s")
