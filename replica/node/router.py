@@ -5,6 +5,11 @@ decodes it, routes the body by its `type` to a handler in `HANDLERS`, and hands
 back the encoded reply.  The node owns the only outgoing `msg_id` counter, so
 every message it sends, replies and peer messages alike, is numbered from 0.
 
+Every line comes with its connection's `Session`: a peer-only message
+(`handlers.PEER_ONLY`) on a connection that has not proven cluster membership
+gets error 1000 and changes nothing, and a proven peer speaks only for the
+node it proved.
+
 A request never escapes as an exception: bad input becomes error 12, a refusal
 the contract defines becomes its code, and anything unexpected is logged with
 its traceback and answered with error 13 while the node keeps serving.
