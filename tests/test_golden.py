@@ -34,7 +34,7 @@ import pytest
 from replica.crdt.registry import BY_NAME
 from replica.durable.records import encode_commit, log_entries, state_of
 from replica.node.router import Node
-from replica.node.session import trusted
+from replica.session import trusted
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGENERATE = os.environ.get("REPLICA_REGEN_GOLDEN") == "1"

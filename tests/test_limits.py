@@ -44,7 +44,7 @@ from replica.node.handlers import lww as lww_ops
 from replica.node.handlers import mv as mv_handlers
 from replica.node.handlers import mvcc as mvcc_ops
 from replica.node.router import MAX_INTEGER, MIN_INTEGER, Node
-from replica.node.session import trusted
+from replica.session import trusted
 from tests.harness import (
     LOOPBACK,
     NodeProcess,

@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from replica.node.router import Node, NodeSettings
-from replica.node.session import trusted
 from replica.replication import delta_compression
+from replica.session import trusted
 from replica.testing import History, ProxiedCluster, Report, check, cluster, eventually
 from replica.testing.recording import final_reads, recording_clients
 

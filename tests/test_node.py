@@ -17,8 +17,8 @@ from replica.node import router as node_module
 from replica.node.handlers import mv as mv_ops
 from replica.node.handlers import mvcc as mvcc_ops
 from replica.node.router import Node, NodeSettings
-from replica.node.session import trusted
 from replica.replication import delta_compression
+from replica.session import trusted
 
 
 class Client:

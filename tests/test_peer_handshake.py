@@ -19,8 +19,8 @@ from replica.crdt.registry import TYPES
 from replica.errors import ErrorCode, RequestError
 from replica.node.handlers import HANDLERS, PEER_ONLY
 from replica.node.router import Node, NodeSettings
-from replica.node.session import Session, trusted
 from replica.replication import peer_handshake as hs
+from replica.session import Session, trusted
 
 SECRET = b"a" * 64
 IDS = ["n1", "n2", "n3"]

@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from replica.crdt.malformed import Malformed
 from replica.crdt.pn_counter import MAX_TOTAL, PNCounter, TotalTooLarge
 from replica.node.router import Node
-from replica.node.session import trusted
+from replica.session import trusted
 from replica.transports.resp import serve_resp
 from tests.harness import LOOPBACK
 

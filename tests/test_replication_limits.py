@@ -29,8 +29,8 @@ from replica.crdt.clocked_siblings import ClockedSiblings
 from replica.crdt.mv_register import MVRegister
 from replica.node.handlers import mv as mv_ops
 from replica.node.router import Node
-from replica.node.session import trusted
 from replica.replication.replicator import Replicator, _split_siblings
+from replica.session import trusted
 from tests.harness import (
     LOOPBACK,
     JsonClient,

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from replica.keyspaces import Keyspaces
-from replica.node.session import Session
 from replica.replication.replicator import Replicator
+from replica.session import Session
 
 Body = dict[str, Any]
 Handler = Callable[["Context", Body, str | None], Body | None]

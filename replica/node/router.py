@@ -46,8 +46,8 @@ from replica.node.context import Body, Handler
 from replica.node.handlers import HANDLERS, PEER_ONLY
 from replica.node.handlers.cluster import init
 from replica.node.handlers.merging import without_writes_of
-from replica.node.session import Session
 from replica.replication.replicator import Replicator
+from replica.session import Session
 
 log = logging.getLogger("replica.node.router")
 

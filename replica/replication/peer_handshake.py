@@ -47,7 +47,7 @@ from typing import Any, NoReturn
 
 from replica.crdt.malformed import Malformed, require_list, require_str
 from replica.errors import ErrorCode, RequestError
-from replica.node.session import Challenge, Session
+from replica.session import Challenge, Session
 
 log = logging.getLogger("replica.peers")
 

@@ -26,9 +26,9 @@ from typing import cast
 import orjson
 
 from replica.framing import LineFramer
-from replica.node.session import Session
 from replica.replication import peer_handshake
 from replica.replication.replicator import Replicator
+from replica.session import Session
 
 log = logging.getLogger("replica.peers")
 

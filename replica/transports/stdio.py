@@ -32,7 +32,7 @@ from replica.errors import ErrorCode
 from replica.fd_io import write_all
 from replica.framing import LineFramer
 from replica.node.router import Node
-from replica.node.session import trusted
+from replica.session import trusted
 
 log = logging.getLogger("replica.transports.stdio")
 

@@ -46,8 +46,8 @@ from replica.durable.durability import barrier_failure
 from replica.errors import ErrorCode
 from replica.framing import LineFramer
 from replica.node.router import Node
-from replica.node.session import Session
 from replica.replication import peer_handshake
+from replica.session import Session
 
 log = logging.getLogger("replica.transports.tcp")
 
