@@ -11,6 +11,7 @@ is waited for everywhere, so gossip had its chance to spread the forgery.
 from __future__ import annotations
 
 import itertools
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ async def test_without_a_secret_a_plain_client_cannot_merge_but_a_hello_lets_it(
 
 async def test_with_a_secret_members_replicate_and_a_client_cannot_become_one() -> None:
     async with cluster(3, memory=True, secret=True) as c:
+        assert stat.S_IMODE(c.secret_file.stat().st_mode) == 0o600
         await c.request("n1", {"type": "mv_write", "key": "account", "value": "real"})
         await settle(c, "n3", IDS)
         assert await values(c, "n2", "account") == ["real"]
