@@ -188,9 +188,8 @@ class PeerLinks:
             async with asyncio.timeout(peer_handshake.HANDSHAKE_TIMEOUT_S):
                 why = await self._handshake(peer, link)
         except TimeoutError:
-            why = f"peer {peer} did not finish the handshake within " + (
-                f"{peer_handshake.HANDSHAKE_TIMEOUT_S:g} s"
-            )
+            timeout = peer_handshake.HANDSHAKE_TIMEOUT_S
+            why = f"peer {peer} did not finish the handshake within {timeout:g} s"
         if why is None:
             link.session.peer = peer
             self._refusals[peer].forget()
