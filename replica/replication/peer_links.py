@@ -33,6 +33,7 @@ from replica.session import Session
 log = logging.getLogger("replica.peers")
 
 STABLE_LINK_SECONDS = 1.0
+CANCEL_RETRY_SECONDS = 0.1  # how long a cancelled task may take to end before it is cancelled again
 HIGH_WATER = 1 << 20  # bytes queued to one peer before gossip to it waits for the next tick
 
 
@@ -152,15 +153,21 @@ class PeerLinks:
             self._tasks.append(asyncio.create_task(self._keep_connected(peer)))
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *self._drains]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Every link closed and every task of the links ended, however they were waiting.
+
+        A cancellation can be lost on its way into a task (one that races an
+        answer, or one swallowed inside an awaited call), and a task that lost
+        it would redial forever while the node waits to stop, so each task is
+        cancelled again until it ends.
+        """
         for link in self._links.values():
             if link.transport is not None:
                 link.transport.close()
+        tasks = {*self._tasks, *self._drains}
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            _, tasks = await asyncio.wait(tasks, timeout=CANCEL_RETRY_SECONDS)
 
     async def _keep_connected(self, peer: str) -> None:
         host, port = self.addresses[peer]
