@@ -41,6 +41,8 @@ class Session:
     """A challenge sent and not yet answered (acceptor side)."""
     refused: str | None = None
     """Why the handshake failed: the connection is closed after its reply."""
+    certified: frozenset[str] | None = None
+    """The node ids a verified TLS client certificate names (none without one); None: no TLS."""
     news: bool = False
 
     @property

@@ -171,8 +171,8 @@ def test_unknown_field_in_cluster(tmp_path: Path) -> None:
 def test_unknown_field_in_a_node(tmp_path: Path) -> None:
     message = error_of(tmp_path, NODE + 'datadir = "x"\n')
     assert (
-        "node 'n1': unknown field 'datadir' (allowed: id, host, port, data_dir, resp_port)"
-        in message
+        "node 'n1': unknown field 'datadir' (allowed: id, host, port, data_dir, resp_port, "
+        "tls_cert_file, tls_key_file)" in message
     )
 
 

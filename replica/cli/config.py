@@ -22,12 +22,19 @@ mistyped field stops the node at once instead of being silently ignored.
     port = 7001
     data_dir = "data/n1"          # optional, relative to the file's directory
     resp_port = 6379              # optional: also serve Redis clients (RESP2) on this port
+    tls_cert_file = "n1.pem"      # optional: this node's own [tls] cert_file (and tls_key_file)
+
+    [tls]                         # optional: both ports serve TLS only, peers use mutual TLS
+    ca_file = "ca.pem"            # paths relative to the file's directory
+    cert_file = "node.pem"        # a certificate naming the node id (SAN DNS)
+    key_file = "node.key"         # optional when cert_file holds the key
 
 The secret file (`REPLICA_SECRET_FILE` overrides `secret_file`) must be a
 non-empty file that neither group nor others may read or write; `replica
 keygen` writes one.  Protected mode: a node whose host is not a loopback
 address refuses to start without a secret unless `insecure = true`, since
-anyone who can reach its port could otherwise send it peer messages.
+anyone who can reach its port could otherwise send it peer messages;
+`[tls]` satisfies it too.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from replica.durable.durability import DEFAULT_COMMIT_TIMEOUT_MS, DEFAULT_FLUSH_
 from replica.durable.durability import MODES as DURABILITY_MODES
 from replica.framing import DEFAULT_MAX_LINE_BYTES
 from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MVCC_RETENTION_MS
+from replica.transports.tls import TlsFiles
 
 if TYPE_CHECKING:
     from replica.node.router import NodeSettings
@@ -55,7 +63,8 @@ DEFAULT_DURABILITY = SYNC
 SECRET_FILE_ENV = "REPLICA_SECRET_FILE"
 SECRET_BYTES = 32
 
-TOP_LEVEL_FIELDS = ("cluster", "nodes")
+TOP_LEVEL_FIELDS = ("cluster", "nodes", "tls")
+TLS_FIELDS = ("ca_file", "cert_file", "key_file")
 CLUSTER_FIELDS = (
     "gossip_interval_ms",
     "max_line_bytes",
@@ -67,7 +76,7 @@ CLUSTER_FIELDS = (
     "secret_file",
     "insecure",
 )
-NODE_FIELDS = ("id", "host", "port", "data_dir", "resp_port")
+NODE_FIELDS = ("id", "host", "port", "data_dir", "resp_port", "tls_cert_file", "tls_key_file")
 
 
 class ConfigError(Exception):
@@ -81,6 +90,8 @@ class NodeConfig:
     port: int
     data_dir: str | None = None
     resp_port: int | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     @property
     def address(self) -> str:
@@ -103,6 +114,8 @@ class ClusterConfig:
     secret_file: str | None = None
     insecure: bool = False
     nodes: tuple[NodeConfig, ...] = ()
+    tls: TlsFiles | None = None
+    """`[tls]` as written; `tls_files` applies a node's own certificate."""
 
     @property
     def node_ids(self) -> list[str]:
@@ -137,9 +150,18 @@ class ClusterConfig:
         path = environ.get(SECRET_FILE_ENV) or self.secret_file
         return None if path is None else read_secret(path)
 
+    def tls_files(self, me: NodeConfig) -> TlsFiles | None:
+        """The TLS files of node `me`; None without `[tls]`."""
+        if self.tls is None:
+            return None
+        if me.tls_cert_file is None:
+            return self.tls
+        key = None if me.tls_key_file is None else Path(me.tls_key_file)
+        return TlsFiles(self.tls.ca_file, Path(me.tls_cert_file), key)
+
     def protected_mode_refusal(self, me: NodeConfig, secret: bytes | None) -> str | None:
         """Why `me` may not start unprotected (a non-loopback host, no secret); None if it may."""
-        if secret is not None or self.insecure or is_loopback(me.host):
+        if secret is not None or self.tls is not None or self.insecure or is_loopback(me.host):
             return None
         return (
             f"node {me.id!r} listens on {me.host}, not a loopback address, and has no cluster "
@@ -259,6 +281,7 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
     if not isinstance(raw_nodes, list):
         raise ConfigError("'nodes' must be an array of tables ([[nodes]])")
     nodes = tuple(_node(raw, index, base_dir) for index, raw in enumerate(raw_nodes, start=1))
+    tls = _tls(document.get("tls"), nodes, base_dir)
 
     ids: set[str] = set()
     addresses: dict[tuple[str, int], str] = {}
@@ -285,6 +308,7 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
         secret_file=secret_file,
         insecure=insecure,
         nodes=nodes,
+        tls=tls,
     )
 
 
@@ -309,7 +333,40 @@ def _node(raw: Any, index: int, base_dir: Path | None) -> NodeConfig:
             raise ConfigError(f"{where}: data_dir must be a non-empty string, not {data_dir!r}")
         if base_dir is not None:
             data_dir = str(base_dir / data_dir)
-    return NodeConfig(id=node_id, host=host, port=port, data_dir=data_dir, resp_port=resp_port)
+    files = {name: _path(raw, name, where, base_dir) for name in ("tls_cert_file", "tls_key_file")}
+    return NodeConfig(node_id, host, port, data_dir, resp_port, **files)
+
+
+def _tls(raw: Any, nodes: tuple[NodeConfig, ...], base_dir: Path | None) -> TlsFiles | None:
+    """`[tls]`: ca_file, and cert_file unless every node names its own."""
+    if raw is None:
+        for node in nodes:
+            if node.tls_cert_file is not None or node.tls_key_file is not None:
+                raise ConfigError(f"node {node.id!r}: tls_cert_file or tls_key_file needs [tls]")
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("'tls' must be a table ([tls])")
+    _no_unknown_fields(raw, TLS_FIELDS, "[tls]")
+    ca_file, cert_file, key_file = (_path(raw, name, "[tls]", base_dir) for name in TLS_FIELDS)
+    if ca_file is None:
+        raise ConfigError("[tls]: missing field 'ca_file'")
+    for node in nodes:
+        if node.tls_cert_file is None and cert_file is None:
+            raise ConfigError(
+                f"node {node.id!r}: no certificate ([tls] cert_file or tls_cert_file)"
+            )
+    key = None if key_file is None else Path(key_file)
+    return TlsFiles(Path(ca_file), None if cert_file is None else Path(cert_file), key)
+
+
+def _path(table: dict[str, Any], name: str, where: str, base_dir: Path | None) -> str | None:
+    """An optional file name, joined to `base_dir` when relative."""
+    value = table.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {name} must be a non-empty string, not {value!r}")
+    return value if base_dir is None else str(base_dir / value)
 
 
 def _port(value: Any, name: str, where: str) -> int:

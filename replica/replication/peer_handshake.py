@@ -9,8 +9,11 @@ error 22 naming the difference, and it closes the connection.
 
 Without a cluster secret the acceptor then answers `peer_hello_ok`: any
 connection that says hello becomes a peer's (a loopback development cluster,
-where netcat may explore merges).  With a secret both sides prove they hold
-it, never sending it:
+where netcat may explore merges).  Over TLS (`Session.certified`) the
+dialler's client certificate must name the node id it says hello as, or the
+hello is refused with error 1000; that certificate is the proof, and with a
+secret as well the challenge below is still required (both, not either).
+With a secret both sides prove they hold it, never sending it:
 
     dialler  -> peer_hello     {node_id, node_ids, nonce: Nd}
     acceptor -> peer_challenge {node_id, nonce: Na, proof: P(acceptor)}
@@ -130,6 +133,14 @@ def answer_hello(
             f"refused peer {peer!r} at connect: {reason}",
             reason,
         )
+    certified = session.certified
+    if certified is not None and peer not in certified:
+        why = (
+            f"the TLS client certificate names {sorted(certified)}, not {peer!r}"
+            if certified
+            else f"no TLS client certificate of a member proves {peer!r}"
+        )
+        _refuse(session, ErrorCode.NOT_AUTHORISED, f"refused peer {peer!r}: {why}", why)
     nonce = _nonce(body, "nonce")
     if secret is None and nonce is not None:
         why = (

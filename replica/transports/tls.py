@@ -67,6 +67,42 @@ def peer_client_context(files: TlsFiles) -> ssl.SSLContext:
     return client_context(files)
 
 
+@dataclass(frozen=True)
+class NodeContexts:
+    """What a node serving TLS uses: one context for its ports, one for dialling peers."""
+
+    server: ssl.SSLContext
+    peer: ssl.SSLContext
+
+
+def node_contexts(files: TlsFiles) -> NodeContexts:
+    """Both contexts of a node, built once at start; ValueError naming the file that fails.
+
+    A node with unusable TLS files must not start: it would serve nothing, or
+    serve its ports in plaintext.
+    """
+    named = (("ca_file", files.ca_file), ("cert_file", files.cert_file))
+    for name, path in (*named, ("key_file", files.key_file)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"[tls] {name} {path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        ssl.create_default_context(cafile=str(files.ca_file))
+    except ssl.SSLError as exc:
+        raise ValueError(f"[tls] ca_file {files.ca_file}: not a PEM certificate: {exc}") from None
+    try:
+        return NodeContexts(server_context(files), peer_client_context(files))
+    except ssl.SSLError as exc:
+        where = f"cert_file {files.cert_file}" + (
+            "" if files.key_file is None else f" with key_file {files.key_file}"
+        )
+        raise ValueError(f"[tls] {where}: not a certificate and its key: {exc}") from None
+
+
 def certified_names(peercert: dict[str, Any] | None) -> frozenset[str]:
     """The DNS names of a verified peer certificate (`SSLObject.getpeercert()`); none without one.
 
