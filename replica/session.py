@@ -5,8 +5,9 @@ A transport makes one `Session` per connection and hands it to
 proved nothing; the peer handshake (`replica.replication.peer_handshake`)
 makes it a proven peer, `peer`, the one node it may speak for.  Peer-only
 messages are accepted only from a proven peer, or on a `trusted` input
-(stdio: the harness's network is the only way in).  A password for clients
-would be one more field here, checked the same way.
+(stdio: the harness's network is the only way in).  When the node has a
+client password, every other request is refused too until the connection
+sends it (`authenticated`), unless it is a proven peer or trusted.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Session:
     """A challenge sent and not yet answered (acceptor side)."""
     refused: str | None = None
     """Why the handshake failed: the connection is closed after its reply."""
+    authenticated: bool = False
+    """The connection sent the client password (`auth`)."""
     certified: frozenset[str] | None = None
     """The node ids a verified TLS client certificate names (none without one); None: no TLS."""
     news: bool = False
@@ -49,6 +52,11 @@ class Session:
     def proven(self) -> bool:
         """May this connection send peer-only messages?"""
         return self.trusted or self.peer is not None
+
+    @property
+    def admitted(self) -> bool:
+        """May this connection send client requests when the node has a password?"""
+        return self.authenticated or self.trusted or self.peer is not None
 
 
 def trusted() -> Session:
