@@ -6,7 +6,9 @@ every peer and gossips until SIGINT or SIGTERM, or until a supervisor that
 passed `--watch-fd` dies; then it stops all of that in reverse order and
 exits 0.  A data dir it cannot use ends it with exit code 2 and one line,
 and so does a secret file it cannot use, or a non-loopback host with neither
-a secret nor `insecure = true` (protected mode).
+a secret nor `insecure = true` (protected mode).  With `[tls]` the contexts
+are built once before anything starts (a file it cannot use: exit 2), both
+ports serve TLS only and peers are dialled with the node's certificate.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from replica.cli.logs import configure_logging
 if TYPE_CHECKING:
     from replica.durable.store import Store
     from replica.node.router import Node, NodeSettings
+    from replica.transports.tls import NodeContexts
 
 log = logging.getLogger("replica.cli.serve")
 
@@ -48,6 +51,7 @@ def run_serve(args: argparse.Namespace) -> int:
     refusal = config.protected_mode_refusal(me, secret)
     if refusal is not None:
         raise ConfigError(f"{args.config}: {refusal}")
+    tls = _tls_contexts(args.config, config, me)
     try:
         peers = peer_addresses(config, me, args.peer_address)
     except ValueError as exc:
@@ -59,8 +63,8 @@ def run_serve(args: argparse.Namespace) -> int:
             "[cluster] insecure = true: %s serves %s%s",
             me.id,
             me.address,
-            " with a cluster secret"
-            if secret is not None
+            " with a cluster secret or TLS"
+            if secret is not None or tls is not None
             else ", and any connection that says "
             "peer_hello may send it peer messages (no secret_file, no TLS)",
         )
@@ -75,7 +79,20 @@ def run_serve(args: argparse.Namespace) -> int:
     offset = args.clock_offset_ms
     settings = config.node_settings(offset, secret)
     stored = store if data_dir is not None else None
-    return uvloop.run(_serve(config, me, peers, stored, actor, args.watch_fd, settings))
+    return uvloop.run(_serve(config, me, peers, stored, actor, args.watch_fd, settings, tls))
+
+
+def _tls_contexts(path: str, config: ClusterConfig, me: NodeConfig) -> NodeContexts | None:
+    """The node's TLS contexts, None without `[tls]`; ConfigError naming a file it cannot use."""
+    files = config.tls_files(me)
+    if files is None:
+        return None
+    from replica.transports.tls import node_contexts
+
+    try:
+        return node_contexts(files)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def peer_addresses(
@@ -124,6 +141,7 @@ async def _serve(
     actor: str,
     watch_fd: int | None = None,
     settings: NodeSettings | None = None,
+    tls: NodeContexts | None = None,
 ) -> int:
     """Recover from `store` (None: a node in memory), then listen, dial `peers`, and serve.
 
@@ -131,7 +149,7 @@ async def _serve(
     """
     with _stop_on_signals() as stop, _stop_at_end_of(watch_fd, stop):  # from the start
         settings = settings or config.node_settings()
-        return await _serve_until(stop, config, me, peers, store, actor, settings)
+        return await _serve_until(stop, config, me, peers, store, actor, settings, tls)
 
 
 async def _serve_until(
@@ -142,6 +160,7 @@ async def _serve_until(
     store: Store | None,
     actor: str,
     settings: NodeSettings,
+    tls: NodeContexts | None = None,
 ) -> int:
     from replica.durable.durability import Durability
     from replica.durable.errors import StorageError
@@ -175,19 +194,21 @@ async def _serve_until(
             store.close()
             return _storage_error(exc)
     try:
-        server = await serve_tcp(node, me.host, me.port)
+        server = await serve_tcp(node, me.host, me.port, None if tls is None else tls.server)
     except OSError as exc:
         log.error("cannot listen on %s: %s", me.address, exc.strerror or exc)
         if node.durability is not None:
             await node.durability.close()
         return EXIT_FAILURE
-    log.info("%s listening on %s", me.id, me.address)
+    log.info("%s listening on %s%s", me.id, me.address, "" if tls is None else " (TLS)")
     resp_server = None
     if me.resp_port is not None:
-        from replica.transports.resp import serve_resp
+        from replica.transports.resp import RespConnection
+        from replica.transports.tcp import TcpServer
 
         try:
-            resp_server = await serve_resp(node, me.host, me.resp_port)
+            resp_server = TcpServer(node, RespConnection, None if tls is None else tls.server)
+            await resp_server.start(me.host, me.resp_port)
         except OSError as exc:
             log.error("cannot listen on %s: %s", me.resp_address, exc.strerror or exc)
             await server.close()
@@ -195,7 +216,7 @@ async def _serve_until(
                 await node.durability.close()
             return EXIT_FAILURE
         log.info("%s RESP on %s", me.id, me.resp_address)
-    stop_replication = _start_replication(node, config, peers)
+    stop_replication = _start_replication(node, config, peers, tls)
     try:
         await stop.wait()
     finally:
@@ -246,7 +267,10 @@ def recover(node: Node, store: Store) -> None:
 
 
 def _start_replication(
-    node: Node, config: ClusterConfig, peers: dict[str, tuple[str, int]]
+    node: Node,
+    config: ClusterConfig,
+    peers: dict[str, tuple[str, int]],
+    tls: NodeContexts | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Dial every peer and start the gossip ticker; returns what stops them."""
     replicator = node.replicator
@@ -255,7 +279,12 @@ def _start_replication(
     from replica.replication.peer_links import PeerLinks, gossip_forever
 
     links = PeerLinks(
-        replicator, node.handle_line, peers, node.node_ids, secret=node.settings.secret
+        replicator,
+        node.handle_line,
+        peers,
+        node.node_ids,
+        secret=node.settings.secret,
+        tls=None if tls is None else tls.peer,
     )
     links.start()
     gossip = asyncio.create_task(gossip_forever(replicator, config.gossip_interval_ms))

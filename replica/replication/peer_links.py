@@ -8,9 +8,13 @@ has proven it holds the secret; a refusal or a failed proof is logged once per
 distinct reason and closes the connection.  What the node reads on a link it
 dialled comes from the node it authenticated, so it is handled as that peer's.
 A dead or refusing peer is redialled with capped exponential backoff and
-jitter, so a cluster restarting at once does not dial in lockstep.  Sending never waits: a link that
-is down or whose write buffer is full refuses the line, and the delta tracker
-keeps the keys pending, so a slow or dead peer never delays client requests.
+jitter, so a cluster restarting at once does not dial in lockstep.  With TLS,
+a peer is dialled with this node's certificate and must present one naming
+the peer id dialled; a TLS handshake that fails (another CA, another name) is
+logged with its reason, once per reason, and redialled like any failure.
+Sending never waits: a link that is down or whose write buffer is full refuses
+the line, and the delta tracker keeps the keys pending, so a slow or dead peer
+never delays client requests.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
@@ -34,6 +39,7 @@ log = logging.getLogger("replica.peers")
 
 STABLE_LINK_SECONDS = 1.0
 CANCEL_RETRY_SECONDS = 0.1  # how long a cancelled task may take to end before it is cancelled again
+HANDSHAKE_TIMEOUT_S = peer_handshake.HANDSHAKE_TIMEOUT_S
 HIGH_WATER = 1 << 20  # bytes queued to one peer before gossip to it waits for the next tick
 
 
@@ -124,16 +130,19 @@ class PeerLinks:
         node_ids: Sequence[str],
         *,
         secret: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
         backoff_min: float = 0.05,
         backoff_max: float = 0.5,
     ) -> None:
         """`handle_line` takes the peers' answers; `node_ids` is the cluster, in order.
 
-        With `secret`, a peer is used only once it proved it holds the same secret.
+        With `secret`, a peer is used only once it proved it holds the same secret;
+        with `tls` (`peer_client_context`), only over TLS to a certificate naming it.
         """
         self.replicator = replicator
         self.handle_line = handle_line
         self.secret = secret
+        self.tls = tls
         self.node_ids = list(node_ids)
         self.addresses = dict(addresses)
         self.backoff_min = backoff_min
@@ -176,7 +185,16 @@ class PeerLinks:
         while True:
             try:
                 _, link = await loop.create_connection(
-                    lambda: _PeerProtocol(self, peer), host, port
+                    lambda: _PeerProtocol(self, peer),
+                    host,
+                    port,
+                    ssl=self.tls,
+                    server_hostname=None if self.tls is None else peer,
+                    ssl_handshake_timeout=None if self.tls is None else HANDSHAKE_TIMEOUT_S,
+                )
+            except ssl.SSLError as exc:
+                self._refusals[peer].note(
+                    f"peer {peer} at {host}:{port}: TLS handshake failed: {_tls_reason(exc)}"
                 )
             except OSError as exc:
                 log.debug("peer %s at %s:%d unreachable: %s", peer, host, port, exc)
@@ -268,6 +286,13 @@ class PeerLinks:
             replicator.link_up(peer)
         else:
             replicator.link_down(peer)
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """What failed: the verification message (another CA, another name) or the alert."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    return exc.reason or str(exc)
 
 
 async def gossip_forever(replicator: Replicator, interval_ms: int) -> None:

@@ -27,7 +27,9 @@ reaches beyond its own connection.
 Each JSON-lines connection keeps its own `Session` (what it has proven) and
 hands it to the node with every line.  A connection that receives a peer
 challenge has `HANDSHAKE_TIMEOUT_S` to answer it, or is closed; one whose
-handshake succeeds reads peer-sized lines from then on.
+handshake succeeds reads peer-sized lines from then on.  Over TLS the
+session also carries the node ids the client's verified certificate names
+(`Session.certified`), the only ids its hello may claim.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import collections
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -48,6 +51,7 @@ from replica.framing import LineFramer
 from replica.node.router import Node
 from replica.replication import peer_handshake
 from replica.session import Session
+from replica.transports.tls import certified_names
 
 log = logging.getLogger("replica.transports.tcp")
 
@@ -214,6 +218,12 @@ class Connection(ServedConnection):
         self.session = Session()
         self.handshake_timer: asyncio.TimerHandle | None = None
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:  # a TLS port: only a member's certificate makes a member
+            self.session.certified = certified_names(tls.getpeercert())
+
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         handle_line = self.node.handle_line
         session = self.session
@@ -309,9 +319,16 @@ ConnectionType = Callable[[Node, set[Any]], asyncio.Protocol]
 class TcpServer:
     """A listening socket and the connections it accepted (JSON lines, or another protocol)."""
 
-    def __init__(self, node: Node, connection_type: ConnectionType = Connection) -> None:
+    def __init__(
+        self,
+        node: Node,
+        connection_type: ConnectionType = Connection,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """With `tls`, the port serves TLS only."""
         self.node = node
         self.connection_type = connection_type
+        self.tls = tls
         self.connections: set[Any] = set()
         self.server: asyncio.Server | None = None
 
@@ -322,6 +339,8 @@ class TcpServer:
             host,
             port,
             reuse_address=True,
+            ssl=self.tls,
+            ssl_handshake_timeout=None if self.tls is None else peer_handshake.HANDSHAKE_TIMEOUT_S,
         )
 
     @property
@@ -342,8 +361,10 @@ class TcpServer:
         await self.server.wait_closed()
 
 
-async def serve_tcp(node: Node, host: str, port: int) -> TcpServer:
-    """Listen on `host:port` and answer every connection with `node`."""
-    server = TcpServer(node)
+async def serve_tcp(
+    node: Node, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> TcpServer:
+    """Listen on `host:port` (TLS only with `tls`) and answer every connection with `node`."""
+    server = TcpServer(node, tls=tls)
     await server.start(host, port)
     return server
