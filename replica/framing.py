@@ -19,6 +19,10 @@ from __future__ import annotations
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 """A request line longer than this (`max_line_bytes`) is refused and its connection closed."""
+DEFAULT_PARTIAL_LINE_TIMEOUT_MS = 10_000
+"""A connection holding an unfinished line this long (`partial_line_timeout_ms`) is closed."""
+DEFAULT_MAX_CONNECTIONS = 10_000
+"""Open connections a listening port accepts (`max_connections`); more are refused."""
 NEWLINE = b"\n"
 CARRIAGE_RETURN = b"\r"
 

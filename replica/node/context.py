@@ -9,6 +9,7 @@ one implementation; a test may hand handlers anything with these members.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from replica.keyspaces import Keyspaces
@@ -24,6 +25,18 @@ class Durable(Protocol):
     """The part of durable storage `status` reports."""
 
     def status(self) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class Refusals:
+    """What the node refused to strangers since it started, reported by `status`."""
+
+    auth_failures: int = 0
+    """Wrong client passwords."""
+    connections: int = 0
+    """Connections refused over `max_connections`."""
+    partial_lines: int = 0
+    """Connections closed for holding an unfinished line past `partial_line_timeout_ms`."""
 
 
 class Context(Protocol):
@@ -51,6 +64,13 @@ class Context(Protocol):
     @property
     def cluster_secret(self) -> bytes | None:
         """The secret peers prove they hold; None: any connection may become a peer's."""
+
+    @property
+    def client_password(self) -> bytes | None:
+        """The password clients must send (`auth`); None: none is asked."""
+
+    @property
+    def refusals(self) -> Refusals: ...
 
     @property
     def integers_checked(self) -> bool:

@@ -8,7 +8,10 @@ every message it sends, replies and peer messages alike, is numbered from 0.
 Every line comes with its connection's `Session`: a peer-only message
 (`handlers.PEER_ONLY`) on a connection that has not proven cluster membership
 gets error 1000 and changes nothing, and a proven peer speaks only for the
-node it proved.
+node it proved.  With a client password (`NodeSettings.password`) every
+request but `auth` and the peer handshake gets error 1000 too until the
+connection has sent it, as Redis's `requirepass` does; proven peers and
+trusted inputs need none.
 
 A request never escapes as an exception: bad input becomes error 12, a refusal
 the contract defines becomes its code, and anything unexpected is logged with
@@ -35,15 +38,19 @@ from replica.crdt.malformed import Malformed, Suspect
 from replica.crdt.registry import BY_MERGE_TYPE
 from replica.durable.durability import Durability
 from replica.errors import ErrorCode, RequestError
-from replica.framing import DEFAULT_MAX_LINE_BYTES
+from replica.framing import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_PARTIAL_LINE_TIMEOUT_MS,
+)
 from replica.keyspaces import (
     DEFAULT_MAX_CLOCK_SKEW_MS,
     DEFAULT_MVCC_RETENTION_MS,
     Keyspaces,
     wall_clock_ms,
 )
-from replica.node.context import Body, Handler
-from replica.node.handlers import HANDLERS, PEER_ONLY
+from replica.node.context import Body, Handler, Refusals
+from replica.node.handlers import BEFORE_AUTH, HANDLERS, PEER_ONLY
 from replica.node.handlers.cluster import init
 from replica.node.handlers.merging import without_writes_of
 from replica.replication.replicator import Replicator
@@ -54,6 +61,10 @@ log = logging.getLogger("replica.node.router")
 LINE = orjson.OPT_APPEND_NEWLINE  # every encoded message is one line
 MIN_INTEGER = -(1 << 63)  # the range of integers the encoder writes back: i64 and u64
 MAX_INTEGER = (1 << 64) - 1
+AUTH_REQUIRED = (
+    'authentication required: send {"type": "auth", "password": "..."} first '
+    "(this node has [cluster] password_file)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,12 @@ class NodeSettings:
     """A peer whose writes this node acknowledges and loses, on purpose: for testing checkers."""
     secret: bytes | None = field(default=None, repr=False)
     """The cluster secret peers prove they hold (`peer_handshake`); None: no proof asked."""
+    password: bytes | None = field(default=None, repr=False)
+    """The password clients send (`auth`) before any other request; None: none is asked."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Open connections per listening port; one more gets an error line and is closed."""
+    partial_line_timeout_ms: int = DEFAULT_PARTIAL_LINE_TIMEOUT_MS
+    """How long a connection may hold an unfinished line before it is closed."""
 
 
 class Node:
@@ -91,6 +108,7 @@ class Node:
         self.line = b""  # the request line being handled, read again only for a `Suspect` value
         self.integers_checked = False  # while handling it again, that line checked
         self.session = Session()  # that of the request being handled
+        self.refusals = Refusals()
         offset = self.settings.clock_offset_ms
         self.keyspaces = Keyspaces(
             node_id or "",
@@ -125,6 +143,10 @@ class Node:
     @property
     def cluster_secret(self) -> bytes | None:
         return self.settings.secret
+
+    @property
+    def client_password(self) -> bytes | None:
+        return self.settings.password
 
     @property
     def durability(self) -> Durability | None:
@@ -198,8 +220,10 @@ class Node:
 
         A peer-only type (`PEER_ONLY`) is refused with error 1000 unless `session`
         proved membership; a proven peer speaks only for itself, so its `src`
-        must be the node it proved (and is that node when absent).  For every
-        other type the check is one set lookup.
+        must be the node it proved (and is that node when absent).  Any other
+        type is refused with error 1000 before the client password, when the
+        node has one.  Without a password the checks are a set lookup and two
+        field reads.
         """
         msg_id = body.get("msg_id")
         if msg_id is not None and type(msg_id) is not int:
@@ -226,6 +250,12 @@ class Node:
                 return self._error(msg_id, ErrorCode.NOT_AUTHORISED, refusal)
             if session.peer is not None:
                 src = session.peer
+        elif (
+            self.settings.password is not None
+            and not session.admitted
+            and msg_type not in BEFORE_AUTH
+        ):
+            return self._error(msg_id, ErrorCode.NOT_AUTHORISED, AUTH_REQUIRED)
         self.session = session
         lost = self.settings.drop_merges_from
         if lost is not None and msg_type in BY_MERGE_TYPE:

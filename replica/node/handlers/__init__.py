@@ -34,6 +34,10 @@ PEER_ONLY: frozenset[str] = frozenset(
 """The message types accepted only on a connection that proved cluster membership (error 1000
 elsewhere): every type's merge and its answer, anti-entropy, and every answer to a peer."""
 
+BEFORE_AUTH: frozenset[str] = frozenset(["auth", *cluster.HANDSHAKE_HANDLERS])
+"""The message types a connection may send before the client password, when the node has one:
+the password itself, and the peer handshake (proven peers need no password)."""
+
 RESP_COMMANDS: dict[bytes, Command] = {
     **mv.RESP_COMMANDS,
     **lww.RESP_COMMANDS,

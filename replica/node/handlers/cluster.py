@@ -1,4 +1,4 @@
-"""Handlers of the node itself: `init`, `status`, the peer handshake, repair and peers' replies.
+"""Handlers of the node itself: `init`, `status`, `auth`, the peer handshake, repair, replies.
 
 Peers' answers to the messages this node sent (`<type>_merge_ok`,
 `ae_roots_ok`, `ae_keys_ok`, and `error`) are routed here like any request,
@@ -8,12 +8,20 @@ anti-entropy are `PEER_HANDLERS`: only a proven peer may send them.
 
 from __future__ import annotations
 
+import hmac
+
 from replica.crdt.malformed import Malformed, require_list, require_str
 from replica.crdt.registry import TYPES
 from replica.errors import ErrorCode, RequestError
 from replica.node.context import Body, Context, Handler
 from replica.replication import peer_handshake
 from replica.replication.replicator import Replicator
+
+WRONG_PASSWORD = "wrong password"
+NO_PASSWORD = (
+    "auth sent, but this node has no client password ([cluster] password_file): "
+    "every client may send requests without one"
+)
 
 
 def init(ctx: Context, body: Body, src: str | None) -> Body:
@@ -40,6 +48,23 @@ def peer_hello(ctx: Context, body: Body, src: str | None) -> Body:
 def peer_proof(ctx: Context, body: Body, src: str | None) -> Body:
     """The dialler's answer to our challenge: `peer_hello_ok` when it proves the secret."""
     return peer_handshake.answer_proof(_me(ctx), ctx.cluster_secret, ctx.session, body)
+
+
+def auth(ctx: Context, body: Body, src: str | None) -> Body:
+    """The client password (Redis's AUTH): `auth_ok`, and the connection may send requests.
+
+    A wrong one is error 1000, counted in `status`, and leaves the connection
+    as it was; compared in constant time, so its timing tells nothing.
+    """
+    password = require_str(body, "password")
+    expected = ctx.client_password
+    if expected is None:
+        raise RequestError(ErrorCode.PRECONDITION_FAILED, NO_PASSWORD)
+    if not hmac.compare_digest(password.encode(), expected):
+        ctx.refusals.auth_failures += 1
+        raise RequestError(ErrorCode.NOT_AUTHORISED, WRONG_PASSWORD)
+    ctx.session.authenticated = True
+    return {"type": "auth_ok"}
 
 
 def _me(ctx: Context) -> str:
@@ -84,6 +109,9 @@ def status(ctx: Context, body: Body, src: str | None) -> Body:
         "gossip_bytes_sent": 0 if replicator is None else replicator.bytes_sent,
         "actor": keyspaces.actor,
         "durability": {"mode": "memory"} if ctx.durability is None else ctx.durability.status(),
+        "auth_failures": ctx.refusals.auth_failures,
+        "connections_refused": ctx.refusals.connections,
+        "partial_lines_closed": ctx.refusals.partial_lines,
     }
     if body.get("digests") is True and replicator is not None:
         roots = replicator.anti_entropy.roots()
@@ -101,10 +129,16 @@ PEER_HANDLERS: dict[str, Handler] = {
 }
 """The messages only a proven peer may send: anti-entropy and every answer to our messages."""
 
+HANDSHAKE_HANDLERS: dict[str, Handler] = {
+    peer_handshake.HELLO: peer_hello,
+    peer_handshake.PROOF: peer_proof,
+}
+"""The peer handshake: open to any connection, a password set or not."""
+
 HANDLERS: dict[str, Handler] = {
     "init": init,
     "status": status,
-    peer_handshake.HELLO: peer_hello,
-    peer_handshake.PROOF: peer_proof,
+    "auth": auth,
+    **HANDSHAKE_HANDLERS,
     **PEER_HANDLERS,
 }
