@@ -6,13 +6,15 @@ included.  The methods named after message types (`mv_write`, `status`, ...)
 return the reply body of a success and raise `ReplicaError`, carrying the
 node's `code` and `text`, for an error reply, so a scenario reads as the
 protocol does.  Lower down, `send`, `send_raw` and `read_line` speak raw
-lines, for tests of the framing itself.
+lines, for tests of the framing itself.  `connect(..., tls=context,
+server_hostname=node_id)` speaks TLS to a node serving it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Any
 
 import orjson
@@ -53,9 +55,22 @@ class JsonClient:
         self.unmatched: list[Body] = []
 
     @classmethod
-    async def connect(cls, host: str, port: int, timeout: float = REPLY_TIMEOUT) -> JsonClient:
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        timeout: float = REPLY_TIMEOUT,
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> JsonClient:
+        """With `tls`, over TLS to a server whose certificate names `server_hostname`."""
+        hostname = None if tls is None else server_hostname or host
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=READ_LIMIT), timeout
+            asyncio.open_connection(
+                host, port, limit=READ_LIMIT, ssl=tls, server_hostname=hostname
+            ),
+            timeout,
         )
         return cls(reader, writer)
 

@@ -13,6 +13,13 @@ With `secret=True` every node proves the same cluster secret, written with
 mode 0600 to `secret` in the directory (`ProxiedCluster.secret_file`);
 `node_settings={"n3": {"secret_file": path}}` gives one node another.
 
+With `tls=True` both ports of every node serve TLS only and peers use mutual
+TLS: a CA and one certificate per node naming its id are minted into the
+directory (`replica.testing.certificates`); `client(node)` then speaks TLS,
+`tls_context()` is a client's context (presenting a node's certificate with
+`as_node=`), and `tls_ca_file` is what redis-py's `ssl_ca_certs` takes.
+`foreign_ca=["n3"]` gives the nodes named certificates from another CA.
+
 Faults: `partition(groups)` (and `partitioned(groups)`, healing on exit),
 `cut(a, b)` (one direction), `isolate(node)`, `shape(name)` (a named shape of
 `replica.testing.shapes`), `heal()` (cuts only); `latency(a, b, ms)`,
@@ -26,14 +33,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from replica.cli.config import write_secret
+from replica.testing import certificates
 from replica.testing.client import Body, JsonClient, without_ids
-from replica.testing.cluster_file import Setting, write_cluster_view
+from replica.testing.cluster_file import Setting, add_tls, write_cluster_view
 from replica.testing.ports import LOOPBACK, free_listen_ports
 from replica.testing.process import NodeProcess
 from replica.testing.proxy import Link, LinkProxy, Partitioner
@@ -65,8 +74,12 @@ class ProxiedCluster:
         node_settings: Mapping[str, Mapping[str, Setting]] | None = None,
         node_env: Mapping[str, Mapping[str, str]] | None = None,
         resp_ports: Mapping[str, int] | None = None,
+        tls: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
-        """`node_settings` and `node_env` give single nodes their own settings or environment."""
+        """`node_settings` and `node_env` give single nodes their own settings or environment.
+
+        `tls` is each node's `[tls]` table, files relative to `directory`.
+        """
         self.directory = directory
         self.node_ids = node_ids
         self.ports = ports
@@ -74,6 +87,7 @@ class ProxiedCluster:
         self.partitioner = Partitioner(proxies)
         self.nodes: dict[str, NodeProcess] = {}
         self._clients: dict[str, JsonClient] = {}
+        self.tls = dict(tls or {})
         for node_id in node_ids:
             view = [
                 (other, ports[other] if other == node_id else proxies[node_id, other].listen_port)
@@ -82,7 +96,9 @@ class ProxiedCluster:
             settings = {**cluster, **(node_settings or {}).get(node_id, {})}
             resp = {node_id: self.resp_ports[node_id]} if node_id in self.resp_ports else None
             config = write_cluster_view(directory / f"{node_id}.toml", view, resp, **settings)
-            self.nodes[node_id] = NodeProcess(
+            if node_id in self.tls:
+                add_tls(config, self.tls[node_id])
+            node = self.nodes[node_id] = NodeProcess(
                 config,
                 node_id,
                 LOOPBACK,
@@ -91,6 +107,30 @@ class ProxiedCluster:
                 env=(node_env or {}).get(node_id),
                 resp_port=self.resp_ports.get(node_id),
             )
+            if self.tls:
+                node.tls = self.tls_context()
+
+    @property
+    def tls_ca_file(self) -> Path:
+        """The CA every node of a `tls=True` cluster trusts (but those of `foreign_ca`)."""
+        return self.directory / certificates.CA_FILE
+
+    def tls_files(self, node_id: str) -> tuple[Path, Path]:
+        """The certificate and key node `node_id` serves and dials with."""
+        table = self.tls[node_id]
+        return self.directory / table["cert_file"], self.directory / table["key_file"]
+
+    def tls_context(self, as_node: str | None = None) -> ssl.SSLContext:
+        """A client's context trusting the cluster's CA; with `as_node`, presenting its certificate.
+
+        The node dialled is verified by its id: pass it as `server_hostname`.
+        """
+        from replica.transports.tls import TlsFiles, client_context
+
+        if not self.tls:
+            raise ValueError("the cluster does not serve TLS: start it with tls=True")
+        cert, key = (None, None) if as_node is None else self.tls_files(as_node)
+        return client_context(TlsFiles(self.tls_ca_file, cert, key))
 
     @property
     def secret_file(self) -> Path:
@@ -315,6 +355,8 @@ async def proxied_cluster(
     memory: bool = False,
     resp: bool = False,
     secret: bool = False,
+    tls: bool = False,
+    foreign_ca: Iterable[str] = (),
     node_settings: Mapping[str, Mapping[str, Setting]] | None = None,
     node_env: Mapping[str, Mapping[str, str]] | None = None,
     **cluster: Setting,
@@ -323,8 +365,9 @@ async def proxied_cluster(
 
     `cluster` is the `[cluster]` table every node shares; `resp` gives each
     node a Redis port; `secret` a cluster secret, one file of mode 0600 that
-    every node's `secret_file` names.  Every node, helper, proxy and file is
-    gone on exit, whatever happened.
+    every node's `secret_file` names; `tls` a CA and a certificate per node
+    (`foreign_ca`: those nodes' from another CA).  Every node, helper, proxy
+    and file is gone on exit, whatever happened.
     """
     ids = list(node_ids)
     links = [(a, b) for a in ids for b in ids if a != b]
@@ -340,6 +383,7 @@ async def proxied_cluster(
         if secret:
             write_secret(Path(name) / SECRET_FILE)
             settings = {"secret_file": SECRET_FILE, **settings}
+        tables = certificates.mint(Path(name), ids, foreign_ca) if tls else None
         running = ProxiedCluster(
             Path(name),
             ids,
@@ -350,6 +394,7 @@ async def proxied_cluster(
             node_settings=node_settings,
             node_env=node_env,
             resp_ports=resp_ports,
+            tls=tables,
         )
         try:
             await running.start()

@@ -4,13 +4,14 @@ Contract: `write_cluster_view` writes one file listing `(node_id, port)` in
 order, each node with `data_dir = "data/<id>"` beside the file and the given
 `[cluster]` settings; `write_cluster` does the same on fresh ports.  Settings
 are written as TOML scalars (integers, strings, booleans), so the node checks
-them exactly as it checks a hand-written file.
+them exactly as it checks a hand-written file.  `add_tls` appends a `[tls]`
+table to such a file.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from replica.testing.ports import LOOPBACK, free_ports
@@ -43,6 +44,13 @@ def write_cluster(
     port_list = list(ports) if ports is not None else free_ports(len(ids))
     nodes = list(zip(ids, port_list, strict=True))
     return write_cluster_view(directory / "cluster.toml", nodes, resp_ports, **cluster)
+
+
+def add_tls(path: Path, table: Mapping[str, str]) -> None:
+    """Append `table` to the cluster file at `path` as its `[tls]`."""
+    lines = ["[tls]", *(f"{name} = {toml_scalar(value)}" for name, value in table.items()), ""]
+    with path.open("a") as file:
+        file.write("\n".join(lines))
 
 
 def write_cluster_view(

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -71,6 +72,8 @@ class NodeProcess:
         self.host = host
         self.port = port
         self.resp_port = resp_port
+        self.tls: ssl.SSLContext | None = None
+        """Set for a node serving TLS: how `connect` reaches it (verifying its node id)."""
         self.log_level = log_level
         self.extra_args = (*extra_args, "--memory") if memory else extra_args
         self.memory = memory
@@ -243,7 +246,9 @@ class NodeProcess:
     async def connect(self) -> JsonClient:
         from replica.testing.client import JsonClient
 
-        return await JsonClient.connect(self.host, self.port)
+        return await JsonClient.connect(
+            self.host, self.port, tls=self.tls, server_hostname=self.node_id
+        )
 
 
 async def node_ready(node: NodeProcess, timeout: float = START_TIMEOUT) -> None:
