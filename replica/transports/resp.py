@@ -28,6 +28,7 @@ every other error leaves it usable.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,18 @@ OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
 NULL3 = b"_\r\n"  # RESP3's null, for clients that said HELLO 3
 EMPTY_ARRAY = b"*0\r\n"
+NOAUTH = b"-NOAUTH Authentication required.\r\n"  # Redis's own texts, which clients know
+WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
+HELLO_NOAUTH = (
+    "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+    "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
+    "select the RESP protocol version at the same time"
+)
+NO_PASSWORD = (
+    "ERR AUTH <password> called without any password configured for the default user. "
+    "Are you sure your configuration is correct?"
+)
+BEFORE_AUTH = frozenset({b"AUTH", b"HELLO", b"QUIT"})
 
 Args = list[bytes]
 
@@ -104,10 +117,13 @@ class Commands:
         self.client_name: bytes | None = None
         self.protocol = 2
         self.quit = False
+        self.password = node.settings.password
+        self.authenticated = self.password is None
         self.table: dict[bytes, Callable[[Args], bytes]] = {
             b"PING": self.ping,
             b"ECHO": self.echo,
             b"QUIT": self.quit_command,
+            b"AUTH": self.auth,
             b"HELLO": self.hello,
             b"CLIENT": self.client,
             b"COMMAND": self.command,
@@ -118,6 +134,8 @@ class Commands:
         """The reply to one command (its name first); errors become error replies."""
         name = request[0]
         upper = name.upper()
+        if not self.authenticated and upper not in BEFORE_AUTH:
+            return NOAUTH
         try:
             command = RESP_COMMANDS.get(upper)
             if command is None:
@@ -155,7 +173,29 @@ class Commands:
         self.quit = True
         return OK
 
+    def auth(self, args: Args) -> bytes:
+        """`AUTH <password>` or `AUTH default <password>`: the only user is `default`."""
+        if len(args) not in (1, 2):
+            raise RespError("ERR wrong number of arguments for 'auth' command")
+        if self.password is None and len(args) == 1:
+            raise RespError(NO_PASSWORD)
+        self._check_password(args[0] if len(args) == 2 else b"default", args[-1])
+        return OK
+
+    def _check_password(self, user: bytes, password: bytes) -> None:
+        """Authenticate the connection, or RespError WRONGPASS (counted in `status`)."""
+        expected = self.password
+        if expected is None and user == b"default":
+            return  # Redis's default user without a password takes any
+        right = hmac.compare_digest(password, expected or b"")
+        if user != b"default" or not right:
+            self.node.refusals.auth_failures += 1
+            raise RespError(WRONGPASS)
+        self.authenticated = True
+
     def hello(self, args: Args) -> bytes:
+        if not self.authenticated and b"AUTH" not in (arg.upper() for arg in args[1:]):
+            raise RespError(HELLO_NOAUTH)
         if args:
             version = args[0]
             if not version.isdigit():
@@ -172,7 +212,8 @@ class Commands:
                     self.client_name = options[1]
                     options = options[2:]
                 elif option == b"AUTH" and len(options) >= 3:
-                    options = options[3:]  # no users here: every client may connect
+                    self._check_password(options[1], options[2])
+                    options = options[3:]
                 else:
                     raise RespError(f"ERR Syntax error in HELLO option '{_name(options[0])}'")
         info = {
@@ -274,6 +315,9 @@ class RespConnection(ServedConnection):
         # Bytes of the incomplete request: all of them since the last complete
         # one, counting the elements of a long array hiredis has already taken
         # out of its buffer.
+        holding = self.reader.has_data()
+        if holding or self.slow_line.armed is not None:
+            self.slow_line.update(holding, completed)
         if completed:
             self.pending = min(len(data), self.reader.len())
         else:
@@ -286,6 +330,9 @@ class RespConnection(ServedConnection):
     def _too_long(self) -> bytes:
         log.info("closing RESP connection %s: request over max_line_bytes", self.peer)
         return error(f"ERR request over max_line_bytes ({self.limit})")
+
+    def over_limit(self) -> bytes:
+        return error("ERR max number of clients reached")  # Redis's text
 
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         failed = error(f"ERR write not durable: {failure}")

@@ -21,8 +21,11 @@ fall below the low-water mark, so the client's own sends block in its kernel
 buffers.  A client that half-closes (EOF) still gets the replies to all it
 sent, held ones included, before the node closes the connection.  A line over
 `max_line_bytes` gets error 12 and closes its connection, and so does a
-failed peer handshake; no other input closes one, and no connection error
-reaches beyond its own connection.
+failed peer handshake; a connection that holds an unfinished request past
+`partial_line_timeout_ms` is closed (`slow_lines`); no other input closes one,
+and no connection error reaches beyond its own connection.  A listening port
+keeps at most `max_connections` open: one more gets a single error line
+(`over_limit`) and is closed.
 
 Each JSON-lines connection keeps its own `Session` (what it has proven) and
 hands it to the node with every line.  A connection that receives a peer
@@ -51,6 +54,7 @@ from replica.framing import LineFramer
 from replica.node.router import Node
 from replica.replication import peer_handshake
 from replica.session import Session
+from replica.transports.slow_lines import SlowLineWatch
 from replica.transports.tls import certified_names
 
 log = logging.getLogger("replica.transports.tcp")
@@ -84,6 +88,8 @@ class ServedConnection(asyncio.Protocol):
         self.held: collections.deque[_Held] = collections.deque()
         self.held_bytes = 0
         self.input_done = False
+        timeout_s = node.settings.partial_line_timeout_ms / 1000
+        self.slow_line = SlowLineWatch(timeout_s, self._slow_line_expired)
 
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         """The replies to every complete request in `data`; True to close after them."""
@@ -93,13 +99,28 @@ class ServedConnection(asyncio.Protocol):
         """The held replies, rewritten as errors because their commit failed."""
         raise NotImplementedError
 
+    def over_limit(self) -> bytes:
+        """The one line a connection over `max_connections` gets before it is closed."""
+        limit = self.node.settings.max_connections
+        return self.node.error_line(
+            ErrorCode.TEMPORARILY_UNAVAILABLE,
+            f"max_connections ({limit}) reached on this port: connection closed",
+        )
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        self.connections.add(self)
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
             self.peer = f"{peername[0]}:{peername[1]}"
+        if len(self.connections) >= self.node.settings.max_connections:
+            self.node.refusals.connections += 1
+            log.info("refusing %s from %s: max_connections reached", self.kind, self.peer)
+            self.input_done = True
+            self.transport.write(self.over_limit())
+            self.transport.close()
+            return
+        self.connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -199,7 +220,24 @@ class ServedConnection(asyncio.Protocol):
         else:
             transport.resume_reading()
 
+    def _slow_line_expired(self) -> bool:
+        """Close the connection for its unfinished request; False while it is not being read."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return True
+        if self.reading_paused:
+            return False  # its client could not have finished the request
+        self.node.refusals.partial_lines += 1
+        timeout_ms = self.node.settings.partial_line_timeout_ms
+        log.info(
+            "closing %s from %s: unfinished request after %d ms", self.kind, self.peer, timeout_ms
+        )
+        self.input_done = True
+        transport.close()
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.slow_line.cancel()
         self.connections.discard(self)
         self.held.clear()
         self.held_bytes = 0
@@ -228,7 +266,8 @@ class Connection(ServedConnection):
         handle_line = self.node.handle_line
         session = self.session
         replies = []
-        for line in self.framer.feed(data):
+        lines = self.framer.feed(data)
+        for line in lines:
             try:
                 reply = handle_line(line, session)
             except Exception:  # the node answers every request itself; this is a bug
@@ -238,6 +277,8 @@ class Connection(ServedConnection):
                 replies.append(reply)
             if session.news and self._handshake_moved():
                 return replies, True
+        if self.framer.buffered or self.slow_line.armed is not None:
+            self.slow_line.update(self.framer.buffered > 0, bool(lines))
         if not self.framer.overflowed:
             return replies, False
         log.info("closing %s: line over max_line_bytes", self.peer)
