@@ -15,6 +15,9 @@ mistyped field stops the node at once instead of being silently ignored.
     commit_timeout_ms = 5000      # optional, > 0: a "sync" write not on disk by then gets error 13
     secret_file = "secret"        # optional, relative to the file's directory: peers prove it
     insecure = false              # optional: true serves a non-loopback host with no secret
+    password_file = "password"    # optional, like secret_file: clients send it (`auth`) first
+    max_connections = 10000       # optional, > 0: open connections per listening port
+    partial_line_timeout_ms = 10000  # optional, > 0: an unfinished request line closes after it
 
     [[nodes]]                     # one or more
     id = "n1"
@@ -31,7 +34,7 @@ mistyped field stops the node at once instead of being silently ignored.
 
 The secret file (`REPLICA_SECRET_FILE` overrides `secret_file`) must be a
 non-empty file that neither group nor others may read or write; `replica
-keygen` writes one.  Protected mode: a node whose host is not a loopback
+keygen` writes one.  So must the password file.  Protected mode: a node whose host is not a loopback
 address refuses to start without a secret unless `insecure = true`, since
 anyone who can reach its port could otherwise send it peer messages;
 `[tls]` satisfies it too.
@@ -51,7 +54,11 @@ from typing import TYPE_CHECKING, Any
 
 from replica.durable.durability import DEFAULT_COMMIT_TIMEOUT_MS, DEFAULT_FLUSH_INTERVAL_MS, SYNC
 from replica.durable.durability import MODES as DURABILITY_MODES
-from replica.framing import DEFAULT_MAX_LINE_BYTES
+from replica.framing import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_PARTIAL_LINE_TIMEOUT_MS,
+)
 from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MVCC_RETENTION_MS
 from replica.transports.tls import TlsFiles
 
@@ -75,6 +82,9 @@ CLUSTER_FIELDS = (
     "commit_timeout_ms",
     "secret_file",
     "insecure",
+    "password_file",
+    "max_connections",
+    "partial_line_timeout_ms",
 )
 NODE_FIELDS = ("id", "host", "port", "data_dir", "resp_port", "tls_cert_file", "tls_key_file")
 
@@ -113,6 +123,9 @@ class ClusterConfig:
     commit_timeout_ms: int = DEFAULT_COMMIT_TIMEOUT_MS
     secret_file: str | None = None
     insecure: bool = False
+    password_file: str | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    partial_line_timeout_ms: int = DEFAULT_PARTIAL_LINE_TIMEOUT_MS
     nodes: tuple[NodeConfig, ...] = ()
     tls: TlsFiles | None = None
     """`[tls]` as written; `tls_files` applies a node's own certificate."""
@@ -133,7 +146,9 @@ class ClusterConfig:
         """Every other node's address, by id."""
         return {n.id: (n.host, n.port) for n in self.nodes if n.id != node_id}
 
-    def node_settings(self, clock_offset_ms: int = 0, secret: bytes | None = None) -> NodeSettings:
+    def node_settings(
+        self, clock_offset_ms: int = 0, secret: bytes | None = None, password: bytes | None = None
+    ) -> NodeSettings:
         """A node's settings from the file, its clock shifted by `clock_offset_ms` (tests)."""
         from replica.node.router import NodeSettings
 
@@ -143,7 +158,15 @@ class ClusterConfig:
             max_clock_skew_ms=self.max_clock_skew_ms,
             clock_offset_ms=clock_offset_ms,
             secret=secret,
+            password=password,
+            max_connections=self.max_connections,
+            partial_line_timeout_ms=self.partial_line_timeout_ms,
         )
+
+    def password(self) -> bytes | None:
+        """The password clients must send, from `password_file`; None without one."""
+        path = self.password_file
+        return None if path is None else read_secret(path, "password file")
 
     def secret(self, environ: Mapping[str, str] = os.environ) -> bytes | None:
         """The cluster secret: from `$REPLICA_SECRET_FILE`, else `secret_file`; None if neither."""
@@ -180,7 +203,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_secret(path: str | Path) -> bytes:
+def read_secret(path: str | Path, what: str = "secret file") -> bytes:
     """The secret in the file at `path`, trailing whitespace dropped; ConfigError naming it.
 
     The file must exist, hold something, and be neither readable nor writable by
@@ -189,19 +212,19 @@ def read_secret(path: str | Path) -> bytes:
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"secret file {path}: not a regular file")
+            raise ConfigError(f"{what} {path}: not a regular file")
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o066:
             raise ConfigError(
-                f"secret file {path}: readable or writable by group or others "
+                f"{what} {path}: readable or writable by group or others "
                 f"(mode {mode:04o}); run chmod 600 {path}"
             )
         with open(path, "rb") as file:
             secret = file.read().rstrip()
     except OSError as exc:
-        raise ConfigError(f"secret file {path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{what} {path}: cannot read: {exc.strerror or exc}") from None
     if not secret:
-        raise ConfigError(f"secret file {path}: empty")
+        raise ConfigError(f"{what} {path}: empty")
     return secret
 
 
@@ -263,14 +286,12 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
     if max_clock_skew_ms < 0:
         raise ConfigError(f"[cluster] max_clock_skew_ms must be 0 or more, not {max_clock_skew_ms}")
     commit_timeout_ms = _positive(cluster, "commit_timeout_ms", DEFAULT_COMMIT_TIMEOUT_MS)
-    secret_file = cluster.get("secret_file")
-    if secret_file is not None:
-        if not isinstance(secret_file, str) or not secret_file:
-            raise ConfigError(
-                f"[cluster] secret_file must be a non-empty string, not {secret_file!r}"
-            )
-        if base_dir is not None:
-            secret_file = str(base_dir / secret_file)
+    secret_file = _file(cluster, "secret_file", base_dir)
+    password_file = _file(cluster, "password_file", base_dir)
+    max_connections = _positive(cluster, "max_connections", DEFAULT_MAX_CONNECTIONS)
+    partial_line_timeout_ms = _positive(
+        cluster, "partial_line_timeout_ms", DEFAULT_PARTIAL_LINE_TIMEOUT_MS
+    )
     insecure = cluster.get("insecure", False)
     if type(insecure) is not bool:
         raise ConfigError(f"[cluster] insecure must be true or false, not {insecure!r}")
@@ -307,6 +328,9 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
         commit_timeout_ms=commit_timeout_ms,
         secret_file=secret_file,
         insecure=insecure,
+        password_file=password_file,
+        max_connections=max_connections,
+        partial_line_timeout_ms=partial_line_timeout_ms,
         nodes=nodes,
         tls=tls,
     )
@@ -395,6 +419,16 @@ def _integer(cluster: dict[str, Any], name: str, default: int) -> int:
     if type(value) is not int:
         raise ConfigError(f"[cluster] {name} must be an integer, not {value!r}")
     return value
+
+
+def _file(cluster: dict[str, Any], name: str, base_dir: Path | None) -> str | None:
+    """A file named in [cluster], joined to `base_dir` when relative; None when absent."""
+    path = cluster.get(name)
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"[cluster] {name} must be a non-empty string, not {path!r}")
+    return path if base_dir is None else str(base_dir / path)
 
 
 def _positive(table: dict[str, Any], name: str, default: int) -> int:
