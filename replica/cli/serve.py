@@ -5,7 +5,7 @@ writer, listens (JSON lines, and RESP when the node has a `resp_port`), dials
 every peer and gossips until SIGINT or SIGTERM, or until a supervisor that
 passed `--watch-fd` dies; then it stops all of that in reverse order and
 exits 0.  A data dir it cannot use ends it with exit code 2 and one line,
-and so does a secret file it cannot use, or a non-loopback host with neither
+and so does a secret or password file it cannot use, or a non-loopback host with neither
 a secret nor `insecure = true` (protected mode).  With `[tls]` the contexts
 are built once before anything starts (a file it cannot use: exit 2), both
 ports serve TLS only and peers are dialled with the node's certificate.
@@ -48,6 +48,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """`replica serve`: ConfigError for a cluster file it cannot use."""
     config, me = load_node(args.config, args.node)
     secret = config.secret()
+    password = config.password()
     refusal = config.protected_mode_refusal(me, secret)
     if refusal is not None:
         raise ConfigError(f"{args.config}: {refusal}")
@@ -77,7 +78,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except StorageError as exc:
         return _storage_error(exc)
     offset = args.clock_offset_ms
-    settings = config.node_settings(offset, secret)
+    settings = config.node_settings(offset, secret, password)
     stored = store if data_dir is not None else None
     return uvloop.run(_serve(config, me, peers, stored, actor, args.watch_fd, settings, tls))
 
