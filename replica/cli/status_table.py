@@ -2,12 +2,15 @@
 
 A node that does not answer within the timeout is shown as down rather than
 hanging the command: status is what an operator runs when something is wrong.
+With `[tls]` in the file it speaks TLS, verifying each node's certificate by
+the node's id, and presents none of its own: it is a client.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 from typing import Any
 
 import orjson
@@ -17,6 +20,7 @@ from replica.cli.config import ClusterConfig, load_cluster
 from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from replica.cli.fault_command import network_lines
 from replica.crdt.registry import NAMES
+from replica.transports.tls import TlsFiles, client_context
 
 TIMEOUT_SECONDS = 2.0
 
@@ -33,11 +37,23 @@ def run_status(args: argparse.Namespace) -> int:
     return EXIT_OK if all(isinstance(status, dict) for _, status in rows) else EXIT_FAILURE
 
 
-async def fetch_status(host: str, port: int, timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]:
-    """One node's `status_ok` body; raises OSError or TimeoutError when it cannot be had."""
+async def fetch_status(
+    host: str,
+    port: int,
+    timeout: float = TIMEOUT_SECONDS,
+    tls: ssl.SSLContext | None = None,
+    node_id: str | None = None,
+) -> dict[str, Any]:
+    """One node's `status_ok` body; raises OSError or TimeoutError when it cannot be had.
+
+    With `tls`, over TLS to a certificate naming `node_id`.
+    """
 
     async def ask() -> dict[str, Any]:
-        reader, writer = await asyncio.open_connection(host, port)
+        hostname = None if tls is None else node_id or host
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=tls, server_hostname=hostname
+        )
         try:
             writer.write(b'{"type": "status", "msg_id": 1}\n')
             reply = orjson.loads(await reader.readline())
@@ -57,9 +73,11 @@ async def _status_and_links(
 
 
 async def cluster_status(config: ClusterConfig) -> list[tuple[str, dict[str, Any] | str]]:
+    tls = None if config.tls is None else client_context(TlsFiles(config.tls.ca_file))
+
     async def one(node_id: str, host: str, port: int) -> tuple[str, dict[str, Any] | str]:
         try:
-            return node_id, await fetch_status(host, port)
+            return node_id, await fetch_status(host, port, tls=tls, node_id=node_id)
         except (OSError, TimeoutError, orjson.JSONDecodeError) as exc:
             return node_id, f"down ({type(exc).__name__}: {exc})" if str(exc) else "down"
 

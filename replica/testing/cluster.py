@@ -107,8 +107,8 @@ class ProxiedCluster:
                 env=(node_env or {}).get(node_id),
                 resp_port=self.resp_ports.get(node_id),
             )
-            if self.tls:
-                node.tls = self.tls_context()
+            if node_id in self.tls:
+                node.tls = self.tls_context(trusting=node_id)
 
     @property
     def tls_ca_file(self) -> Path:
@@ -120,17 +120,22 @@ class ProxiedCluster:
         table = self.tls[node_id]
         return self.directory / table["cert_file"], self.directory / table["key_file"]
 
-    def tls_context(self, as_node: str | None = None) -> ssl.SSLContext:
+    def tls_context(
+        self, as_node: str | None = None, trusting: str | None = None
+    ) -> ssl.SSLContext:
         """A client's context trusting the cluster's CA; with `as_node`, presenting its certificate.
 
         The node dialled is verified by its id: pass it as `server_hostname`.
+        `trusting` trusts that node's CA instead (one of `foreign_ca`).
         """
-        from replica.transports.tls import TlsFiles, client_context
-
         if not self.tls:
             raise ValueError("the cluster does not serve TLS: start it with tls=True")
-        cert, key = (None, None) if as_node is None else self.tls_files(as_node)
-        return client_context(TlsFiles(self.tls_ca_file, cert, key))
+        authority = self.tls_ca_file if trusting is None else self.tls[trusting]["ca_file"]
+        context = ssl.create_default_context(cafile=str(self.directory / authority))
+        if as_node is not None:  # the default context checks the name dialled, too
+            cert, key = self.tls_files(as_node)
+            context.load_cert_chain(str(cert), str(key))
+        return context
 
     @property
     def secret_file(self) -> Path:
