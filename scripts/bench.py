@@ -18,11 +18,13 @@
         [--a-env NAME=VALUE] [--a-serve='ARGS'] [--b-label ...] [--b-src ...] ...
         [--mix ...] [--connections 16] [--in-flight 16] [--seconds 3] [--rounds 10]
         [--keys 100000] [--value-bytes 16] [--memory] [--json]
+    .venv/bin/python scripts/bench.py tls [--connections 16] [--in-flight 16]
+        [--seconds 3] [--rounds 10] [--handshakes 200] [--mix ...] [--memory] [--json]
 
 Run it from any directory, with the project's Python (it needs replica's
 dependencies); it imports its parts from the `benchmarks` package beside it.
 Each scenario's module docstring says what it measures and its targets.
-Comparisons (`throughput --both` and `--floor`, `resp`, `compare`) run at
+Comparisons (`throughput --both` and `--floor`, `resp`, `compare`, `tls`) run at
 least 10 alternating rounds by default and read the median of the per-round
 ratios, since this machine's speed drifts by tens of percent within minutes.
 

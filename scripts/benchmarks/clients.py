@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,8 +40,15 @@ class Connection:
         self._next_id = 1
 
     @classmethod
-    async def open(cls, port: int, name: str) -> Connection:
-        reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=READ_LIMIT)
+    async def open(cls, port: int, name: str, tls: ssl.SSLContext | None = None) -> Connection:
+        """With `tls`, over TLS to a node whose certificate names `name`, its id."""
+        reader, writer = await asyncio.open_connection(
+            LOOPBACK,
+            port,
+            limit=READ_LIMIT,
+            ssl=tls,
+            server_hostname=None if tls is None else name,
+        )
         return cls(reader, writer, name)
 
     async def request(self, body: Body) -> Body:

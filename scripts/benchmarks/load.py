@@ -217,7 +217,11 @@ async def drive(
         for i, source in enumerate(sources):
             name = f"{node.id} (load connection {i})"
             _, conn = await loop.create_connection(
-                functools.partial(LoadConnection, source, window, name), LOOPBACK, node.port
+                functools.partial(LoadConnection, source, window, name),
+                LOOPBACK,
+                node.port,
+                ssl=node.tls,
+                server_hostname=None if node.tls is None else node.id,
             )
             conns.append(conn)
         pid = node.process.pid if node.process is not None else None

@@ -7,7 +7,9 @@ for a single node) let links be cut and healed without touching the nodes.  The
 nodes are judged only by what they answer (`status`, reads) and by what
 crosses the proxies, so the benchmark measures the server as deployed.
 A session of zero nodes starts nothing: a scenario that starts its own
-sessions (`compare`) is given one.
+sessions (`compare`) is given one.  With `tls` its nodes serve TLS with
+certificates minted for them (`replica.testing.certificates`) and mutual TLS
+between them, and the session's clients speak TLS.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -25,7 +28,8 @@ from typing import Any
 
 import orjson
 
-from replica.testing.cluster_file import write_cluster_view
+from replica.testing import certificates
+from replica.testing.cluster_file import add_tls, write_cluster_view
 from replica.testing.ports import LOOPBACK, free_listen_ports, free_ports
 from replica.testing.process import NodeProcess
 
@@ -145,6 +149,8 @@ class NodeHandle:
     spawned_at: float = 0.0  # time.monotonic() just before its process was started
     control: Connection | None = None  # status polls only, never shared with pipelines
     pool: list[Connection] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None  # how clients reach a node serving TLS
+    tls_files: dict[str, str] = field(default_factory=dict)  # its [tls] table, absolute paths
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:
@@ -169,8 +175,11 @@ class Session:
         resp: bool = False,
         id_prefix: str = "n",
         variant: Variant = CURRENT,
+        tls: bool = False,
     ) -> None:
         self.directory = directory
+        self.tls = tls
+        self.id_prefix = id_prefix
         self.children = children
         self.gossip_ms = gossip_ms
         self.memory = memory
@@ -210,13 +219,15 @@ class Session:
 
         A single node has no links, hence no proxy process either.
         """
+        if self.tls:
+            self._mint()
         if self.links:
             self._start_proxy()
         for node in self.nodes.values():
             self._start_node(node)
         await asyncio.gather(*(self._node_ready(node) for node in self.nodes.values()))
         for node in self.nodes.values():
-            node.control = await Connection.open(node.port, node.id)
+            node.control = await Connection.open(node.port, node.id, node.tls)
         if self.links:
             await self.heal(self.links)
             await self.wait_links(lambda a, b: True)
@@ -238,7 +249,7 @@ class Session:
         """Until the node listens; then open its status connection."""
         node = self.nodes[node_id]
         await self._node_ready(node)
-        node.control = await Connection.open(node.port, node.id)
+        node.control = await Connection.open(node.port, node.id, node.tls)
 
     async def start_floor(self) -> NodeHandle:
         """The floor server (scripts/bench_floor.py) on a free port, listening; not a node."""
@@ -250,6 +261,15 @@ class Session:
         floor.other = self.children.spawn(argv, cwd=floor.directory, log=floor.log)
         await self._wait_listening(floor)
         return floor
+
+    def _mint(self) -> None:
+        """A CA and a certificate per node, in a directory of the session's own."""
+        where = self.directory / f"tls-{self.id_prefix}"
+        where.mkdir(exist_ok=True)
+        for node_id, table in certificates.mint(where, self.nodes).items():
+            node = self.nodes[node_id]
+            node.tls_files = {name: str(where / file) for name, file in table.items()}
+            node.tls = ssl.create_default_context(cafile=node.tls_files["ca_file"])
 
     def _start_proxy(self) -> None:
         argv = [sys.executable, str(PROXY_SCRIPT)]
@@ -285,12 +305,15 @@ class Session:
             for node in self.nodes.values()
         ]
         resp_ports = {n.id: n.resp_port for n in self.nodes.values() if n.resp_port is not None}
-        return write_cluster_view(
+        path = write_cluster_view(
             me.directory / "cluster.toml",
             view,
             resp_ports or None,
             gossip_interval_ms=self.gossip_ms,
         )
+        if me.tls_files:
+            add_tls(path, me.tls_files)
+        return path
 
     async def _node_ready(self, node: NodeHandle) -> None:
         assert node.runner is not None
@@ -358,7 +381,7 @@ class Session:
     async def connections(self, node_id: str, count: int) -> list[Connection]:
         node = self.nodes[node_id]
         while len(node.pool) < count:
-            node.pool.append(await Connection.open(node.port, node_id))
+            node.pool.append(await Connection.open(node.port, node_id, node.tls))
         return node.pool[:count]
 
     # -- links
