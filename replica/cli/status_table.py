@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ssl
+from pathlib import Path
 from typing import Any
 
 import orjson
 import uvloop
 
-from replica.cli.config import ClusterConfig, load_cluster
+from replica.cli.config import ClusterConfig, ConfigError, load_cluster
 from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from replica.cli.fault_command import network_lines
 from replica.crdt.registry import NAMES
@@ -73,7 +74,7 @@ async def _status_and_links(
 
 
 async def cluster_status(config: ClusterConfig) -> list[tuple[str, dict[str, Any] | str]]:
-    tls = None if config.tls is None else client_context(TlsFiles(config.tls.ca_file))
+    tls = None if config.tls is None else _client_tls(config.tls.ca_file)
 
     async def one(node_id: str, host: str, port: int) -> tuple[str, dict[str, Any] | str]:
         try:
@@ -82,6 +83,14 @@ async def cluster_status(config: ClusterConfig) -> list[tuple[str, dict[str, Any
             return node_id, f"down ({type(exc).__name__}: {exc})" if str(exc) else "down"
 
     return list(await asyncio.gather(*(one(n.id, n.host, n.port) for n in config.nodes)))
+
+
+def _client_tls(ca_file: Path) -> ssl.SSLContext:
+    """A client's context trusting `ca_file`; ConfigError naming it when it cannot be used."""
+    try:
+        return client_context(TlsFiles(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[tls] ca_file {ca_file}: cannot use: {exc}") from None
 
 
 def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
