@@ -17,6 +17,12 @@ PING, ECHO, QUIT, HELLO, CLIENT, COMMAND and SELECT 0 are answered here, the
 way redis-cli and redis-py expect.  Values set here are stored as JSON
 strings; stored values that are not strings are returned as their JSON text.
 
+With a client password (`[cluster] password_file`) a connection sends
+`AUTH <password>`, `AUTH default <password>` or `HELLO <2|3> AUTH default
+<password>` first; until then every command but those and QUIT gets
+`-NOAUTH Authentication required.` and a wrong password `-WRONGPASS ...`,
+Redis's own words, so Redis clients raise their usual exceptions.
+
 Size limit: a request whose bytes so far pass `max_line_bytes` plus a small
 allowance for headers, or any argument longer than `max_line_bytes`, gets an
 error and closes the connection; the first check also stops an array of
@@ -202,9 +208,6 @@ class Commands:
                 raise RespError("ERR Protocol version is not an integer or out of range")
             if int(version) not in (2, 3):
                 raise RespError("NOPROTO unsupported protocol version")
-            # Every reply this server sends is the same in RESP3 but for nulls and
-            # HELLO's own map, so RESP3 clients (redis-py 8 asks for it) work as they are.
-            self.protocol = int(version)
             options = args[1:]
             while options:
                 option = options[0].upper()
@@ -216,6 +219,9 @@ class Commands:
                     options = options[3:]
                 else:
                     raise RespError(f"ERR Syntax error in HELLO option '{_name(options[0])}'")
+            # Every reply this server sends is the same in RESP3 but for nulls and
+            # HELLO's own map, so RESP3 clients (redis-py 8 asks for it) work as they are.
+            self.protocol = int(version)
         info = {
             b"server": bulk(b"replica"),
             b"version": bulk(b"0.1.0"),
