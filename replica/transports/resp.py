@@ -321,9 +321,8 @@ class RespConnection(ServedConnection):
         # Bytes of the incomplete request: all of them since the last complete
         # one, counting the elements of a long array hiredis has already taken
         # out of its buffer.
-        holding = self.reader.has_data()
-        if holding or self.slow_line.armed is not None:
-            self.slow_line.update(holding, completed)
+        if self.slow_line.armed is not None or self.reader.has_data():
+            self.slow_line.update(completed)
         if completed:
             self.pending = min(len(data), self.reader.len())
         else:
@@ -336,6 +335,9 @@ class RespConnection(ServedConnection):
     def _too_long(self) -> bytes:
         log.info("closing RESP connection %s: request over max_line_bytes", self.peer)
         return error(f"ERR request over max_line_bytes ({self.limit})")
+
+    def holds_partial(self) -> bool:
+        return bool(self.reader.has_data())
 
     def over_limit(self) -> bytes:
         return error("ERR max number of clients reached")  # Redis's text

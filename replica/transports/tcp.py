@@ -89,7 +89,7 @@ class ServedConnection(asyncio.Protocol):
         self.held_bytes = 0
         self.input_done = False
         timeout_s = node.settings.partial_line_timeout_ms / 1000
-        self.slow_line = SlowLineWatch(timeout_s, self._slow_line_expired)
+        self.slow_line = SlowLineWatch(timeout_s, self.holds_partial, self._slow_line_expired)
 
     def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
         """The replies to every complete request in `data`; True to close after them."""
@@ -97,6 +97,10 @@ class ServedConnection(asyncio.Protocol):
 
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         """The held replies, rewritten as errors because their commit failed."""
+        raise NotImplementedError
+
+    def holds_partial(self) -> bool:
+        """Does the connection hold the start of a request whose end has not arrived?"""
         raise NotImplementedError
 
     def over_limit(self) -> bytes:
@@ -277,8 +281,8 @@ class Connection(ServedConnection):
                 replies.append(reply)
             if session.news and self._handshake_moved():
                 return replies, True
-        if self.framer.buffered or self.slow_line.armed is not None:
-            self.slow_line.update(self.framer.buffered > 0, bool(lines))
+        if self.slow_line.armed is not None or self.framer.buffered:
+            self.slow_line.update(bool(lines))
         if not self.framer.overflowed:
             return replies, False
         log.info("closing %s: line over max_line_bytes", self.peer)
@@ -326,6 +330,9 @@ class Connection(ServedConnection):
             "(it found this node's proof wrong: another secret?)",
         )
         super().connection_lost(exc)
+
+    def holds_partial(self) -> bool:
+        return self.framer.buffered > 0
 
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         return [_not_durable(reply, failure) for reply in replies]
