@@ -53,11 +53,12 @@ async def authenticated(running: ProxiedCluster, node_id: str) -> JsonClient:
     return client
 
 
+@pytest.mark.parametrize("secret", [True, False], ids=["secret", "no-secret"])
 async def test_a_client_is_refused_until_auth_and_peers_replicate_without_a_password(
-    tmp_path: Path,
+    tmp_path: Path, secret: bool
 ) -> None:
     path = password_file(tmp_path)
-    async with cluster(2, secret=True, password_file=str(path)) as running:
+    async with cluster(2, secret=secret, password_file=str(path)) as running:
         stranger = await running.client("n1")
         for request in REQUESTS_BEFORE_AUTH:
             reply = await stranger.call(request)

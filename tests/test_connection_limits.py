@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from replica.cli.config import ConfigError, parse_cluster
 from replica.errors import ErrorCode
 from replica.testing import LOOPBACK, ProxiedCluster, cluster, eventually
 
@@ -136,3 +137,17 @@ async def test_lines_that_keep_finishing_are_never_closed(node: ProxiedCluster) 
         assert answered >= 4
     finally:
         writer.close()
+
+
+NODES = [{"id": "n1", "host": LOOPBACK, "port": 7001}]
+
+
+def test_the_limits_default_to_ten_thousand_and_must_be_positive() -> None:
+    config = parse_cluster({"nodes": NODES})
+    assert config.max_connections == 10_000 and config.partial_line_timeout_ms == 10_000
+    settings = parse_cluster({"cluster": {"max_connections": 7}, "nodes": NODES}).node_settings()
+    assert settings.max_connections == 7
+    for name in ("max_connections", "partial_line_timeout_ms"):
+        for value in (0, -1, "5"):
+            with pytest.raises(ConfigError, match=name):
+                parse_cluster({"cluster": {name: value}, "nodes": NODES})
