@@ -188,3 +188,16 @@ def test_a_tls_file_the_node_cannot_read_stops_it(tmp_path: Path) -> None:
     assert result.returncode == 2, result
     line = result.stderr.strip()
     assert "\n" not in line and str(tmp_path / "missing-ca.pem") in line, line
+
+
+async def test_a_node_whose_certificate_the_others_do_not_trust_learns_why() -> None:
+    async with cluster(3, tls=True, foreign_ca=["n3"]) as c:
+        foreign = c.directory / c.tls["n3"]["ca_file"]
+        foreign.write_bytes(foreign.read_bytes() + c.tls_ca_file.read_bytes())
+        await c.restart("n3")  # n3 now trusts the others, and they still do not trust it
+        await c.request("n3", {"type": "mv_write", "key": "from-n3", "value": 3})
+        await logged(c, "n3", "peer n1 ended the TLS connection", "does it trust")
+        await logged(c, "n1", "peer n3", "TLS handshake failed: certificate verify failed")
+        await settle(c, "n1", ["n1", "n2"])
+        for node in ("n1", "n2"):
+            assert await values(c, node, "from-n3") == []

@@ -58,6 +58,7 @@ class _PeerProtocol(asyncio.Protocol):
         self.hello_id: int | None = None  # of the handshake message awaiting its answer
         self.answer: asyncio.Future[dict[str, object]] = loop.create_future()  # to that message
         self.session = Session()  # proven once the handshake is done
+        self.lost: Exception | None = None  # why the connection ended, if it ended on an error
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
@@ -107,6 +108,7 @@ class _PeerProtocol(asyncio.Protocol):
         return self.answer
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
         if not self.closed.done():
             self.closed.set_result(None)
         if not self.answer.done():
@@ -239,6 +241,15 @@ class PeerLinks:
             )
         if kind == "error" and "code" in answer:
             return f"peer {peer} refused this node: {answer.get('text')}"
+        if answer is _CLOSED and self.tls is not None:
+            # TLS 1.3: the acceptor checks this node's certificate after the handshake
+            # is done on this side, and a refusal only ends the connection.
+            lost = link.lost
+            ended = f": {_tls_reason(lost)}" if isinstance(lost, ssl.SSLError) else " unanswered"
+            return (
+                f"peer {peer} ended the TLS connection{ended} "
+                "(does it trust this node's certificate?)"
+            )
         if kind != peer_handshake.CHALLENGE:
             log.debug("peer %s: no handshake answer: %s", peer, answer.get("text"))
             return ""
