@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from replica.cli.config import write_secret
 from replica.testing import JsonClient, ProxiedCluster, cluster, eventually, replica_command
 from replica.testing.ports import LOOPBACK, free_ports
 
@@ -154,20 +155,37 @@ async def test_a_node_of_another_ca_exchanges_nothing_and_both_sides_log_why() -
         assert peers == {"n1": False, "n2": False}
 
 
+async def status_rows(c: ProxiedCluster) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        replica_command("status", "--config", str(c.directory / "n1.toml")),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
 async def test_replica_status_speaks_tls() -> None:
     async with cluster(3, tls=True) as c:
         await c.wait_quiet()
-        result = await asyncio.to_thread(
-            subprocess.run,
-            replica_command("status", "--config", str(c.directory / "n1.toml")),
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-        )
+        result = await status_rows(c)
         assert result.returncode == 0, result
         rows = result.stdout.splitlines()
         for node in IDS:
+            assert any(row.startswith(node) and "down" not in row for row in rows), result.stdout
+
+
+async def test_replica_status_sends_the_client_password(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    write_secret(password)
+    async with cluster(2, tls=True, password_file=str(password)) as c:
+        client = await c.client("n1")
+        assert (await client.request({"type": "status"}))["code"] == 1000
+        result = await status_rows(c)
+        assert result.returncode == 0, result
+        rows = result.stdout.splitlines()
+        for node in ("n1", "n2"):
             assert any(row.startswith(node) and "down" not in row for row in rows), result.stdout
 
 

@@ -3,7 +3,8 @@
 A node that does not answer within the timeout is shown as down rather than
 hanging the command: status is what an operator runs when something is wrong.
 With `[tls]` in the file it speaks TLS, verifying each node's certificate by
-the node's id, and presents none of its own: it is a client.
+the node's id, and presents none of its own: it is a client.  With
+`password_file` it sends the client password (`auth`) first.
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ async def fetch_status(
     timeout: float = TIMEOUT_SECONDS,
     tls: ssl.SSLContext | None = None,
     node_id: str | None = None,
+    password: bytes | None = None,
 ) -> dict[str, Any]:
     """One node's `status_ok` body; raises OSError or TimeoutError when it cannot be had.
 
-    With `tls`, over TLS to a certificate naming `node_id`.
+    With `tls`, over TLS to a certificate naming `node_id`; with `password`,
+    after authenticating with it.
     """
 
     async def ask() -> dict[str, Any]:
@@ -56,6 +59,12 @@ async def fetch_status(
             host, port, ssl=tls, server_hostname=hostname
         )
         try:
+            if password is not None:
+                auth = {"type": "auth", "password": password.decode(), "msg_id": 0}
+                writer.write(orjson.dumps(auth) + b"\n")
+                answer = orjson.loads(await reader.readline())
+                if not isinstance(answer, dict) or answer.get("type") != "auth_ok":
+                    raise OSError(f"password refused: {answer!r}")
             writer.write(b'{"type": "status", "msg_id": 1}\n')
             reply = orjson.loads(await reader.readline())
         finally:
@@ -75,10 +84,12 @@ async def _status_and_links(
 
 async def cluster_status(config: ClusterConfig) -> list[tuple[str, dict[str, Any] | str]]:
     tls = None if config.tls is None else _client_tls(config.tls.ca_file)
+    password = config.password()
 
     async def one(node_id: str, host: str, port: int) -> tuple[str, dict[str, Any] | str]:
         try:
-            return node_id, await fetch_status(host, port, tls=tls, node_id=node_id)
+            status = await fetch_status(host, port, tls=tls, node_id=node_id, password=password)
+            return node_id, status
         except (OSError, TimeoutError, orjson.JSONDecodeError) as exc:
             return node_id, f"down ({type(exc).__name__}: {exc})" if str(exc) else "down"
 
