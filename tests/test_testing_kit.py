@@ -244,6 +244,27 @@ async def test_converged_waits_for_equal_digests_which_a_partition_keeps_apart(
         assert (await (await running.client("n1")).lww_read("k"))["value"] == "b"  # n2 > n1
 
 
+async def test_a_cluster_with_a_password_gives_clients_that_send_it(
+    cluster_dirs: list[Path],
+) -> None:
+    async with cluster(2, memory=True, password=True) as running:
+        cluster_dirs.append(running.directory)
+        assert running.password
+        mode = (running.directory / "password").stat().st_mode & 0o777
+        assert mode == 0o600, oct(mode)
+        await (await running.client("n1")).mv_write("k", "v")
+        await running.converged(reads=[{"type": "mv_read", "key": "k"}])  # statuses need it too
+        async with await running.nodes["n2"].connect() as stranger:
+            with pytest.raises(ReplicaError) as refused:
+                await stranger.mv_read("k")
+            assert refused.value.code == 1000
+        own = await running.connect("n2")
+        try:
+            assert [e["value"] for e in (await own.mv_read("k"))["values"]] == ["v"]
+        finally:
+            await own.close()
+
+
 # -- clients, fixtures and teardown ------------------------------------------------------
 
 

@@ -93,6 +93,10 @@ class JsonClient:
             raise ReplicaError(int(reply.get("code", 0)), str(reply.get("text", "")), reply)
         return reply
 
+    async def auth(self, password: str) -> Body:
+        """Send the node's client password (`password_file`); `ReplicaError` 1000 if wrong."""
+        return await self.checked({"type": "auth", "password": password})
+
     async def status(self) -> Body:
         return await self.checked({"type": "status"})
 

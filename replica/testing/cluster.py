@@ -52,6 +52,7 @@ from replica.testing.waiting import CONVERGE_TIMEOUT, converged, eventually, qui
 CLOCK_OFFSET_ENV = "REPLICA_CLOCK_OFFSET_MS"
 DEFAULT_GOSSIP_INTERVAL_MS = 50  # fast enough that a scenario converges in a blink
 SECRET_FILE = "secret"  # beside the cluster files, which name it relative to themselves
+PASSWORD_FILE = "password"
 
 
 class ProxiedCluster:
@@ -88,6 +89,8 @@ class ProxiedCluster:
         self.nodes: dict[str, NodeProcess] = {}
         self._clients: dict[str, JsonClient] = {}
         self.tls = dict(tls or {})
+        self.password: str | None = None
+        """The client password of a `password=True` cluster: the kit's clients send it."""
         for node_id in node_ids:
             view = [
                 (other, ports[other] if other == node_id else proxies[node_id, other].listen_port)
@@ -290,8 +293,15 @@ class ProxiedCluster:
         """A connection to the node's real port, kept for later requests."""
         client = self._clients.get(node_id)
         if client is None:
-            client = await self.nodes[node_id].connect()
+            client = await self.connect(node_id)
             self._clients[node_id] = client
+        return client
+
+    async def connect(self, node_id: str) -> JsonClient:
+        """A new connection to the node (yours to close), authenticated when there is a password."""
+        client = await self.nodes[node_id].connect()
+        if self.password is not None:
+            await client.auth(self.password)
         return client
 
     def resp_address(self, node_id: str) -> tuple[str, int]:
@@ -360,6 +370,7 @@ async def proxied_cluster(
     memory: bool = False,
     resp: bool = False,
     secret: bool = False,
+    password: bool = False,
     tls: bool = False,
     foreign_ca: Iterable[str] = (),
     node_settings: Mapping[str, Mapping[str, Setting]] | None = None,
@@ -370,7 +381,8 @@ async def proxied_cluster(
 
     `cluster` is the `[cluster]` table every node shares; `resp` gives each
     node a Redis port; `secret` a cluster secret, one file of mode 0600 that
-    every node's `secret_file` names; `tls` a CA and a certificate per node
+    every node's `secret_file` names; `password` a client password likewise
+    (`password_file`), which the kit's clients send; `tls` a CA and a certificate per node
     (`foreign_ca`: those nodes' from another CA).  Every node, helper, proxy
     and file is gone on exit, whatever happened.
     """
@@ -388,6 +400,9 @@ async def proxied_cluster(
         if secret:
             write_secret(Path(name) / SECRET_FILE)
             settings = {"secret_file": SECRET_FILE, **settings}
+        if password:
+            write_secret(Path(name) / PASSWORD_FILE)
+            settings = {"password_file": PASSWORD_FILE, **settings}
         tables = certificates.mint(Path(name), ids, foreign_ca) if tls else None
         running = ProxiedCluster(
             Path(name),
@@ -401,6 +416,8 @@ async def proxied_cluster(
             resp_ports=resp_ports,
             tls=tables,
         )
+        if password:
+            running.password = (Path(name) / PASSWORD_FILE).read_text().strip()
         try:
             await running.start()
             yield running

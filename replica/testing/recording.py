@@ -68,7 +68,7 @@ class RecordingClient(JsonClient):
 
 async def recording_client(cluster: ProxiedCluster, node: str, history: History) -> RecordingClient:
     """A new connection to `node` of a running cluster, recording into `history`; close it."""
-    return RecordingClient(await cluster.nodes[node].connect(), node, history)
+    return RecordingClient(await cluster.connect(node), node, history)
 
 
 @contextlib.asynccontextmanager
