@@ -286,8 +286,8 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
     if max_clock_skew_ms < 0:
         raise ConfigError(f"[cluster] max_clock_skew_ms must be 0 or more, not {max_clock_skew_ms}")
     commit_timeout_ms = _positive(cluster, "commit_timeout_ms", DEFAULT_COMMIT_TIMEOUT_MS)
-    secret_file = _file(cluster, "secret_file", base_dir)
-    password_file = _file(cluster, "password_file", base_dir)
+    secret_file = _path(cluster, "secret_file", "[cluster]", base_dir)
+    password_file = _path(cluster, "password_file", "[cluster]", base_dir)
     max_connections = _positive(cluster, "max_connections", DEFAULT_MAX_CONNECTIONS)
     partial_line_timeout_ms = _positive(
         cluster, "partial_line_timeout_ms", DEFAULT_PARTIAL_LINE_TIMEOUT_MS
@@ -419,16 +419,6 @@ def _integer(cluster: dict[str, Any], name: str, default: int) -> int:
     if type(value) is not int:
         raise ConfigError(f"[cluster] {name} must be an integer, not {value!r}")
     return value
-
-
-def _file(cluster: dict[str, Any], name: str, base_dir: Path | None) -> str | None:
-    """A file named in [cluster], joined to `base_dir` when relative; None when absent."""
-    path = cluster.get(name)
-    if path is None:
-        return None
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"[cluster] {name} must be a non-empty string, not {path!r}")
-    return path if base_dir is None else str(base_dir / path)
 
 
 def _positive(table: dict[str, Any], name: str, default: int) -> int:
