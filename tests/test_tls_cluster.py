@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,42 +20,13 @@ import redis.asyncio as aioredis
 from replica.cli.config import write_secret
 from replica.testing import JsonClient, ProxiedCluster, cluster, eventually, replica_command
 from replica.testing.ports import LOOPBACK, free_ports
+from tests.test_membership import FORGED, IDS, logged, settle, values
 
-IDS = ["n1", "n2", "n3"]
-FORGED = {
-    "type": "mv_merge",
-    "key": "account",
-    "siblings": [{"value": "pwned", "dot": ["evil", 1], "past": {"n1": 1_000_000_000}}],
-}
 RUN_TIMEOUT = 30
-_markers = itertools.count()
 
 
 def hello(node_id: str) -> dict[str, Any]:
     return {"type": "peer_hello", "node_id": node_id, "node_ids": IDS}
-
-
-async def values(c: ProxiedCluster, node: str, key: str) -> list[Any]:
-    reply = await c.request(node, {"type": "mv_read", "key": key})
-    return sorted(v["value"] for v in reply["values"])
-
-
-async def settle(c: ProxiedCluster, writer: str, nodes: list[str]) -> None:
-    """Write a fresh marker at `writer` and wait until every one of `nodes` holds it."""
-    marker = f"marker{next(_markers)}"
-    await c.request(writer, {"type": "mv_write", "key": marker, "value": 1})
-
-    async def seen() -> dict[str, list[Any]]:
-        return {n: await values(c, n, marker) for n in nodes}
-
-    await eventually(seen, lambda s: all(v == [1] for v in s.values()), f"{marker} everywhere")
-
-
-async def logged(c: ProxiedCluster, node: str, *texts: str) -> None:
-    async def text() -> str:
-        return c.nodes[node].stderr_text()
-
-    await eventually(text, lambda t: all(x in t for x in texts), f"{node} logs {texts}")
 
 
 async def tls_client(c: ProxiedCluster, node: str, as_node: str | None = None) -> JsonClient:
