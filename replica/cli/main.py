@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from replica import __version__
 from replica.cli import config, serve
 from replica.cli.cluster_up import run_cluster_up
-from replica.cli.config import ConfigError
+from replica.cli.config import CLOCK_OFFSET_ENV, ConfigError
 from replica.cli.exit_codes import EXIT_OK, EXIT_USAGE
 from replica.cli.fault_command import run_fault
 from replica.cli.logs import LEVELS
@@ -270,7 +270,6 @@ def _log_level_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-CLOCK_OFFSET_ENV = "REPLICA_CLOCK_OFFSET_MS"
 MAX_CLOCK_OFFSET_MS = 10 * 365 * 24 * 3_600_000
 
 

@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from replica.cli.config import write_secret
+from replica.cli.config import CLOCK_OFFSET_ENV, write_secret
 from replica.testing import certificates
 from replica.testing.client import Body, JsonClient, without_ids
 from replica.testing.cluster_file import Setting, add_tls, write_cluster_view
@@ -49,7 +49,6 @@ from replica.testing.proxy import Link, LinkProxy, Partitioner
 from replica.testing.shapes import Cut, ShapeFunction, shape_named
 from replica.testing.waiting import CONVERGE_TIMEOUT, converged, eventually, quiet
 
-CLOCK_OFFSET_ENV = "REPLICA_CLOCK_OFFSET_MS"
 DEFAULT_GOSSIP_INTERVAL_MS = 50  # fast enough that a scenario converges in a blink
 SECRET_FILE = "secret"  # beside the cluster files, which name it relative to themselves
 PASSWORD_FILE = "password"
