@@ -147,11 +147,15 @@ async def write_on_every_node(running: ProxiedCluster, history: History) -> dict
         )
         await n2.mv_write("shared", "resolved at n2", context=shared["context"])
 
-        # LWW: n1 writes after it has seen n2's write, so n1's timestamp is the greater.
+        # LWW: n1 writes after every node has seen n2's write, so n1's timestamp is the
+        # greater and n3 holds n2's value when it drops n1's.
         await n2.lww_write("motd", "from n2")
-        await eventually(
-            lambda: n1.call({"type": "lww_read", "key": "motd"}), _has_value, "n2's motd at n1"
-        )
+        for node in ("n1", "n3"):
+            await eventually(
+                lambda c=clients[node]: c.call({"type": "lww_read", "key": "motd"}),
+                _has_value,
+                f"n2's motd at {node}",
+            )
         await n1.lww_write("motd", "from n1")
         indexes["n1 motd"] = len(history.operations) - 1
     return indexes
