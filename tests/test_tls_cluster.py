@@ -68,6 +68,37 @@ async def test_a_plaintext_client_gets_no_data() -> None:
             assert b"secret-value" not in received and b"mv_read_ok" not in received
         finally:
             await plain.close()
+        await logged_line(c, "n1", "TLS handshake from 127.0.0.1 failed", "plaintext client?")
+        assert (await c.request("n1", {"type": "status"}))["tls_handshakes_failed"] == 1
+
+
+async def test_a_port_probe_is_not_a_failure_and_a_silent_client_is_closed() -> None:
+    async with cluster(1, tls=True) as c:
+        for _ in range(3):  # connect and close without a byte, as health checks do
+            _, writer = await asyncio.open_connection(LOOPBACK, c.ports["n1"])
+            writer.close()
+        silent = await JsonClient.connect(LOOPBACK, c.ports["n1"])
+        try:
+            assert await asyncio.wait_for(silent.reader.read(), 15) == b""  # closed by n1
+        finally:
+            await silent.close()
+        await logged_line(c, "n1", "TLS handshake from 127.0.0.1 failed: it sent nothing")
+        status = await c.request("n1", {"type": "status"})
+        assert status["tls_handshakes_failed"] == 1, status
+        assert "plaintext" not in c.nodes["n1"].stderr_text()
+        lingering = await JsonClient.connect(LOOPBACK, c.ports["n1"])  # open at shutdown
+    await lingering.close()
+
+
+async def logged_line(c: ProxiedCluster, node: str, *texts: str) -> None:
+    """Until one line of the node's log holds every text."""
+
+    async def lines() -> list[str]:
+        return c.nodes[node].stderr_text().splitlines()
+
+    await eventually(
+        lines, lambda got: any(all(x in line for x in texts) for line in got), f"{node}: {texts}"
+    )
 
 
 async def test_a_client_without_a_member_certificate_cannot_send_peer_verbs() -> None:
@@ -112,8 +143,11 @@ async def test_a_node_of_another_ca_exchanges_nothing_and_both_sides_log_why() -
     async with cluster(3, tls=True, foreign_ca=["n3"]) as c:
         await c.request("n1", {"type": "mv_write", "key": "from-n1", "value": 1})
         await c.request("n3", {"type": "mv_write", "key": "from-n3", "value": 3})
-        for node in ("n1", "n3"):
+        for node in ("n1", "n3"):  # each side of each link: the dialler, and the acceptor
             await logged(c, node, "TLS handshake failed: certificate verify failed")
+            await logged_line(
+                c, node, "TLS handshake from 127.0.0.1 failed", "does it trust this node's CA?"
+            )
         await settle(c, "n1", ["n1", "n2"])
         await settle(c, "n2", ["n1", "n2"])
         assert await values(c, "n3", "from-n1") == []
@@ -185,7 +219,8 @@ async def test_a_node_whose_certificate_the_others_do_not_trust_learns_why() -> 
         await c.restart("n3")  # n3 now trusts the others, and they still do not trust it
         await c.request("n3", {"type": "mv_write", "key": "from-n3", "value": 3})
         await logged(c, "n3", "peer n1 ended the TLS connection", "does it trust")
-        await logged(c, "n1", "peer n3", "TLS handshake failed: certificate verify failed")
+        await logged_line(c, "n1", "TLS handshake from 127.0.0.1 failed: certificate verify failed")
+        assert (await c.request("n1", {"type": "status"}))["tls_handshakes_failed"] > 0
         await settle(c, "n1", ["n1", "n2"])
         for node in ("n1", "n2"):
             assert await values(c, node, "from-n3") == []

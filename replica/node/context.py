@@ -37,6 +37,8 @@ class Refusals:
     """Connections refused over `max_connections`."""
     partial_lines: int = 0
     """Connections closed for holding an unfinished line past `partial_line_timeout_ms`."""
+    tls_handshakes: int = 0
+    """Connections closed because their TLS handshake failed."""
 
 
 class Context(Protocol):

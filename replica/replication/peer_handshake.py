@@ -244,8 +244,9 @@ def _nonce(body: dict[str, Any], name: str) -> bytes | None:
 class ReasonLog:
     """Logs each distinct reason once (a bounded memory of them), then stays quiet."""
 
-    def __init__(self) -> None:
+    def __init__(self, logger: logging.Logger = log) -> None:
         self._seen: set[str] = set()
+        self._log = logger
 
     def note(self, text: str) -> None:
         if text in self._seen:
@@ -253,7 +254,7 @@ class ReasonLog:
         if len(self._seen) >= MAX_REMEMBERED_REASONS:
             self._seen.clear()
         self._seen.add(text)
-        log.warning("%s", text)
+        self._log.warning("%s", text)
 
     def forget(self) -> None:
         """After a success, the next refusal is news again."""

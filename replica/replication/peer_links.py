@@ -34,6 +34,7 @@ from replica.framing import LineFramer
 from replica.replication import peer_handshake
 from replica.replication.replicator import Replicator
 from replica.session import Session
+from replica.transports.tls import failure_reason
 
 log = logging.getLogger("replica.peers")
 
@@ -196,7 +197,7 @@ class PeerLinks:
                 )
             except ssl.SSLError as exc:
                 self._refusals[peer].note(
-                    f"peer {peer} at {host}:{port}: TLS handshake failed: {_tls_reason(exc)}"
+                    f"peer {peer} at {host}:{port}: TLS handshake failed: {failure_reason(exc)}"
                 )
             except OSError as exc:
                 log.debug("peer %s at %s:%d unreachable: %s", peer, host, port, exc)
@@ -245,7 +246,7 @@ class PeerLinks:
             # TLS 1.3: the acceptor checks this node's certificate after the handshake
             # is done on this side, and a refusal only ends the connection.
             lost = link.lost
-            ended = f": {_tls_reason(lost)}" if isinstance(lost, ssl.SSLError) else " unanswered"
+            ended = f": {failure_reason(lost)}" if isinstance(lost, ssl.SSLError) else " unanswered"
             return (
                 f"peer {peer} ended the TLS connection{ended} "
                 "(does it trust this node's certificate?)"
@@ -297,13 +298,6 @@ class PeerLinks:
             replicator.link_up(peer)
         else:
             replicator.link_down(peer)
-
-
-def _tls_reason(exc: ssl.SSLError) -> str:
-    """What failed: the verification message (another CA, another name) or the alert."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"
-    return exc.reason or str(exc)
 
 
 async def gossip_forever(replicator: Replicator, interval_ms: int) -> None:

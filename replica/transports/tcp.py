@@ -56,6 +56,7 @@ from replica.replication import peer_handshake
 from replica.session import Session
 from replica.transports.slow_lines import SlowLineWatch
 from replica.transports.tls import certified_names
+from replica.transports.tls_accept import TlsListener
 
 log = logging.getLogger("replica.transports.tcp")
 
@@ -378,18 +379,19 @@ class TcpServer:
         self.connection_type = connection_type
         self.tls = tls
         self.connections: set[Any] = set()
-        self.server: asyncio.Server | None = None
+        self.server: asyncio.Server | TlsListener | None = None
+
+    def _protocol(self) -> asyncio.Protocol:
+        return self.connection_type(self.node, self.connections)
 
     async def start(self, host: str, port: int) -> None:
+        if self.tls is not None:
+            listener = TlsListener(self.node, self.tls, self._protocol)
+            await listener.start(host, port)
+            self.server = listener
+            return
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: self.connection_type(self.node, self.connections),
-            host,
-            port,
-            reuse_address=True,
-            ssl=self.tls,
-            ssl_handshake_timeout=None if self.tls is None else peer_handshake.HANDSHAKE_TIMEOUT_S,
-        )
+        self.server = await loop.create_server(self._protocol, host, port, reuse_address=True)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

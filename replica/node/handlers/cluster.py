@@ -112,6 +112,7 @@ def status(ctx: Context, body: Body, src: str | None) -> Body:
         "auth_failures": ctx.refusals.auth_failures,
         "connections_refused": ctx.refusals.connections,
         "partial_lines_closed": ctx.refusals.partial_lines,
+        "tls_handshakes_failed": ctx.refusals.tls_handshakes,
     }
     if body.get("digests") is True and replicator is not None:
         roots = replicator.anti_entropy.roots()
