@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from replica.cli.config import write_secret
+from replica.cli.secret_files import write_secret
 from replica.replication import peer_handshake as hs
 from replica.testing import JsonClient, ProxiedCluster, cluster, eventually
 

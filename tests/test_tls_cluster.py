@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from replica.cli.config import write_secret
+from replica.cli.secret_files import write_secret
 from replica.testing import JsonClient, ProxiedCluster, cluster, eventually, replica_command
 from replica.testing.ports import LOOPBACK, free_ports
 from tests.test_membership import FORGED, IDS, logged, settle, values

@@ -44,14 +44,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from replica.cli import config_fields as fields
+from replica.cli.config_fields import ConfigError
+from replica.cli.secret_files import read_secret
 from replica.durable.durability import DEFAULT_COMMIT_TIMEOUT_MS, DEFAULT_FLUSH_INTERVAL_MS, SYNC
 from replica.durable.durability import MODES as DURABILITY_MODES
 from replica.framing import (
@@ -69,29 +70,27 @@ DEFAULT_GOSSIP_INTERVAL_MS = 200
 DEFAULT_DURABILITY = SYNC
 SECRET_FILE_ENV = "REPLICA_SECRET_FILE"
 CLOCK_OFFSET_ENV = "REPLICA_CLOCK_OFFSET_MS"
-SECRET_BYTES = 32
 
 TOP_LEVEL_FIELDS = ("cluster", "nodes", "tls")
 TLS_FIELDS = ("ca_file", "cert_file", "key_file")
-CLUSTER_FIELDS = (
-    "gossip_interval_ms",
-    "max_line_bytes",
-    "mvcc_retention_ms",
-    "durability",
-    "flush_interval_ms",
-    "max_clock_skew_ms",
-    "commit_timeout_ms",
-    "secret_file",
-    "insecure",
-    "password_file",
-    "max_connections",
-    "partial_line_timeout_ms",
-)
+CLUSTER_FIELDS: dict[str, fields.Reader] = {
+    "gossip_interval_ms": fields.positive_field(DEFAULT_GOSSIP_INTERVAL_MS),
+    "max_line_bytes": fields.positive_field(DEFAULT_MAX_LINE_BYTES),
+    "mvcc_retention_ms": fields.non_negative_field(DEFAULT_MVCC_RETENTION_MS),
+    "durability": fields.choice_field(DEFAULT_DURABILITY, DURABILITY_MODES),
+    "flush_interval_ms": fields.positive_field(DEFAULT_FLUSH_INTERVAL_MS),
+    "max_clock_skew_ms": fields.non_negative_field(DEFAULT_MAX_CLOCK_SKEW_MS),
+    "commit_timeout_ms": fields.positive_field(DEFAULT_COMMIT_TIMEOUT_MS),
+    "secret_file": fields.path,
+    "insecure": fields.boolean_field(False),
+    "password_file": fields.path,
+    "max_connections": fields.positive_field(DEFAULT_MAX_CONNECTIONS),
+    "partial_line_timeout_ms": fields.positive_field(DEFAULT_PARTIAL_LINE_TIMEOUT_MS),
+}
+"""Each `[cluster]` field, named as `ClusterConfig` names it, and how it is read."""
 NODE_FIELDS = ("id", "host", "port", "data_dir", "resp_port", "tls_cert_file", "tls_key_file")
 
-
-class ConfigError(Exception):
-    """A cluster file that cannot be used; `str()` is one line saying why."""
+__all__ = ["ConfigError"]  # raised by every loader here
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,41 +203,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_secret(path: str | Path, what: str = "secret file") -> bytes:
-    """The secret in the file at `path`, trailing whitespace dropped; ConfigError naming it.
-
-    The file must exist, hold something, and be neither readable nor writable by
-    group or others: a secret others can read proves nothing.
-    """
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{what} {path}: not a regular file")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o066:
-            raise ConfigError(
-                f"{what} {path}: readable or writable by group or others "
-                f"(mode {mode:04o}); run chmod 600 {path}"
-            )
-        with open(path, "rb") as file:
-            secret = file.read().rstrip()
-    except OSError as exc:
-        raise ConfigError(f"{what} {path}: cannot read: {exc.strerror or exc}") from None
-    if not secret:
-        raise ConfigError(f"{what} {path}: empty")
-    return secret
-
-
-def write_secret(path: str | Path) -> None:
-    """A new random secret (32 bytes, hex, newline) at `path`, mode 0600 from its creation.
-
-    FileExistsError if `path` exists: a secret is never overwritten.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_hex(SECRET_BYTES) + "\n")
-
-
 def load_cluster(path: str | Path) -> ClusterConfig:
     """Read and check a cluster file; ConfigError (one line, naming the file) when unusable."""
     path = Path(path)
@@ -267,35 +231,15 @@ def load_node(path: str | Path, node_id: str) -> tuple[ClusterConfig, NodeConfig
 
 
 def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> ClusterConfig:
-    """Check a decoded cluster document; relative `data_dir`s are joined to `base_dir`."""
-    _no_unknown_fields(document, TOP_LEVEL_FIELDS, "top level")
+    """Check a decoded cluster document; relative paths are joined to `base_dir`."""
+    fields.no_unknown_fields(document, TOP_LEVEL_FIELDS, "top level")
     cluster = document.get("cluster", {})
     if not isinstance(cluster, dict):
         raise ConfigError("'cluster' must be a table ([cluster])")
-    _no_unknown_fields(cluster, CLUSTER_FIELDS, "[cluster]")
-    gossip_interval_ms = _positive(cluster, "gossip_interval_ms", DEFAULT_GOSSIP_INTERVAL_MS)
-    max_line_bytes = _positive(cluster, "max_line_bytes", DEFAULT_MAX_LINE_BYTES)
-    mvcc_retention_ms = _integer(cluster, "mvcc_retention_ms", DEFAULT_MVCC_RETENTION_MS)
-    if mvcc_retention_ms < 0:
-        raise ConfigError(f"[cluster] mvcc_retention_ms must be 0 or more, not {mvcc_retention_ms}")
-    durability = cluster.get("durability", DEFAULT_DURABILITY)
-    if durability not in DURABILITY_MODES:
-        modes = " or ".join(f'"{mode}"' for mode in DURABILITY_MODES)
-        raise ConfigError(f"[cluster] durability must be {modes}, not {durability!r}")
-    flush_interval_ms = _positive(cluster, "flush_interval_ms", DEFAULT_FLUSH_INTERVAL_MS)
-    max_clock_skew_ms = _integer(cluster, "max_clock_skew_ms", DEFAULT_MAX_CLOCK_SKEW_MS)
-    if max_clock_skew_ms < 0:
-        raise ConfigError(f"[cluster] max_clock_skew_ms must be 0 or more, not {max_clock_skew_ms}")
-    commit_timeout_ms = _positive(cluster, "commit_timeout_ms", DEFAULT_COMMIT_TIMEOUT_MS)
-    secret_file = _path(cluster, "secret_file", "[cluster]", base_dir)
-    password_file = _path(cluster, "password_file", "[cluster]", base_dir)
-    max_connections = _positive(cluster, "max_connections", DEFAULT_MAX_CONNECTIONS)
-    partial_line_timeout_ms = _positive(
-        cluster, "partial_line_timeout_ms", DEFAULT_PARTIAL_LINE_TIMEOUT_MS
-    )
-    insecure = cluster.get("insecure", False)
-    if type(insecure) is not bool:
-        raise ConfigError(f"[cluster] insecure must be true or false, not {insecure!r}")
+    fields.no_unknown_fields(cluster, list(CLUSTER_FIELDS), "[cluster]")
+    settings = {
+        name: read(cluster, name, "[cluster]", base_dir) for name, read in CLUSTER_FIELDS.items()
+    }
 
     raw_nodes = document.get("nodes")
     if raw_nodes is None or raw_nodes == []:
@@ -313,28 +257,15 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
         ids.add(node.id)
         if node.resp_port == node.port:
             raise ConfigError(f"node {node.id!r}: resp_port must differ from port ({node.port})")
-        for port in (node.port, node.resp_port):
-            if port is None:
+        for node_port in (node.port, node.resp_port):
+            if node_port is None:
                 continue
-            other = addresses.setdefault((node.host, port), node.id)
+            other = addresses.setdefault((node.host, node_port), node.id)
             if other != node.id:
-                raise ConfigError(f"nodes {other!r} and {node.id!r} both use {node.host}:{port}")
-    return ClusterConfig(
-        gossip_interval_ms=gossip_interval_ms,
-        max_line_bytes=max_line_bytes,
-        mvcc_retention_ms=mvcc_retention_ms,
-        durability=durability,
-        flush_interval_ms=flush_interval_ms,
-        max_clock_skew_ms=max_clock_skew_ms,
-        commit_timeout_ms=commit_timeout_ms,
-        secret_file=secret_file,
-        insecure=insecure,
-        password_file=password_file,
-        max_connections=max_connections,
-        partial_line_timeout_ms=partial_line_timeout_ms,
-        nodes=nodes,
-        tls=tls,
-    )
+                raise ConfigError(
+                    f"nodes {other!r} and {node.id!r} both use {node.host}:{node_port}"
+                )
+    return ClusterConfig(**settings, nodes=nodes, tls=tls)
 
 
 def _node(raw: Any, index: int, base_dir: Path | None) -> NodeConfig:
@@ -343,22 +274,24 @@ def _node(raw: Any, index: int, base_dir: Path | None) -> NodeConfig:
         raise ConfigError(f"{where} must be a table ([[nodes]])")
     if isinstance(raw.get("id"), str) and raw["id"]:
         where = f"node {raw['id']!r}"
-    _no_unknown_fields(raw, NODE_FIELDS, where)
-    node_id = _string(raw, "id", where)
-    host = _string(raw, "host", where)
+    fields.no_unknown_fields(raw, NODE_FIELDS, where)
+    node_id = fields.string(raw, "id", where)
+    host = fields.string(raw, "host", where)
     if "port" not in raw:
         raise ConfigError(f"{where}: missing field 'port'")
-    port = _port(raw["port"], "port", where)
+    port = fields.port(raw["port"], "port", where)
     resp_port = raw.get("resp_port")
     if resp_port is not None:
-        resp_port = _port(resp_port, "resp_port", where)
+        resp_port = fields.port(resp_port, "resp_port", where)
     data_dir = raw.get("data_dir")
     if data_dir is not None:
         if not isinstance(data_dir, str) or not data_dir:
             raise ConfigError(f"{where}: data_dir must be a non-empty string, not {data_dir!r}")
         if base_dir is not None:
             data_dir = str(base_dir / data_dir)
-    files = {name: _path(raw, name, where, base_dir) for name in ("tls_cert_file", "tls_key_file")}
+    files = {
+        name: fields.path(raw, name, where, base_dir) for name in ("tls_cert_file", "tls_key_file")
+    }
     return NodeConfig(node_id, host, port, data_dir, resp_port, **files)
 
 
@@ -371,8 +304,10 @@ def _tls(raw: Any, nodes: tuple[NodeConfig, ...], base_dir: Path | None) -> TlsF
         return None
     if not isinstance(raw, dict):
         raise ConfigError("'tls' must be a table ([tls])")
-    _no_unknown_fields(raw, TLS_FIELDS, "[tls]")
-    ca_file, cert_file, key_file = (_path(raw, name, "[tls]", base_dir) for name in TLS_FIELDS)
+    fields.no_unknown_fields(raw, TLS_FIELDS, "[tls]")
+    ca_file, cert_file, key_file = (
+        fields.path(raw, name, "[tls]", base_dir) for name in TLS_FIELDS
+    )
     if ca_file is None:
         raise ConfigError("[tls]: missing field 'ca_file'")
     for node in nodes:
@@ -382,48 +317,3 @@ def _tls(raw: Any, nodes: tuple[NodeConfig, ...], base_dir: Path | None) -> TlsF
             )
     key = None if key_file is None else Path(key_file)
     return TlsFiles(Path(ca_file), None if cert_file is None else Path(cert_file), key)
-
-
-def _path(table: dict[str, Any], name: str, where: str, base_dir: Path | None) -> str | None:
-    """An optional file name, joined to `base_dir` when relative."""
-    value = table.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: {name} must be a non-empty string, not {value!r}")
-    return value if base_dir is None else str(base_dir / value)
-
-
-def _port(value: Any, name: str, where: str) -> int:
-    if type(value) is not int or not 1 <= value <= 65535:
-        raise ConfigError(f"{where}: {name} must be an integer from 1 to 65535, not {value!r}")
-    return value
-
-
-def _no_unknown_fields(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for name in table:
-        if name not in allowed:
-            raise ConfigError(f"{where}: unknown field {name!r} (allowed: {', '.join(allowed)})")
-
-
-def _string(table: dict[str, Any], name: str, where: str) -> str:
-    if name not in table:
-        raise ConfigError(f"{where}: missing field {name!r}")
-    value = table[name]
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: {name} must be a non-empty string, not {value!r}")
-    return value
-
-
-def _integer(cluster: dict[str, Any], name: str, default: int) -> int:
-    value = cluster.get(name, default)
-    if type(value) is not int:
-        raise ConfigError(f"[cluster] {name} must be an integer, not {value!r}")
-    return value
-
-
-def _positive(table: dict[str, Any], name: str, default: int) -> int:
-    value = _integer(table, name, default)
-    if value <= 0:
-        raise ConfigError(f"[cluster] {name} must be greater than 0, not {value}")
-    return value

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from replica import __version__
-from replica.cli import config, serve
+from replica.cli import config, secret_files, serve
 from replica.cli.cluster_up import run_cluster_up
 from replica.cli.config import CLOCK_OFFSET_ENV, ConfigError
 from replica.cli.exit_codes import EXIT_OK, EXIT_USAGE
@@ -244,7 +244,7 @@ def _add_keygen(commands: Commands) -> None:
 def run_keygen(args: argparse.Namespace) -> int:
     """`replica keygen PATH`: prints the path; exit 2 if it exists or cannot be created."""
     try:
-        config.write_secret(args.path)
+        secret_files.write_secret(args.path)
     except FileExistsError:
         print(f"replica: keygen: {args.path} exists; not overwriting a secret", file=sys.stderr)
         return EXIT_USAGE

@@ -45,6 +45,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import ssl
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -239,6 +240,25 @@ def _nonce(body: dict[str, Any], name: str) -> bytes | None:
         return bytes.fromhex(value)
     except ValueError:
         raise Malformed(f"field {name!r} must be {2 * NONCE_BYTES} hex digits") from None
+
+
+_HINTS = {
+    "WRONG_VERSION_NUMBER": "not TLS: a plaintext client?",
+    "HTTP_REQUEST": "an HTTP request, not TLS",
+    "TLSV1_ALERT_UNKNOWN_CA": "the other side does not trust the CA of this side's certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the other side refused this side's certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the other side refused this side's certificate",
+    "UNSUPPORTED_PROTOCOL": "the other side offers nothing at or above TLS 1.2",
+}
+
+
+def tls_failure_reason(exc: ssl.SSLError) -> str:
+    """What failed: the verification message (another CA, another name) or the alert."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    reason = exc.reason or str(exc)
+    hint = _HINTS.get(reason)
+    return reason if hint is None else f"{reason} ({hint})"
 
 
 class ReasonLog:

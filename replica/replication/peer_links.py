@@ -34,7 +34,6 @@ from replica.framing import LineFramer
 from replica.replication import peer_handshake
 from replica.replication.replicator import Replicator
 from replica.session import Session
-from replica.transports.tls import failure_reason
 
 log = logging.getLogger("replica.peers")
 
@@ -196,9 +195,9 @@ class PeerLinks:
                     ssl_handshake_timeout=None if self.tls is None else HANDSHAKE_TIMEOUT_S,
                 )
             except ssl.SSLError as exc:
-                self._refusals[peer].note(
-                    f"peer {peer} at {host}:{port}: TLS handshake failed: {failure_reason(exc)}"
-                )
+                why = peer_handshake.tls_failure_reason(exc)
+                where = f"peer {peer} at {host}:{port}"
+                self._refusals[peer].note(f"{where}: TLS handshake failed: {why}")
             except OSError as exc:
                 log.debug("peer %s at %s:%d unreachable: %s", peer, host, port, exc)
             else:
@@ -246,7 +245,9 @@ class PeerLinks:
             # TLS 1.3: the acceptor checks this node's certificate after the handshake
             # is done on this side, and a refusal only ends the connection.
             lost = link.lost
-            ended = f": {failure_reason(lost)}" if isinstance(lost, ssl.SSLError) else " unanswered"
+            ended = " unanswered"
+            if isinstance(lost, ssl.SSLError):
+                ended = f": {peer_handshake.tls_failure_reason(lost)}"
             return (
                 f"peer {peer} ended the TLS connection{ended} "
                 "(does it trust this node's certificate?)"

@@ -39,7 +39,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from replica.cli.config import CLOCK_OFFSET_ENV, write_secret
+from replica.cli.config import CLOCK_OFFSET_ENV
+from replica.cli.secret_files import write_secret
 from replica.testing import certificates
 from replica.testing.client import Body, JsonClient, without_ids
 from replica.testing.cluster_file import Setting, add_tls, write_cluster_view

@@ -103,25 +103,6 @@ def node_contexts(files: TlsFiles) -> NodeContexts:
         raise ValueError(f"[tls] {where}: not a certificate and its key: {exc}") from None
 
 
-_HINTS = {
-    "WRONG_VERSION_NUMBER": "not TLS: a plaintext client?",
-    "HTTP_REQUEST": "an HTTP request, not TLS",
-    "TLSV1_ALERT_UNKNOWN_CA": "the other side does not trust the CA of this side's certificate",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "the other side refused this side's certificate",
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the other side refused this side's certificate",
-    "UNSUPPORTED_PROTOCOL": f"the other side offers nothing at or above {MIN_VERSION.name}",
-}
-
-
-def failure_reason(exc: ssl.SSLError) -> str:
-    """What failed: the verification message (another CA, another name) or the alert."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"
-    reason = exc.reason or str(exc)
-    hint = _HINTS.get(reason)
-    return reason if hint is None else f"{reason} ({hint})"
-
-
 def certified_names(peercert: dict[str, Any] | None) -> frozenset[str]:
     """The DNS names of a verified peer certificate (`SSLObject.getpeercert()`); none without one.
 

@@ -25,8 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 from replica.node.router import Node
-from replica.replication.peer_handshake import HANDSHAKE_TIMEOUT_S, ReasonLog
-from replica.transports.tls import failure_reason
+from replica.replication.peer_handshake import (
+    HANDSHAKE_TIMEOUT_S,
+    ReasonLog,
+    tls_failure_reason,
+)
 
 log = logging.getLogger("replica.transports.tls_accept")
 
@@ -110,7 +113,7 @@ class TlsListener:
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
             )
         except ssl.SSLError as exc:
-            self._failed(host, failure_reason(exc))
+            self._failed(host, tls_failure_reason(exc))
         except (ConnectionResetError, BrokenPipeError) as exc:
             why = type(exc).__name__
             self._failed(host, f"it closed the connection ({why}): does it trust this node's CA?")
