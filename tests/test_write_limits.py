@@ -28,6 +28,8 @@ from replica.keyspaces import Keyspaces
 from replica.limits import Limits, SiblingWatch, TooManySiblings, ValueTooLarge
 from replica.node.handlers import kv as kv_ops
 from replica.node.handlers import mv as mv_ops
+from replica.node.router import Node, NodeSettings
+from replica.session import trusted
 from replica.testing import ProxiedCluster, ReplicaError, eventually, replica_command
 from replica.testing.plugin import ClusterFactory
 
@@ -139,6 +141,19 @@ def test_a_kv_put_past_max_siblings_is_refused_and_changes_nothing() -> None:
         kv_ops.put(keyspaces, "k", 3, (0, 0, 0, 1))
     assert keyspaces.states["kv"]["k"] is before
     assert kv_ops.put(keyspaces, "k", "all", (1, 1, 1, 1)).status == "written"
+
+
+def test_a_peer_merge_is_never_refused_for_its_size_or_its_siblings() -> None:
+    node = Node("n1", ["n1", "n2"], NodeSettings(sibling_warn=1, max_siblings=1, max_value_bytes=8))
+    big = "x" * 100
+    siblings = [{"value": big, "dot": ["n2", i], "past": {}} for i in (1, 2, 3)]
+    merge = {"type": "mv_merge", "msg_id": 1, "key": "k", "siblings": siblings}
+    assert node.handle_body(merge, "n2", trusted())["type"] == "mv_merge_ok"
+    assert node.keyspaces.states["mv"]["k"].values() == [big] * 3
+    assert node.keyspaces.sibling_watch.merges_over_max_siblings == 1
+    write = {"type": "mv_write", "msg_id": 2, "key": "j", "value": big}
+    reply = node.handle_body(write, None, trusted())
+    assert reply["code"] == 12 and "j" not in node.keyspaces.states["mv"], reply
 
 
 # -- configuration --------------------------------------------------------------------------
