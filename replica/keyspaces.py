@@ -17,7 +17,8 @@ The `horizon`, below which states may forget history, trails only what the
 clock itself issued.
 
 Sibling counts are kept as a histogram per type with siblings, moved wherever
-a key's state is replaced, so `max_siblings` never scans the keys.
+a key's state is replaced, so `max_siblings` never scans the keys; every move
+and every merge is shown to the `SiblingWatch` of the node's `Limits`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from replica.crdt.hlc import LOGICAL_BITS, HybridLogicalClock
 from replica.crdt.registry import BY_NAME, TYPES, DataType
+from replica.limits import Limits, SiblingWatch
 
 ChangeListener = Callable[[str, str, bool], None]
 """Called with (type name, key, local) after a key's state changed.
@@ -67,6 +69,7 @@ class Keyspaces:
         actor: str | None = None,
         max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS,
         now_ms: Callable[[], int] = wall_clock_ms,
+        limits: Limits | None = None,
     ) -> None:
         self.node_id = node_id
         self.actor = actor or node_id
@@ -80,6 +83,8 @@ class Keyspaces:
         self.listeners: list[ChangeListener] = []
         self._sizes: dict[str, dict[int, int]] = {t.name: {} for t in TYPES if t.has_siblings}
         """Per type with siblings: sibling count -> how many keys have that many."""
+        self.limits = limits or Limits()
+        self.sibling_watch = SiblingWatch(self.limits)
 
     # -- reading and replacing states ----------------------------------------------------
 
@@ -97,6 +102,7 @@ class Keyspaces:
             old = 0 if current is None else count(current)
             if old != (new := count(state)):
                 _resize(self._sizes[name], old, new)
+                self.sibling_watch.resized(name, key, old, new)
         store[key] = state
         for listener in self.listeners:
             listener(name, key, local)
@@ -110,6 +116,8 @@ class Keyspaces:
             merged, _ = data_type.collect(merged, self.horizon)
         if merged != current and not data_type.is_empty(merged):
             self.put(data_type, key, merged, local=False)
+            if data_type.count_siblings is not None:
+                self.sibling_watch.merged(data_type.name, key, data_type.count_siblings(merged))
 
     # -- the hybrid clock -------------------------------------------------------------------
 

@@ -18,6 +18,9 @@ mistyped field stops the node at once instead of being silently ignored.
     password_file = "password"    # optional, like secret_file: clients send it (`auth`) first
     max_connections = 10000       # optional, > 0: open connections per listening port
     partial_line_timeout_ms = 10000  # optional, > 0: an unfinished request line closes after it
+    sibling_warn = 25             # optional, > 0: a key reaching this many siblings is logged
+    max_siblings = 100            # optional, >= sibling_warn: more refuses a client write (22)
+    max_value_bytes = 1048576     # optional, > 0: a larger JSON value refuses the write (12)
 
     [[nodes]]                     # one or more
     id = "n1"
@@ -61,6 +64,7 @@ from replica.framing import (
     DEFAULT_PARTIAL_LINE_TIMEOUT_MS,
 )
 from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MVCC_RETENTION_MS
+from replica.limits import DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, DEFAULT_SIBLING_WARN
 from replica.transports.tls import TlsFiles
 
 if TYPE_CHECKING:
@@ -86,6 +90,9 @@ CLUSTER_FIELDS: dict[str, fields.Reader] = {
     "password_file": fields.path,
     "max_connections": fields.positive_field(DEFAULT_MAX_CONNECTIONS),
     "partial_line_timeout_ms": fields.positive_field(DEFAULT_PARTIAL_LINE_TIMEOUT_MS),
+    "sibling_warn": fields.positive_field(DEFAULT_SIBLING_WARN),
+    "max_siblings": fields.positive_field(DEFAULT_MAX_SIBLINGS),
+    "max_value_bytes": fields.positive_field(DEFAULT_MAX_VALUE_BYTES),
 }
 """Each `[cluster]` field, named as `ClusterConfig` names it, and how it is read."""
 NODE_FIELDS = ("id", "host", "port", "data_dir", "resp_port", "tls_cert_file", "tls_key_file")
@@ -126,6 +133,9 @@ class ClusterConfig:
     password_file: str | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     partial_line_timeout_ms: int = DEFAULT_PARTIAL_LINE_TIMEOUT_MS
+    sibling_warn: int = DEFAULT_SIBLING_WARN
+    max_siblings: int = DEFAULT_MAX_SIBLINGS
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     nodes: tuple[NodeConfig, ...] = ()
     tls: TlsFiles | None = None
     """`[tls]` as written; `tls_files` applies a node's own certificate."""
@@ -161,6 +171,9 @@ class ClusterConfig:
             password=password,
             max_connections=self.max_connections,
             partial_line_timeout_ms=self.partial_line_timeout_ms,
+            sibling_warn=self.sibling_warn,
+            max_siblings=self.max_siblings,
+            max_value_bytes=self.max_value_bytes,
         )
 
     def password(self) -> bytes | None:
@@ -240,6 +253,11 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
     settings = {
         name: read(cluster, name, "[cluster]", base_dir) for name, read in CLUSTER_FIELDS.items()
     }
+    if settings["sibling_warn"] > settings["max_siblings"]:
+        raise ConfigError(
+            f"[cluster] sibling_warn ({settings['sibling_warn']}) must not exceed "
+            f"max_siblings ({settings['max_siblings']})"
+        )
 
     raw_nodes = document.get("nodes")
     if raw_nodes is None or raw_nodes == []:

@@ -49,6 +49,12 @@ from replica.keyspaces import (
     Keyspaces,
     wall_clock_ms,
 )
+from replica.limits import (
+    DEFAULT_MAX_SIBLINGS,
+    DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_SIBLING_WARN,
+    Limits,
+)
 from replica.node.context import Body, Handler, Refusals
 from replica.node.handlers import BEFORE_AUTH, HANDLERS, PEER_ONLY
 from replica.node.handlers.cluster import init
@@ -86,6 +92,12 @@ class NodeSettings:
     """Open connections per listening port; one more gets an error line and is closed."""
     partial_line_timeout_ms: int = DEFAULT_PARTIAL_LINE_TIMEOUT_MS
     """How long a connection may hold an unfinished line before it is closed."""
+    sibling_warn: int = DEFAULT_SIBLING_WARN
+    """A key reaching this many siblings is logged and counted (`replica.limits`)."""
+    max_siblings: int = DEFAULT_MAX_SIBLINGS
+    """A client write that would add a sibling past this many is refused (error 22)."""
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    """A client write whose value encodes to more JSON than this is refused (error 12)."""
 
 
 class Node:
@@ -116,6 +128,11 @@ class Node:
             actor=actor,
             max_clock_skew_ms=self.settings.max_clock_skew_ms,
             now_ms=wall_clock_ms if not offset else lambda: wall_clock_ms() + offset,
+            limits=Limits(
+                self.settings.sibling_warn,
+                self.settings.max_siblings,
+                self.settings.max_value_bytes,
+            ),
         )
         self.replicator: Replicator | None = None
         self._durability: Durability | None = None

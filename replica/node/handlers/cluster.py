@@ -113,6 +113,8 @@ def status(ctx: Context, body: Body, src: str | None) -> Body:
         "connections_refused": ctx.refusals.connections,
         "partial_lines_closed": ctx.refusals.partial_lines,
         "tls_handshakes_failed": ctx.refusals.tls_handshakes,
+        "sibling_warnings": keyspaces.sibling_watch.sibling_warnings,
+        "merges_over_max_siblings": keyspaces.sibling_watch.merges_over_max_siblings,
     }
     if body.get("digests") is True and replicator is not None:
         roots = replicator.anti_entropy.roots()

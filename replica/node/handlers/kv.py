@@ -19,12 +19,16 @@ from replica.crdt.malformed import (
 from replica.crdt.registry import KV
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces
+from replica.limits import check_siblings, check_value
 from replica.node.context import Body, Context
 
 
 def put(keyspaces: Keyspaces, key: str, value: Any, clock: Clock) -> PutResult:
+    """Raises `TooManySiblings`, changing nothing, for a put that would pass `max_siblings`."""
     current = keyspaces.states["kv"].get(key, KV.empty)
     updated, result = current.put(value, clock)
+    old, new = len(current.siblings), len(updated.siblings)
+    check_siblings("kv", key, old, new, keyspaces.limits.max_siblings)
     if updated != current:
         keyspaces.put(KV, key, updated)
     return result
@@ -39,6 +43,7 @@ def resolve(keyspaces: Keyspaces, key: str, value: Any, clock: Clock) -> None:
 def kv_put(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     value = require_value(body, "value", checked=ctx.integers_checked)
+    check_value(value, ctx.keyspaces.limits.max_value_bytes)
     clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER, MAX_CONTEXT_ACTORS)
     result = put(ctx.keyspaces, key, value, clock)
     reply: Body = {"type": "kv_put_ok", "status": result.status}
@@ -59,6 +64,7 @@ def kv_get(ctx: Context, body: Body, src: str | None) -> Body:
 def kv_resolve(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     value = require_value(body, "value", checked=ctx.integers_checked)
+    check_value(value, ctx.keyspaces.limits.max_value_bytes)
     clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER, MAX_CONTEXT_ACTORS)
     try:
         resolve(ctx.keyspaces, key, value, clock)

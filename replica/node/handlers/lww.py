@@ -13,6 +13,7 @@ from replica.crdt.malformed import optional_count, require_str, require_value
 from replica.crdt.registry import LWW
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces, TooFarAhead
+from replica.limits import check_value
 from replica.node.context import Body, Context
 from replica.node.handlers.clocked import too_far_ahead
 from replica.node.resp_terms import Integer, Request, Term, Value, arity, integer, ok, text, unknown
@@ -32,6 +33,7 @@ def write(keyspaces: Keyspaces, key: str, value: Any, timestamp: int | None) -> 
 def lww_write(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     value = require_value(body, "value", checked=ctx.integers_checked)
+    check_value(value, ctx.keyspaces.limits.max_value_bytes)
     timestamp = optional_count(body, "timestamp")
     try:
         ts = write(ctx.keyspaces, key, value, timestamp)

@@ -15,6 +15,7 @@ from replica.crdt.mv_register import MVRegister, Sibling
 from replica.crdt.registry import MV
 from replica.crdt.version_vector import VersionVector
 from replica.keyspaces import Keyspaces
+from replica.limits import check_siblings, check_value
 from replica.node.context import Body, Context
 from replica.node.handlers.merging import ack, merge
 from replica.node.resp_terms import Request, Term, Values, arity, ok, text, unknown
@@ -25,9 +26,14 @@ _EMPTY: MVRegister = MV.empty
 def write(
     keyspaces: Keyspaces, key: str, value: Any, context: VersionVector | None
 ) -> tuple[MVRegister, Sibling]:
-    """A client's write at this node's actor; returns the new register and its sibling."""
+    """A client's write at this node's actor; returns the new register and its sibling.
+
+    Raises `TooManySiblings`, changing nothing, for a write that would add a
+    sibling past `max_siblings`.
+    """
     current = keyspaces.states["mv"].get(key, _EMPTY)
     register, sibling = current.write(keyspaces.actor, value, context)
+    check_siblings("mv", key, len(current), len(register), keyspaces.limits.max_siblings)
     keyspaces.put(MV, key, register)
     return register, sibling
 
@@ -50,6 +56,7 @@ def _write(ctx: Context, body: Body) -> tuple[MVRegister, Sibling]:
     """An `mv_write` request's fields checked, then the write."""
     key = require_str(body, "key")
     value = require_value(body, "value", checked=ctx.integers_checked)
+    check_value(value, ctx.keyspaces.limits.max_value_bytes)
     raw_context = body.get("context")
     context = (
         None

@@ -20,6 +20,7 @@ from replica.crdt.mvcc import TimestampConflict, Version
 from replica.crdt.registry import MVCC
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces, TooFarAhead
+from replica.limits import check_value
 from replica.node.context import Body, Context
 from replica.node.handlers.clocked import too_far_ahead
 
@@ -47,6 +48,7 @@ def read(keyspaces: Keyspaces, key: str, read_timestamp: int | None) -> tuple[Ve
 def mvcc_put(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     value = require_value(body, "value", checked=ctx.integers_checked)
+    check_value(value, ctx.keyspaces.limits.max_value_bytes)
     timestamp = optional_count(body, "timestamp")
     try:
         version, ts = put(ctx.keyspaces, key, value, timestamp)
