@@ -17,7 +17,8 @@ The `horizon`, below which states may forget history, trails only what the
 clock itself issued.
 
 Sibling counts are kept as a histogram per type with siblings, moved wherever
-a key's state is replaced, so `max_siblings` never scans the keys.
+a key's state is replaced, so `max_siblings` never scans the keys; the keys
+holding a tombstone are counted per type with deletes the same way.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class Keyspaces:
         self.listeners: list[ChangeListener] = []
         self._sizes: dict[str, dict[int, int]] = {t.name: {} for t in TYPES if t.has_siblings}
         """Per type with siblings: sibling count -> how many keys have that many."""
+        self._tombstones: dict[str, int] = {
+            t.name: 0 for t in TYPES if t.holds_tombstone is not None
+        }
+        """Per type with deletes: how many keys hold a tombstone."""
 
     # -- reading and replacing states ----------------------------------------------------
 
@@ -97,6 +102,11 @@ class Keyspaces:
             old = 0 if current is None else count(current)
             if old != (new := count(state)):
                 _resize(self._sizes[name], old, new)
+        if (tombstone := data_type.holds_tombstone) is not None:
+            current = store.get(key)
+            had = current is not None and tombstone(current)
+            if had != tombstone(state):
+                self._tombstones[name] += -1 if had else 1
         store[key] = state
         for listener in self.listeners:
             listener(name, key, local)
@@ -175,6 +185,10 @@ class Keyspaces:
         """The largest sibling count of any key of type `name`; 0 when it has none."""
         return max(self._sizes[name], default=0)
 
+    def tombstones(self) -> dict[str, int]:
+        """Per type with deletes: how many keys hold a tombstone."""
+        return dict(self._tombstones)
+
     def sibling_histogram(self, name: str) -> dict[int, int]:
         """Sibling count -> how many keys of type `name` have that many (counts of 0 omitted)."""
         return dict(self._sizes[name])
@@ -213,6 +227,11 @@ class Keyspaces:
             size = BY_NAME[name].size
             counts = Counter(map(size, stores[name].values()))
             self._sizes[name] = {n: keys for n, keys in counts.items() if n}
+        for data_type in TYPES:
+            if (tombstone := data_type.holds_tombstone) is not None:
+                self._tombstones[data_type.name] = sum(
+                    map(tombstone, stores[data_type.name].values())
+                )
         return count
 
 
