@@ -60,7 +60,8 @@ def kv_get(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     ctx.shown("kv", key)
     siblings = ctx.keyspaces.states["kv"].get(key)
-    return {"type": "kv_get_ok", "values": [] if siblings is None else siblings.to_wire()}
+    values = [] if siblings is None else [s.to_wire() for s in siblings.siblings]
+    return {"type": "kv_get_ok", "values": values}
 
 
 def kv_resolve(ctx: Context, body: Body, src: str | None) -> Body:
