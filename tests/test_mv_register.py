@@ -538,3 +538,91 @@ def test_snapshots_cover_the_whole_program() -> None:
     # the strategy's building block: initial states, then every replica after every step
     states = snapshots([Write(0), Merge(1, 0)])
     assert [s.values() for s in states] == [[], [], [], [0], [], [], [0], [0], []]
+
+
+# -- deletes ----------------------------------------------------------------------------------
+
+
+def test_a_delete_removes_what_its_context_covers_and_keeps_a_concurrent_sibling() -> None:
+    a, _ = MVRegister().write("n1", "a", None)
+    seen = a.context()
+    both = a.merge(MVRegister().write("n2", "b", None)[0])
+    deleted = both.delete(seen)
+    assert deleted.values() == ["b"]
+    assert deleted.deleted == {"n1": 1}
+    assert deleted.context() == {"n1": 1, "n2": 1}
+    assert_invariants(deleted)
+
+
+def test_a_deleted_sibling_does_not_come_back_from_a_peer_that_still_holds_it() -> None:
+    peer, _ = MVRegister().write("n1", "a", None)
+    here = MVRegister().merge(peer).delete(peer.context())
+    assert here.values() == [] and here.deleted == {"n1": 1}
+    assert here.merge(peer) == here
+    assert peer.merge(here) == here
+    assert here.read_view() == ([], {"n1": 1})
+
+
+def test_a_delete_of_a_value_not_yet_here_drops_it_when_it_arrives() -> None:
+    elsewhere, _ = MVRegister().write("n2", "late", None)
+    here = MVRegister().delete(elsewhere.context())  # a client saw it at n2, deletes at n1
+    assert here.merge(elsewhere).values() == []
+
+
+def test_a_write_after_a_delete_supersedes_it_and_drops_the_tombstone() -> None:
+    a, _ = MVRegister().write("n1", "a", None)
+    gone = a.delete(a.context())
+    again, new = gone.write("n1", "b", gone.context())
+    assert new.dot == Dot("n1", 2)
+    assert again.values() == ["b"] and again.deleted == {}
+    assert type(again) is MVRegister  # no tombstone field left to pay for
+    plain, _ = gone.write("n2", "c", None)
+    assert plain.deleted == {}
+
+
+def test_a_write_with_an_empty_context_after_a_delete_gets_a_dot_outside_the_deleted_history() -> (
+    None
+):
+    a, _ = MVRegister().write("n1", "a", None)
+    gone = a.delete(a.context())
+    concurrent, new = gone.write("n1", "b", {})
+    assert new.dot == Dot("n1", 2)  # never inside its own deleted history
+    assert concurrent.values() == ["b"] and concurrent.deleted == {"n1": 1}
+    assert concurrent.merge(a) == concurrent
+
+
+def test_a_tombstone_travels_as_one_more_element_of_the_sibling_set() -> None:
+    a, _ = MVRegister().write("n1", "a", None)
+    b, _ = MVRegister().write("n2", "b", None)
+    state = a.merge(b).delete(a.context())
+    assert state.to_wire() == [
+        {"value": "b", "dot": ["n2", 1], "past": {}},
+        {"deleted": {"n1": 1}},
+    ]
+    assert MVRegister.from_wire(state.to_wire()) == state
+    assert MVRegister.from_stored(state.to_stored()) == state
+    # each part of a split state is a valid delta, whatever order they come in
+    parts = [MVRegister.from_wire([entry]) for entry in state.to_wire()]
+    assert parts[0].merge(parts[1]) == parts[1].merge(parts[0]) == state
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        [{"deleted": []}],
+        [{"deleted": {"n1": -1}}],
+        [{"deleted": {"n1": "1"}}],
+    ],
+)
+def test_a_malformed_tombstone_is_refused(wire: Any) -> None:
+    with pytest.raises(Malformed):
+        MVRegister.from_wire(wire)
+
+
+def test_registers_that_differ_only_in_their_deleted_history_are_not_equal() -> None:
+    a, _ = MVRegister().write("n1", "a", {})
+    b = a.merge(MVRegister().delete({"n2": 3}))
+    assert tuple(a) == tuple(b)
+    assert a != b
+    assert (a == b) is False
+    assert a.merge(b) == b
