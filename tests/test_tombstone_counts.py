@@ -8,6 +8,7 @@ recovery (`load_many`) must count what the replica kept.
 from __future__ import annotations
 
 import contextlib
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
