@@ -77,6 +77,7 @@ async def test_a_deleted_key_reads_empty_everywhere_and_after_every_node_restart
         await eventually(
             lambda: tombstones(cluster), everywhere({"mv": 1, "kv": 0, "lww": 0, "mvcc": 0})
         )
+        await cluster.wait_quiet()  # every merge acknowledged, so on every node's disk
         for node in IDS:
             await cluster.kill(node)
         for node in IDS:
