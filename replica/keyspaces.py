@@ -18,7 +18,8 @@ clock itself issued.
 
 Sibling counts are kept as a histogram per type with siblings, moved wherever
 a key's state is replaced, so `max_siblings` never scans the keys; every move
-and every merge is shown to the `SiblingWatch` of the node's `Limits`.
+and every merge is shown to the `SiblingWatch` of the node's `Limits`.  The
+keys holding a tombstone are counted per type with deletes the same way.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ class Keyspaces:
         """Per type with siblings: sibling count -> how many keys have that many."""
         self.limits = limits or Limits()
         self.sibling_watch = SiblingWatch(self.limits)
+        self._tombstones: dict[str, int] = {
+            t.name: 0 for t in TYPES if t.holds_tombstone is not None
+        }
+        """Per type with deletes: how many keys hold a tombstone."""
 
     # -- reading and replacing states ----------------------------------------------------
 
@@ -103,6 +108,11 @@ class Keyspaces:
             if old != (new := count(state)):
                 _resize(self._sizes[name], old, new)
                 self.sibling_watch.resized(name, key, old, new)
+        if (tombstone := data_type.holds_tombstone) is not None:
+            current = store.get(key)
+            had = current is not None and tombstone(current)
+            if had != tombstone(state):
+                self._tombstones[name] += -1 if had else 1
         store[key] = state
         for listener in self.listeners:
             listener(name, key, local)
@@ -183,6 +193,10 @@ class Keyspaces:
         """The largest sibling count of any key of type `name`; 0 when it has none."""
         return max(self._sizes[name], default=0)
 
+    def tombstones(self) -> dict[str, int]:
+        """Per type with deletes: how many keys hold a tombstone."""
+        return dict(self._tombstones)
+
     def sibling_histogram(self, name: str) -> dict[int, int]:
         """Sibling count -> how many keys of type `name` have that many (counts of 0 omitted)."""
         return dict(self._sizes[name])
@@ -221,6 +235,11 @@ class Keyspaces:
             size = BY_NAME[name].size
             counts = Counter(map(size, stores[name].values()))
             self._sizes[name] = {n: keys for n, keys in counts.items() if n}
+        for data_type in TYPES:
+            if (tombstone := data_type.holds_tombstone) is not None:
+                self._tombstones[data_type.name] = sum(
+                    map(tombstone, stores[data_type.name].values())
+                )
         return count
 
 

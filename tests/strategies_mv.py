@@ -2,7 +2,8 @@
 
 A state is reachable when clients and replicas of a small simulated cluster
 produce it: writes without a context, with the context of an earlier reply
-(from any replica) or with an empty context, reads, and whole-state merges.
+(from any replica) or with an empty context, deletes with the context of an
+earlier reply or of what the replica holds, reads, and whole-state merges.
 Contexts are only ever ones a register's `context()` returned; a hand-made
 context can claim a history no replica has, and the merge laws are not
 promised for such states.
@@ -53,6 +54,16 @@ class Read:
 
 
 @dataclass(frozen=True)
+class Delete:
+    """A client deletes at `replica` what a reply showed (`reply` picks it, as for `Write`),
+    or, with `here` or no reply yet, everything the replica holds (`MVREG DEL`)."""
+
+    replica: int
+    here: bool = False
+    reply: int = 0
+
+
+@dataclass(frozen=True)
 class Merge:
     """`target` takes in `source`'s whole state."""
 
@@ -60,7 +71,7 @@ class Merge:
     source: int
 
 
-Step = Write | Read | Merge
+Step = Write | Read | Merge | Delete
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,14 @@ class Cluster:
             self.states[step.target] = self.states[step.target].merge(self.states[step.source])
             return
         register = self.states[step.replica]
-        if isinstance(step, Write):
+        if isinstance(step, Delete):
+            if step.here or not self.replies:
+                context = register.context()
+            else:
+                context = self.replies[step.reply % len(self.replies)].context
+            register = register.delete(context)
+            self.states[step.replica] = register
+        elif isinstance(step, Write):
             value = write_value(self.writes)
             self.writes += 1
             register, _ = register.write(node_name(step.replica), value, self.context_for(step))
@@ -121,9 +139,11 @@ def steps(size: int = len(REPLICAS)) -> st.SearchStrategy[Step]:
         st.sampled_from(["none", "empty", "reply", "reply"]),
         st.integers(0, 1_000),
     )
+    delete = st.builds(Delete, replica, st.booleans(), st.integers(0, 1_000))
     return st.one_of(
         write,
         write,
+        delete,
         st.builds(Read, replica),
         st.builds(Merge, replica, replica),
     )

@@ -7,7 +7,7 @@ sibling set that is not an antichain, or a version chain with a gap below its
 floor, is a state no node can hold, and a law failing on it says nothing.
 
 Each type comes with a `Simulation`: its empty state, a strategy of client
-operations and how a replica applies one.  The law suite reuses these to run
+operations (deletes among them) and how a replica applies one.  The law suite reuses these to run
 whole clusters, so the operations here are the only definition of what
 clients can do to a type in tests.
 """
@@ -99,6 +99,25 @@ class KvResolve:
 
 
 @dataclass(frozen=True)
+class KvDelete:
+    clock: Clock
+
+
+@dataclass(frozen=True)
+class KvReadDelete:
+    """A careful client: reads the siblings, then deletes with a clock above all of them."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class KvTombstone:
+    """What a delete stored, for the sequential model."""
+
+    clock: Clock
+
+
+@dataclass(frozen=True)
 class KvReadModifyWrite:
     """A careful client: reads the siblings, then writes one clock above all of them."""
 
@@ -119,6 +138,12 @@ def clock_above(siblings: ClockedSiblings, position: int) -> Clock:
 
 
 def apply_kv(state: ClockedSiblings, replica: str, op: Any) -> tuple[ClockedSiblings, list[Any]]:
+    if isinstance(op, KvReadDelete):
+        op = KvDelete(clock_above(state, op.position))
+    if isinstance(op, KvDelete):
+        deleted, status = state.delete(op.clock)
+        stored = status == "deleted" and deleted != state
+        return deleted, [KvTombstone(op.clock)] if stored else []
     if isinstance(op, KvReadModifyWrite):
         op = (KvResolve if op.resolve else KvPut)(op.value, clock_above(state, op.position))
     if isinstance(op, KvPut):
@@ -137,6 +162,8 @@ KV = Simulation(
         st.builds(KvPut, json_values, clocks),
         st.builds(KvResolve, json_values, clocks),
         st.builds(KvReadModifyWrite, json_values, st.integers(0, 2), st.booleans()),
+        st.builds(KvDelete, clocks),
+        st.builds(KvReadDelete, st.integers(0, 2)),
     ),
     apply=apply_kv,
     merge=ClockedSiblings.merge,
@@ -165,6 +192,14 @@ class MvccPutNext:
 
 
 @dataclass(frozen=True)
+class MvccDelete:
+    """A tombstone version `gap` above the replica's newest version, or at `timestamp`."""
+
+    gap: int
+    timestamp: int | None = None
+
+
+@dataclass(frozen=True)
 class MvccCollect:
     """Garbage collection with the horizon `lag` below the replica's newest version."""
 
@@ -178,8 +213,11 @@ def apply_mvcc(state: VersionChain, replica: str, op: Any) -> tuple[VersionChain
         return state.collect(top - op.lag)[0], []
     if isinstance(op, MvccPutNext):
         op = MvccPut(top + op.gap, op.value)
+    deleted = isinstance(op, MvccDelete)
+    if isinstance(op, MvccDelete):
+        op = MvccPut(top + op.gap if op.timestamp is None else op.timestamp, None)
     try:
-        updated, _ = state.put(op.timestamp, op.value, replica)
+        updated, _ = state.put(op.timestamp, op.value, replica, deleted=deleted)
     except TimestampConflict:
         return state, []
     return updated, [] if updated is state else [updated.versions[-1]]
@@ -191,6 +229,8 @@ MVCC = Simulation(
         st.builds(MvccPut, st.integers(0, 30), json_values),
         st.builds(MvccPutNext, st.integers(1, 4), json_values),
         st.builds(MvccCollect, st.integers(0, 6)),
+        st.builds(MvccDelete, st.integers(1, 4)),
+        st.builds(MvccDelete, st.just(0), st.integers(0, 30)),
     ),
     apply=apply_mvcc,
     merge=VersionChain.merge,
@@ -217,17 +257,28 @@ def merge_lww(a: LWWRegister | None, b: LWWRegister | None) -> LWWRegister | Non
     return a.merge(b)
 
 
+@dataclass(frozen=True)
+class LwwDelete:
+    timestamp: int
+
+
 def apply_lww(
-    state: LWWRegister | None, replica: str, op: LwwWrite
+    state: LWWRegister | None, replica: str, op: LwwWrite | LwwDelete
 ) -> tuple[LWWRegister | None, list[Any]]:
-    written = LWWRegister(op.value, op.timestamp, replica)
+    if isinstance(op, LwwDelete):
+        written = LWWRegister.tombstone(op.timestamp, replica)
+    else:
+        written = LWWRegister(op.value, op.timestamp, replica)
     return merge_lww(state, written), [written]
 
 
 LWW: Simulation[LWWRegister | None] = Simulation(
     initial=None,
     # few timestamps, so equal timestamps (and equal timestamp and replica) are common
-    ops=st.builds(LwwWrite, json_values, st.integers(0, 4)),
+    ops=st.one_of(
+        st.builds(LwwWrite, json_values, st.integers(0, 4)),
+        st.builds(LwwDelete, st.integers(0, 4)),
+    ),
     apply=apply_lww,
     merge=merge_lww,
 )
@@ -248,13 +299,22 @@ class CounterAdd:
     delta: int
 
 
-def apply_counter(state: PNCounter, replica: str, op: CounterAdd) -> tuple[PNCounter, list[Any]]:
+@dataclass(frozen=True)
+class CounterReset:
+    """A delete: takes away the total the replica observes."""
+
+
+def apply_counter(
+    state: PNCounter, replica: str, op: CounterAdd | CounterReset
+) -> tuple[PNCounter, list[Any]]:
+    if isinstance(op, CounterReset):
+        return state.reset(replica), [-state.value]
     return state.add(replica, op.delta), [op.delta]
 
 
 COUNTER: Simulation[PNCounter] = Simulation(
     initial=PNCounter(),
-    ops=st.builds(CounterAdd, st.integers(-5, 5)),
+    ops=st.one_of(st.builds(CounterAdd, st.integers(-5, 5)), st.builds(CounterReset)),
     apply=apply_counter,
     merge=PNCounter.merge,
 )

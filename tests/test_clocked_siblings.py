@@ -263,3 +263,75 @@ def test_malformed_text_names_the_sibling() -> None:
 def test_from_wire_is_order_insensitive(pairs) -> None:
     raw = [{"value": v, "clock": list(c)} for v, c in pairs]
     assert ClockedSiblings.from_wire(raw) == ClockedSiblings.from_wire(raw[::-1])
+
+
+# -- deletes ----------------------------------------------------------------------------------
+
+
+def two_siblings() -> ClockedSiblings:
+    state, _ = ClockedSiblings().put("a", (1, 0))
+    state, _ = state.put("b", (0, 1))
+    return state
+
+
+def test_a_delete_removes_the_dominated_siblings_and_keeps_its_clock() -> None:
+    state, status = two_siblings().delete((2, 0))
+    assert status == "deleted"
+    assert [s.value for s in state.siblings] == ["b"]
+    assert state.deleted == ((2, 0),)
+    assert state.to_wire() == [{"value": "b", "clock": [0, 1]}, {"deleted": [2, 0]}]
+
+
+def test_a_stale_delete_is_rejected_and_a_repeated_one_is_a_retry() -> None:
+    state = two_siblings()
+    assert state.delete((0, 1)) == (state, "rejected")  # equal to b's clock
+    assert state.delete((1,)) == (state, "rejected")
+    deleted, _ = state.delete((2, 0))
+    assert deleted.delete((2, 0, 0)) == (deleted, "deleted")
+    assert deleted.delete((1, 0)) == (deleted, "rejected")  # below the tombstone
+
+
+def test_a_deleted_sibling_does_not_come_back_from_a_replica_that_still_holds_it() -> None:
+    old = two_siblings()
+    deleted, _ = old.delete((2, 1))
+    assert deleted.siblings == () and deleted.deleted == ((2, 1),)
+    assert deleted.merge(old) == deleted
+    assert old.merge(deleted) == deleted
+
+
+def test_a_put_at_or_below_a_tombstone_is_stale_and_one_above_it_drops_it() -> None:
+    deleted, _ = two_siblings().delete((2, 1))
+    assert deleted.put("x", (2, 1))[1].status == "rejected"
+    assert deleted.put("x", (1, 1))[1].status == "rejected"
+    written, result = deleted.put("y", (3, 1))
+    assert result.status == "written"
+    assert written.deleted == () and [s.value for s in written.siblings] == ["y"]
+    concurrent, result = deleted.put("z", (0, 2))
+    assert result.status == "written"
+    assert concurrent.deleted == ((2, 1),)  # it has not seen the delete: the tombstone stays
+
+
+def test_concurrent_deletes_keep_both_tombstones_not_their_maximum() -> None:
+    state, _ = ClockedSiblings().put("c", (1, 1))
+    left, _ = ClockedSiblings().delete((2, 0))
+    right, _ = ClockedSiblings().delete((0, 2))
+    merged = left.merge(right).merge(state)
+    assert merged.deleted == ((2, 0), (0, 2))
+    assert [s.value for s in merged.siblings] == ["c"]  # neither delete had seen it
+
+
+def test_a_resolve_below_a_tombstone_is_not_covered() -> None:
+    deleted, _ = two_siblings().delete((2, 1))
+    with pytest.raises(NotCovered) as refused:
+        deleted.resolve("r", (1, 1))
+    assert refused.value.uncovered == [(2, 1)]
+
+
+def test_tombstones_round_trip_and_old_records_still_load() -> None:
+    deleted, _ = two_siblings().delete((2, 0))
+    assert ClockedSiblings.from_wire(deleted.to_wire()) == deleted
+    assert ClockedSiblings.from_stored(deleted.to_stored()) == deleted
+    old = [{"value": "a", "clock": [1, 0]}]
+    assert ClockedSiblings.from_stored(old) == ClockedSiblings.from_wire(old)
+    with pytest.raises(Malformed):
+        ClockedSiblings.from_wire([{"deleted": "x"}])

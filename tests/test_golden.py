@@ -214,6 +214,116 @@ COUNTER: list[Step] = [
     ("the read after the merge", {"type": "counter_read", "msg_id": 4, "key": "likes"}),
 ]
 
+DELETES: list[Step] = [
+    ("an MV write", {"type": "mv_write", "msg_id": 1, "key": "cart", "value": "milk"}),
+    (
+        "a delete with the write's context: nothing left, the context still covers it",
+        {"type": "mv_delete", "msg_id": 2, "key": "cart", "context": {"n1": 1}},
+    ),
+    (
+        "a peer's batch: the deleted value again, a concurrent one, and a peer's tombstone",
+        peer(
+            {
+                "type": "mv_merge",
+                "msg_id": 16,
+                "deltas": [
+                    {
+                        "key": "cart",
+                        "siblings": [
+                            {"value": "milk", "dot": ["n1", 1], "past": {}},
+                            {"value": "jam", "dot": ["n2", 1], "past": {}},
+                            {"deleted": {"n2": 0, "n3": 2}},
+                        ],
+                    }
+                ],
+            }
+        ),
+    ),
+    (
+        "the read after the merge: only the concurrent value",
+        {"type": "mv_read", "msg_id": 3, "key": "cart"},
+    ),
+    ("a KV write", {"type": "kv_put", "msg_id": 4, "key": "user", "value": "a", "clock": [1, 0]}),
+    ("a stale delete", {"type": "kv_delete", "msg_id": 5, "key": "user", "clock": [1]}),
+    ("a KV delete", {"type": "kv_delete", "msg_id": 6, "key": "user", "clock": [2, 0]}),
+    (
+        "a peer's batch: the deleted sibling and a tombstone",
+        peer(
+            {
+                "type": "kv_merge",
+                "msg_id": 17,
+                "deltas": [
+                    {
+                        "key": "user",
+                        "siblings": [{"value": "a", "clock": [1, 0]}, {"deleted": [0, 3]}],
+                    }
+                ],
+            }
+        ),
+    ),
+    ("the KV read after the merge", {"type": "kv_get", "msg_id": 7, "key": "user"}),
+    (
+        "a write below a tombstone is stale",
+        {"type": "kv_put", "msg_id": 8, "key": "user", "value": "b", "clock": [0, 2]},
+    ),
+    ("an LWW write", {"type": "lww_write", "msg_id": 9, "key": "f", "value": 1, "timestamp": 5}),
+    ("an LWW delete", {"type": "lww_delete", "msg_id": 10, "key": "f", "timestamp": 5}),
+    ("the LWW read: gone", {"type": "lww_read", "msg_id": 11, "key": "f"}),
+    (
+        "a peer's LWW tombstone above it, then a write above that",
+        peer(
+            {
+                "type": "lww_merge",
+                "msg_id": 18,
+                "deltas": [
+                    {
+                        "key": "f",
+                        "state": {"value": None, "timestamp": 6, "replica": "n2", "deleted": True},
+                    }
+                ],
+            }
+        ),
+    ),
+    (
+        "an LWW write above it",
+        {"type": "lww_write", "msg_id": 12, "key": "f", "value": 2, "timestamp": 7},
+    ),
+    (
+        "an MVCC version",
+        {"type": "mvcc_put", "msg_id": 13, "key": "x", "value": "v", "timestamp": 100},
+    ),
+    ("an MVCC delete", {"type": "mvcc_delete", "msg_id": 14, "key": "x", "timestamp": 200}),
+    ("a read after it: gone", {"type": "mvcc_get", "msg_id": 15, "key": "x"}),
+    ("a read before it", {"type": "mvcc_get", "msg_id": 16, "key": "x", "read_timestamp": 150}),
+    (
+        "a peer's chain with the tombstone version",
+        peer(
+            {
+                "type": "mvcc_merge",
+                "msg_id": 19,
+                "deltas": [
+                    {
+                        "key": "y",
+                        "state": {
+                            "versions": [[10, "w", "n2"], [20, None, "n2", True]],
+                            "floor": -1,
+                            "dropped": 0,
+                        },
+                    }
+                ],
+            }
+        ),
+    ),
+    (
+        "a snapshot: a tombstone reads as absent",
+        {"type": "mvcc_snapshot", "msg_id": 17, "keys": ["x", "y"], "read_timestamp": 250},
+    ),
+    ("a counter addition", {"type": "counter_add", "msg_id": 18, "key": "c", "delta": 5}),
+    ("a counter delete: a reset", {"type": "counter_delete", "msg_id": 19, "key": "c"}),
+    ("an MV delete without a context", {"type": "mv_delete", "msg_id": 20, "key": "cart"}),
+    ("the tombstones each keyspace holds", {"type": "status", "msg_id": 21}),
+]
+
 SEQUENCES: dict[str, tuple[list[Step], str]] = {
     "mv": (MV, "cart"),
     "kv": (KV, "user:1"),
@@ -272,6 +382,12 @@ def regenerate() -> None:
             for (note, request), reply in zip(steps, replies, strict=True)
         ]
         write_lines(GOLDEN / f"{name}.jsonl", lines)
+    replies = replay(new_node(), [request for _, request in DELETES])
+    lines = [
+        {"note": note, "request": request, "reply": _pinned(reply)}
+        for (note, request), reply in zip(DELETES, replies, strict=True)
+    ]
+    write_lines(GOLDEN / "deletes.jsonl", lines)
     record = encode_commit(final_states())
     header, body = record[:2], record[2:]
     entries = [list(entry) for entry in log_entries(record)]
@@ -291,6 +407,23 @@ def test_replies_match_the_golden_vectors(name: str) -> None:
     replies = replay(new_node(), [line["request"] for line in golden])
     for line, reply in zip(golden, replies, strict=True):
         assert canonical(reply) == canonical(line["reply"]), line["note"]
+
+
+def _pinned(reply: Any) -> Any:
+    """What of a reply is pinned: a status reply by its tombstone counts alone."""
+    if isinstance(reply, dict) and reply.get("type") == "status_ok":
+        return {"type": "status_ok", "tombstones": reply["tombstones"]}
+    return reply
+
+
+def test_delete_replies_match_the_golden_vectors() -> None:
+    golden = read_lines(GOLDEN / "deletes.jsonl")
+    assert [line["request"] for line in golden] == [request for _, request in DELETES], (
+        "the requests here and in the golden file differ: regenerate the file"
+    )
+    replies = replay(new_node(), [line["request"] for line in golden])
+    for line, reply in zip(golden, replies, strict=True):
+        assert canonical(_pinned(reply)) == canonical(line["reply"]), line["note"]
 
 
 def test_every_type_of_the_registry_has_golden_vectors() -> None:

@@ -80,3 +80,30 @@ def test_from_wire_accepts_null_value_and_largest_timestamp() -> None:
 def test_from_wire_rejects(raw) -> None:
     with pytest.raises(Malformed):
         LWWRegister.from_wire(raw)
+
+
+# -- deletes ----------------------------------------------------------------------------------
+
+
+def test_a_tombstone_wins_over_writes_at_or_below_it_and_loses_to_later_ones() -> None:
+    tombstone = LWWRegister.tombstone(10, "n2")
+    for write in (
+        LWWRegister("a", 10, "n2"),
+        LWWRegister("a", 10, "n1"),
+        LWWRegister("a", 9, "n3"),
+    ):
+        assert write.merge(tombstone) == tombstone.merge(write) == tombstone
+    for write in (LWWRegister("b", 10, "n3"), LWWRegister("b", 11, "n1")):
+        assert write.merge(tombstone) == tombstone.merge(write) == write
+
+
+def test_a_tombstone_round_trips_and_an_old_register_still_loads() -> None:
+    tombstone = LWWRegister.tombstone(10, "n2")
+    wire = {"value": None, "timestamp": 10, "replica": "n2", "deleted": True}
+    assert tombstone.to_wire() == wire
+    assert LWWRegister.from_wire(wire) == LWWRegister.from_stored(wire) == tombstone
+    old = {"value": None, "timestamp": 10, "replica": "n2"}
+    assert not LWWRegister.from_stored(old).deleted
+    assert LWWRegister.from_stored(old) != tombstone
+    with pytest.raises(Malformed):
+        LWWRegister.from_wire({**wire, "deleted": 1})

@@ -26,6 +26,7 @@ from tests.strategies_types import (
     KV,
     LWW,
     MVCC,
+    KvTombstone,
     MergeFrom,
     Simulation,
     clocked_siblings,
@@ -55,11 +56,11 @@ def _dominates(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 
 
 def kv_model(stored: list[Any], before: list[Any]) -> Any:
-    """Every sibling ever stored that no other stored sibling dominates."""
+    """Every sibling ever stored that no other stored sibling nor any delete dominates."""
     survivors = {
         (tuple(v.clock), canonical(v.value))
         for v in stored
-        if not any(_dominates(w.clock, v.clock) for w in stored)
+        if not isinstance(v, KvTombstone) and not any(_dominates(w.clock, v.clock) for w in stored)
     }
     # of equal clocks spelled differently, the longest spelling is the one kept
     longest = {}
@@ -87,28 +88,32 @@ def mvcc_model(stored: list[Any], before: list[Any]) -> Any:
     winners: dict[int, Any] = {}
     for v in stored:
         if v.timestamp > floor:
-            rank = (v.origin, canonical(v.value))
+            rank = (v.origin, v.deleted, canonical(v.value))
             if v.timestamp not in winners or rank > winners[v.timestamp]:
                 winners[v.timestamp] = rank
     return floor, sorted((ts, *rank) for ts, rank in winners.items())
 
 
 def mvcc_view(state: Any) -> Any:
-    return state.floor, [(v.timestamp, v.origin, canonical(v.value)) for v in state.versions]
+    return state.floor, [
+        (v.timestamp, v.origin, v.deleted, canonical(v.value)) for v in state.versions
+    ]
 
 
 def lww_model(stored: list[Any], before: list[Any]) -> Any:
-    """The write with the greatest (timestamp, replica, value)."""
-    ranks = [(w.timestamp, w.replica, canonical(w.value)) for w in stored]
+    """The write with the greatest (timestamp, replica, tombstone first, value)."""
+    ranks = [(w.timestamp, w.replica, w.deleted, canonical(w.value)) for w in stored]
     return max(ranks, default=None)
 
 
 def lww_view(state: Any) -> Any:
-    return None if state is None else (state.timestamp, state.replica, canonical(state.value))
+    if state is None:
+        return None
+    return state.timestamp, state.replica, state.deleted, canonical(state.value)
 
 
 def counter_model(stored: list[Any], before: list[Any]) -> Any:
-    """The sum of every addition made anywhere."""
+    """The sum of every addition made anywhere (a delete adds minus what it observed)."""
     return sum(stored)
 
 

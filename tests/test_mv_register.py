@@ -3,8 +3,11 @@
 The oracle is the specification the dotted version vectors approximate with
 counters: every write is an event that remembers the set of events it had
 seen, a replica knows a set of events, and a value is visible exactly when no
-other known event had seen it.  The register must agree with it after every
-step of any program, not just once replicas have converged.
+other known event had seen it.  A delete is an event too, with no value: what
+it had seen (its context) is hidden wherever it is known, so a deleted value
+never comes back, and a write it had not seen stays visible.  The register
+must agree with it after every step of any program, not just once replicas
+have converged.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from hypothesis import strategies as st
 
 from replica.crdt.malformed import Malformed
 from replica.crdt.mv_register import MVRegister, Sibling
-from replica.crdt.version_vector import Dot, covers
+from replica.crdt.version_vector import Dot, covers, join_all
 from tests.strategies_mv import (
     Cluster,
+    Delete,
     Merge,
     Read,
     Step,
@@ -44,6 +48,11 @@ def assert_invariants(register: MVRegister) -> None:
         assert not covers(x.past, x.dot), f"{x} is inside its own past"
         for y in register.siblings:
             assert y is x or not covers(y.past, x.dot), f"{x} is obsolete by {y}"
+        assert not covers(register.deleted, x.dot), f"{x} is deleted"
+    for node, counter in register.deleted.items():
+        assert counter > 0
+        redundant = [s for s in register.siblings if s.past.get(node, 0) >= counter]
+        assert not redundant, f"deleted entry {node}:{counter} is inside {redundant}"
 
 
 # -- the merge laws ----------------------------------------------------------------------
@@ -115,10 +124,25 @@ def test_replicas_converge_in_any_exchange_order(data: st.DataObject) -> None:
         heard[target] |= heard[source]
     assert all(state == states[0] for state in states)
     assert states[0] == reduce(MVRegister.merge, before)
-    assert states[0] == MVRegister.of(s for state in before for s in state.siblings)
+    deleted = join_all(state.deleted for state in before)
+    assert states[0] == MVRegister.of((s for state in before for s in state.siblings), deleted)
 
 
 # -- the causal-history oracle -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """A delete event of the oracle: it has no value, only what it had seen."""
+
+    number: int
+
+
+@dataclass(frozen=True)
+class OracleReply:
+    values: frozenset[Any]
+    context: frozenset[Any]
+    """Every event the replica's history holds: what a write or delete with this reply has seen."""
 
 
 @dataclass
@@ -128,8 +152,9 @@ class Oracle:
     size: int
     known: list[frozenset[Any]] = field(default_factory=list)
     seen_by: dict[Any, frozenset[Any]] = field(default_factory=dict)
-    replies: list[frozenset[Any]] = field(default_factory=list)
+    replies: list[OracleReply] = field(default_factory=list)
     writes: int = 0
+    deletes: int = 0
 
     def __post_init__(self) -> None:
         self.known = [frozenset()] * self.size
@@ -137,7 +162,7 @@ class Oracle:
     def visible(self, replica: int) -> frozenset[Any]:
         known = self.known[replica]
         hidden = frozenset().union(*(self.seen_by[e] for e in known))
-        return known - hidden
+        return frozenset(e for e in known - hidden if not isinstance(e, Deletion))
 
     def history(self, events: frozenset[Any]) -> frozenset[Any]:
         """The events and everything they had seen (each `seen_by` is already closed)."""
@@ -148,18 +173,27 @@ class Oracle:
             self.known[step.target] |= self.known[step.source]
             return
         r = step.replica
+        here = self.history(self.known[r])
         if isinstance(step, Write):
-            event = write_value(self.writes)
+            event: Any = write_value(self.writes)
             self.writes += 1
             if step.context == "empty":
                 seen: frozenset[Any] = frozenset()
             elif step.context == "reply" and self.replies:
-                seen = self.history(self.replies[step.reply % len(self.replies)])
+                seen = self.replies[step.reply % len(self.replies)].context
             else:
-                seen = self.history(self.visible(r))
+                seen = here
             self.seen_by[event] = seen
             self.known[r] |= {event}
-        self.replies.append(self.visible(r))
+        elif isinstance(step, Delete):
+            event = Deletion(self.deletes)
+            self.deletes += 1
+            if step.here or not self.replies:
+                self.seen_by[event] = here
+            else:
+                self.seen_by[event] = self.replies[step.reply % len(self.replies)].context
+            self.known[r] |= {event}
+        self.replies.append(OracleReply(self.visible(r), self.history(self.known[r])))
 
 
 @settings(max_examples=300, deadline=None)
@@ -172,7 +206,7 @@ def test_visible_values_match_the_causal_history_oracle(size: int, data: st.Data
         for r in range(size):
             assert set(cluster.states[r].values()) == oracle.visible(r), (step, r)
         if not isinstance(step, Merge):
-            assert set(cluster.replies[-1].values) == oracle.replies[-1]
+            assert set(cluster.replies[-1].values) == oracle.replies[-1].values
 
 
 def test_oracle_and_register_agree_on_a_hand_checked_program() -> None:
@@ -193,7 +227,7 @@ def test_oracle_and_register_agree_on_a_hand_checked_program() -> None:
     expected = [{2, "w1"}, {"w1"}, {"w3", 4}]
     assert [oracle.visible(r) for r in range(3)] == expected
     assert [set(state.values()) for state in cluster.states] == expected
-    assert oracle.replies[3] == {2, "w1"}
+    assert oracle.replies[3].values == {2, "w1"}
 
 
 # -- contexts: what a write supersedes ---------------------------------------------------
@@ -462,7 +496,7 @@ def test_siblings_are_ordered_by_dot_whatever_the_input_order(
     a: MVRegister, data: st.DataObject
 ) -> None:
     shuffled = data.draw(st.permutations(a.siblings), label="order")
-    normalised = MVRegister.of(shuffled)
+    normalised = MVRegister.of(shuffled, a.deleted)
     assert normalised == a
     assert normalised.values() == [s.value for s in sorted(a.siblings, key=lambda s: s.dot)]
 
@@ -504,3 +538,91 @@ def test_snapshots_cover_the_whole_program() -> None:
     # the strategy's building block: initial states, then every replica after every step
     states = snapshots([Write(0), Merge(1, 0)])
     assert [s.values() for s in states] == [[], [], [], [0], [], [], [0], [0], []]
+
+
+# -- deletes ----------------------------------------------------------------------------------
+
+
+def test_a_delete_removes_what_its_context_covers_and_keeps_a_concurrent_sibling() -> None:
+    a, _ = MVRegister().write("n1", "a", None)
+    seen = a.context()
+    both = a.merge(MVRegister().write("n2", "b", None)[0])
+    deleted = both.delete(seen)
+    assert deleted.values() == ["b"]
+    assert deleted.deleted == {"n1": 1}
+    assert deleted.context() == {"n1": 1, "n2": 1}
+    assert_invariants(deleted)
+
+
+def test_a_deleted_sibling_does_not_come_back_from_a_peer_that_still_holds_it() -> None:
+    peer, _ = MVRegister().write("n1", "a", None)
+    here = MVRegister().merge(peer).delete(peer.context())
+    assert here.values() == [] and here.deleted == {"n1": 1}
+    assert here.merge(peer) == here
+    assert peer.merge(here) == here
+    assert here.read_view() == ([], {"n1": 1})
+
+
+def test_a_delete_of_a_value_not_yet_here_drops_it_when_it_arrives() -> None:
+    elsewhere, _ = MVRegister().write("n2", "late", None)
+    here = MVRegister().delete(elsewhere.context())  # a client saw it at n2, deletes at n1
+    assert here.merge(elsewhere).values() == []
+
+
+def test_a_write_after_a_delete_supersedes_it_and_drops_the_tombstone() -> None:
+    a, _ = MVRegister().write("n1", "a", None)
+    gone = a.delete(a.context())
+    again, new = gone.write("n1", "b", gone.context())
+    assert new.dot == Dot("n1", 2)
+    assert again.values() == ["b"] and again.deleted == {}
+    assert type(again) is MVRegister  # no tombstone field left to pay for
+    plain, _ = gone.write("n2", "c", None)
+    assert plain.deleted == {}
+
+
+def test_a_write_with_an_empty_context_after_a_delete_gets_a_dot_outside_the_deleted_history() -> (
+    None
+):
+    a, _ = MVRegister().write("n1", "a", None)
+    gone = a.delete(a.context())
+    concurrent, new = gone.write("n1", "b", {})
+    assert new.dot == Dot("n1", 2)  # never inside its own deleted history
+    assert concurrent.values() == ["b"] and concurrent.deleted == {"n1": 1}
+    assert concurrent.merge(a) == concurrent
+
+
+def test_a_tombstone_travels_as_one_more_element_of_the_sibling_set() -> None:
+    a, _ = MVRegister().write("n1", "a", None)
+    b, _ = MVRegister().write("n2", "b", None)
+    state = a.merge(b).delete(a.context())
+    assert state.to_wire() == [
+        {"value": "b", "dot": ["n2", 1], "past": {}},
+        {"deleted": {"n1": 1}},
+    ]
+    assert MVRegister.from_wire(state.to_wire()) == state
+    assert MVRegister.from_stored(state.to_stored()) == state
+    # each part of a split state is a valid delta, whatever order they come in
+    parts = [MVRegister.from_wire([entry]) for entry in state.to_wire()]
+    assert parts[0].merge(parts[1]) == parts[1].merge(parts[0]) == state
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        [{"deleted": []}],
+        [{"deleted": {"n1": -1}}],
+        [{"deleted": {"n1": "1"}}],
+    ],
+)
+def test_a_malformed_tombstone_is_refused(wire: Any) -> None:
+    with pytest.raises(Malformed):
+        MVRegister.from_wire(wire)
+
+
+def test_registers_that_differ_only_in_their_deleted_history_are_not_equal() -> None:
+    a, _ = MVRegister().write("n1", "a", {})
+    b = a.merge(MVRegister().delete({"n2": 3}))
+    assert tuple(a) == tuple(b)
+    assert a != b
+    assert (a == b) is False
+    assert a.merge(b) == b

@@ -204,3 +204,40 @@ def test_put_above_newest_always_succeeds(value) -> None:
     updated, number = chain.put(101, value, "n9")
     assert number == 2
     assert updated.read(None) == (Version(101, value, "n9"), 2)
+
+
+# -- deletes ----------------------------------------------------------------------------------
+
+
+def test_a_tombstone_version_hides_the_key_from_its_timestamp_on() -> None:
+    chain, _ = VersionChain().put(100, "v1", "n1")
+    chain, number = chain.put(200, None, "n2", deleted=True)
+    assert number == 2
+    assert chain.read(150) == (Version(100, "v1", "n1"), 1)
+    found = chain.read(250)
+    assert found is not None and found[0].deleted
+    assert chain.put(200, None, "n3", deleted=True) == (chain, 2)  # a retry
+    with pytest.raises(TimestampConflict):
+        chain.put(200, None, "n2")  # a value where the tombstone is
+    with pytest.raises(TimestampConflict):
+        chain.put(150, None, "n2", deleted=True)
+
+
+def test_collection_keeps_a_tombstone_as_the_newest_version_below_the_horizon() -> None:
+    chain, _ = VersionChain().put(100, "v1", "n1")
+    chain, _ = chain.put(200, None, "n2", deleted=True)
+    collected, removed = chain.collect(300)
+    assert removed == 1
+    assert [v.deleted for v in collected.versions] == [True]
+    assert collected.merge(chain) == chain.merge(collected) == collected
+
+
+def test_a_tombstone_version_round_trips_and_old_chains_still_load() -> None:
+    chain, _ = VersionChain().put(100, "v1", "n1")
+    chain, _ = chain.put(200, None, "n2", deleted=True)
+    wire = chain.to_wire()
+    assert wire["versions"] == [[100, "v1", "n1"], [200, None, "n2", True]]
+    assert VersionChain.from_wire(wire) == VersionChain.from_stored(wire) == chain
+    for bad in ([200, None, "n2", False], [200, None, "n2", True, 1]):
+        with pytest.raises(Malformed):
+            VersionChain.from_wire({**wire, "versions": [bad]})

@@ -153,3 +153,12 @@ async def test_pncount_inc_dec_get_through_redis_py() -> None:
         await client.aclose()
         await server.close()
     assert call(node, type="counter_read", key="hits")["value"] == -8
+
+
+def test_a_reset_takes_away_what_it_observed_and_a_concurrent_addition_survives() -> None:
+    seen = PNCounter().add("n1", 7).add("n2", -2)
+    reset = seen.reset("n1")
+    assert reset.value == 0
+    concurrent = seen.add("n3", 4)
+    assert reset.merge(concurrent).value == concurrent.merge(reset).value == 4
+    assert PNCounter().reset("n1") == PNCounter()

@@ -61,6 +61,14 @@ def sample_states() -> dict[tuple[str, str], Any]:
     ks.collect_garbage(150)
     lww_ops.write(ks, "flag", True, 5)
     mv_ops.write(ks, "k" * 2000, "a key longer than LMDB's key limit", None)
+    # tombstones: a deleted MV key, a KV delete beside a concurrent sibling, LWW and MVCC ones
+    mv_ops.write(ks, "gone", "x", None)
+    mv_ops.delete(ks, "gone", ks.states[MV]["gone"].context())
+    kv_ops.put(ks, "pair", "a", (1, 0))
+    kv_ops.put(ks, "pair", "b", (0, 1))
+    kv_ops.delete(ks, "pair", (2, 0))
+    lww_ops.delete(ks, "off", 7)
+    mvcc_ops.delete(ks, "x", 300)
     return {
         (space, key): state
         for space in (MV, KV, MVCC, LWW)
@@ -203,6 +211,16 @@ def test_decoding_gives_the_state_that_was_stored(
     if keyspace == MV:
         assert all(type(s.dot) is Dot for s in fast.siblings)
         assert fast.context() == state.context()
+
+
+def test_tombstones_round_trip_through_a_log_record() -> None:
+    states = sample_states()
+    assert states[(MV, "gone")].deleted and not states[(MV, "gone")].siblings
+    assert states[(KV, "pair")].deleted == ((2, 0),)
+    assert states[(LWW, "off")].deleted
+    assert states[(MVCC, "x")].versions[-1].deleted
+    entries = log_entries(encode_commit(states))
+    assert {(ks, key): state_of(ks, key, stored) for ks, key, stored in entries} == states
 
 
 def test_every_keyspace_round_trips_through_decoding() -> None:

@@ -19,7 +19,18 @@ Invariants of a `ClockedSiblings` state:
   canonical value); of such twins the one with the longer raw clock is kept;
 - siblings are sorted by clock, descending lexicographically over positions
   (the order PROTOCOL.md's examples list them in), then by canonical value, so
-  equal states compare equal with `==` on every replica.
+  equal states compare equal with `==` on every replica;
+- `deleted` holds the clocks of deletes (tombstones) that still matter: an
+  antichain, one spelling per clock, sorted like the siblings; no sibling is
+  strictly dominated by a tombstone, and no tombstone is dominated by or equal
+  to a sibling's clock (that sibling removes the same siblings wherever it
+  goes: strict domination is transitive).
+
+A delete removes the siblings its clock strictly dominates and keeps its clock
+as a tombstone, so a peer still holding one of them cannot bring it back, and
+a put at or below it is stale.  Tombstones form a set, not one pointwise
+maximum: the maximum of two concurrent deletes' clocks would dominate a
+sibling that neither delete had seen.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from replica.crdt.malformed import (
 
 Clock = tuple[int, ...]
 PutStatus = Literal["written", "rejected", "conflict"]
+DeleteStatus = Literal["deleted", "rejected"]
 
 
 class Order(Enum):
@@ -119,16 +131,22 @@ class NotCovered(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ClockedSiblings:
-    """A key's concurrent values.  The empty state is the absent key."""
+    """A key's concurrent values and tombstone clocks.  The empty state is the absent key."""
 
     siblings: tuple[ClockedValue, ...] = ()
+    deleted: tuple[Clock, ...] = ()
 
     def put(self, value: Any, clock: Clock) -> tuple[ClockedSiblings, PutResult]:
-        """Apply a client write; the rules are tried in the order the contract lists them."""
-        if self.dominated_by(clock):
-            return ClockedSiblings((ClockedValue(value, clock),)), PutResult("written", 1)
-        incoming = ClockedValue(value, clock)
+        """Apply a client write; the rules are tried in the order the contract lists them.
+
+        A clock at or below a tombstone is stale like one at or below a sibling.
+        """
         count = len(self.siblings)
+        if self.deleted and any(_at_or_after(d, clock) for d in self.deleted):
+            return self, PutResult("rejected", count)
+        if self.dominated_by(clock):
+            return self._keeping((ClockedValue(value, clock),)), PutResult("written", 1)
+        incoming = ClockedValue(value, clock)
         orders = [compare(s.clock, clock) for s in self.siblings]
         if any(
             order is Order.EQUAL and s._canonical == incoming._canonical
@@ -138,14 +156,15 @@ class ClockedSiblings:
         if any(order in (Order.AFTER, Order.EQUAL) for order in orders):
             return self, PutResult("rejected", count)
         # normalising drops exactly the siblings the new clock strictly dominates
-        updated = ClockedSiblings(_normalise([*self.siblings, incoming]))
+        updated = self._keeping(_normalise([*self.siblings, incoming]))
         return updated, PutResult("conflict", len(updated.siblings))
 
     def resolve(self, value: Any, clock: Clock) -> ClockedSiblings:
         """Replace every sibling by one value, but only with a clock that has seen them all.
 
-        Raises `NotCovered` naming each distinct clock left uncovered; the state
-        itself is immutable, so a refusal changes nothing.
+        Raises `NotCovered` naming each distinct clock left uncovered (a
+        tombstone at or after `clock` among them); the state itself is
+        immutable, so a refusal changes nothing.
         """
         uncovered: list[Clock] = []
         seen: set[Clock] = set()
@@ -153,22 +172,55 @@ class ClockedSiblings:
             if compare(clock, s.clock) is not Order.AFTER and stripped(s.clock) not in seen:
                 seen.add(stripped(s.clock))
                 uncovered.append(s.clock)
+        uncovered.extend(d for d in self.deleted if _at_or_after(d, clock))
         if uncovered:
             raise NotCovered(uncovered)
-        return ClockedSiblings((ClockedValue(value, clock),))
+        return self._keeping((ClockedValue(value, clock),))
+
+    def delete(self, clock: Clock) -> tuple[ClockedSiblings, DeleteStatus]:
+        """A client's delete: drop the siblings `clock` strictly dominates, keep it as a tombstone.
+
+        Stale like a put (`rejected`, nothing changed) when a sibling's clock or
+        a tombstone is after it or equal to it, except that repeating a
+        tombstone's own clock is a retry and answers `deleted`.
+        """
+        if any(compare(d, clock) is Order.EQUAL for d in self.deleted):
+            return self, "deleted"
+        if any(_at_or_after(s.clock, clock) for s in self.siblings) or any(
+            compare(d, clock) is Order.AFTER for d in self.deleted
+        ):
+            return self, "rejected"
+        kept = tuple(s for s in self.siblings if compare(clock, s.clock) is not Order.AFTER)
+        return ClockedSiblings(kept, _tombstones([*self.deleted, clock], kept)), "deleted"
 
     def dominated_by(self, clock: Clock) -> bool:
         """Whether `clock` strictly dominates every sibling (vacuously true when empty)."""
         return all(compare(clock, s.clock) is Order.AFTER for s in self.siblings)
 
     def merge(self, other: ClockedSiblings) -> ClockedSiblings:
-        """Keep the maximal siblings of the union: a join-semilattice over sibling sets."""
+        """Keep the maximal siblings of the union that no tombstone of either side dominates."""
         if self == other:
             return self
-        return ClockedSiblings(_normalise([*self.siblings, *other.siblings]))
+        siblings = _normalise([*self.siblings, *other.siblings])
+        if not self.deleted and not other.deleted:
+            return ClockedSiblings(siblings)
+        return _with_tombstones(siblings, [*self.deleted, *other.deleted])
+
+    def _keeping(self, siblings: tuple[ClockedValue, ...]) -> ClockedSiblings:
+        """New siblings (none below a tombstone), with the tombstones still needed beside them."""
+        if not self.deleted:
+            return ClockedSiblings(siblings)
+        return ClockedSiblings(siblings, _tombstones(self.deleted, siblings))
 
     def to_wire(self) -> list[dict[str, Any]]:
-        return [s.to_wire() for s in self.siblings]
+        """Each sibling's `{value, clock}`, then each tombstone as `{deleted: clock}`.
+
+        A tombstone is one more element of the set, so a state split across
+        messages is still a set of valid deltas.
+        """
+        wire = [s.to_wire() for s in self.siblings]
+        wire.extend({"deleted": list(clock)} for clock in self.deleted)
+        return wire
 
     def to_stored(self) -> list[dict[str, Any]]:
         """The form this node's own store keeps: the wire form."""
@@ -176,18 +228,22 @@ class ClockedSiblings:
 
     @staticmethod
     def from_wire(raw: Any) -> ClockedSiblings:
-        """Validate `[{value, clock}...]` and normalise it, whatever order it came in."""
+        """Validate `[{value, clock} or {deleted}...]` and normalise it, whatever its order."""
         items = require_list(raw, "siblings")
         decoded = []
+        deleted = []
         for i, item in enumerate(items):
             entry = require_object(item, f"sibling {i}")
             try:
+                if "deleted" in entry:
+                    deleted.append(clock_from_wire(entry["deleted"]))
+                    continue
                 value = require_field(entry, "value")
                 clock = clock_from_wire(require_field(entry, "clock"))
             except Malformed as exc:
                 raise Malformed(f"sibling {i}: {exc}") from None
             decoded.append(ClockedValue(value, clock))
-        return ClockedSiblings(_normalise(decoded))
+        return _with_tombstones(_normalise(decoded), deleted)
 
     @staticmethod
     def from_stored(raw: Any) -> ClockedSiblings:
@@ -199,14 +255,52 @@ class ClockedSiblings:
         """
         if type(raw) is not list:
             raise TypeError("KV siblings must be an array")
-        return ClockedSiblings(tuple([_stored_value(item) for item in raw]))
+        siblings = [_stored_value(item) for item in raw if "deleted" not in item]
+        if len(siblings) == len(raw):
+            return ClockedSiblings(tuple(siblings))
+        deleted = [_stored_clock(item["deleted"]) for item in raw if "deleted" in item]
+        return ClockedSiblings(tuple(siblings), tuple(deleted))
 
 
 def _stored_value(item: dict[str, Any]) -> ClockedValue:
-    clock = item["clock"]
+    return ClockedValue(item["value"], _stored_clock(item["clock"]))
+
+
+def _stored_clock(clock: Any) -> Clock:
     if type(clock) is not list or any(type(entry) is not int for entry in clock):
-        raise TypeError("a KV sibling's clock must be an array of counters")
-    return ClockedValue(item["value"], tuple(clock))
+        raise TypeError("a KV sibling's or tombstone's clock must be an array of counters")
+    return tuple(clock)
+
+
+def _at_or_after(a: Clock, b: Clock) -> bool:
+    return compare(a, b) in (Order.AFTER, Order.EQUAL)
+
+
+def _with_tombstones(siblings: tuple[ClockedValue, ...], deleted: list[Clock]) -> ClockedSiblings:
+    """Normalised siblings without those a tombstone strictly dominates, and the tombstones."""
+    if deleted:
+        siblings = tuple(
+            s for s in siblings if not any(compare(d, s.clock) is Order.AFTER for d in deleted)
+        )
+    return ClockedSiblings(siblings, _tombstones(deleted, siblings))
+
+
+def _tombstones(deleted: Iterable[Clock], siblings: tuple[ClockedValue, ...]) -> tuple[Clock, ...]:
+    """The tombstones still needed: maximal, one spelling each, none at or below a sibling."""
+    by_clock: dict[Clock, Clock] = {}
+    for clock in deleted:
+        held = by_clock.get(stripped(clock))
+        if held is None or len(clock) > len(held):
+            by_clock[stripped(clock)] = clock
+    unique = list(by_clock.values())
+    needed = [
+        d
+        for d in unique
+        if not any(compare(e, d) is Order.AFTER for e in unique)
+        and not any(_at_or_after(s.clock, d) for s in siblings)
+    ]
+    needed.sort(key=stripped, reverse=True)
+    return tuple(needed)
 
 
 def _normalise(values: Iterable[ClockedValue]) -> tuple[ClockedValue, ...]:

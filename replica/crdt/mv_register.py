@@ -21,7 +21,14 @@ Invariants of an `MVRegister`:
   equal with `==` and replies list values in the same order on every replica;
 - no two siblings share a dot;
 - no sibling is obsolete: no other sibling's past covers its dot;
-- no sibling's past covers its own dot (a write never precedes itself).
+- no sibling's past covers its own dot (a write never precedes itself);
+- no sibling's dot is inside the deleted history `deleted`, and no entry of
+  `deleted` is inside some sibling's past (it would be redundant).
+
+A delete is a context, like a write's: it removes exactly the siblings the
+context covers and joins the context into `deleted`, so the deleted values
+never come back from a peer, and a later write, whose context includes
+`deleted`, supersedes them rather than standing beside them.
 
 Merge is a join (commutative, associative, idempotent) over the states that
 honest replicas and clients can reach, where every context a write carries is
@@ -37,143 +44,28 @@ from typing import Any
 
 from replica.crdt import version_vector
 from replica.crdt.canonical import canonical
-from replica.crdt.malformed import (
-    Malformed,
-    require_field,
-    require_list,
-    require_object,
-)
-from replica.crdt.version_vector import Dot, VersionVector, covers
+from replica.crdt.malformed import Malformed, require_list
+from replica.crdt.mv_sibling import NO_PAST, Sibling, new_sibling, stored_sibling
+from replica.crdt.version_vector import Dot, VersionVector
 
-
-class Sibling:
-    """One stored value and the write event that made it: `dot` is `(node, counter)`.
-
-    Immutable like a frozen dataclass (assigning an attribute raises).  The
-    dot's two parts are kept as fields of their own, not as a `Dot` object,
-    because a node holds a sibling per key: the extra object would cost every
-    key 56 bytes and an allocation per write.  `dot` builds the `Dot` on demand.
-
-    Equality compares values by their canonical JSON, because `1` and `true`
-    (or `1` and `1.0`) are equal in Python but are different writes on the
-    wire; a merge that swaps one for the other must not look like no change.
-    """
-
-    __slots__ = ("counter", "node", "past", "value")
-    value: Any
-    node: str
-    counter: int
-    past: VersionVector
-
-    def __init__(self, value: Any, dot: Dot, past: VersionVector) -> None:
-        _set_value(self, value)
-        _set_node(self, dot[0])
-        _set_counter(self, dot[1])
-        _set_past(self, past)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"a Sibling is immutable: cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"a Sibling is immutable: cannot delete {name!r}")
-
-    def __repr__(self) -> str:
-        return f"Sibling(value={self.value!r}, dot={self.dot!r}, past={self.past!r})"
-
-    @property
-    def dot(self) -> Dot:
-        return _new_tuple(Dot, (self.node, self.counter))
-
-    def __eq__(self, other: object) -> bool:
-        if self is other:
-            return True
-        if not isinstance(other, Sibling):
-            return NotImplemented
-        return (
-            self.counter == other.counter
-            and self.node == other.node
-            and self.past == other.past
-            and (self.value is other.value or canonical(self.value) == canonical(other.value))
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.node, self.counter))
-
-    def seen_by(self, history: VersionVector) -> bool:
-        """Whether `history` contains this sibling's write (`covers(history, self.dot)`)."""
-        return history.get(self.node, 0) >= self.counter
-
-    def vclock(self) -> VersionVector:
-        """The write's whole history, itself included: the `vclock` of PROTOCOL.md's `mv_read`.
-
-        No sibling's past covers its own dot (an invariant), so the dot's entry
-        is always the larger one.
-        """
-        return {**self.past, self.node: self.counter}
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"value": self.value, "dot": [self.node, self.counter], "past": dict(self.past)}
-
-    def to_read(self) -> dict[str, Any]:
-        return {"value": self.value, "vclock": self.vclock(), "dot": [self.node, self.counter]}
-
-    @staticmethod
-    def from_wire(raw: Any) -> Sibling:
-        """Validate a peer's `{value, dot, past}`; `Malformed` leaves the receiver untouched."""
-        obj = require_object(raw, "an MV sibling")
-        try:
-            value = require_field(obj, "value")
-            dot = Dot.from_wire(require_field(obj, "dot"))
-            past = version_vector.from_wire(require_field(obj, "past"), "field 'past'")
-        except Malformed as exc:
-            raise Malformed(f"MV sibling: {exc}") from None
-        if covers(past, dot):
-            raise Malformed(
-                f"MV sibling: its past {past} already contains its own dot {dot.to_wire()}"
-            )
-        return _sibling(value, dot.node, dot.counter, past or _NO_PAST)
-
-    @staticmethod
-    def from_entry(raw: Any, sender: str | None) -> Sibling:
-        """Read PROTOCOL.md's dot-less `mv_merge` entry `{value, vclock}` as a version-vector value.
-
-        A plain version vector merges the write into its history; the write is
-        the newest event of the node that made it, so its dot is that node's
-        entry and its past is the rest.  That node is the sender, or the only
-        node the vector names; with neither, the write cannot be placed.
-        """
-        obj = require_object(raw, "an MV entry")
-        try:
-            value = require_field(obj, "value")
-            vclock = version_vector.from_wire(require_field(obj, "vclock"), "field 'vclock'")
-        except Malformed as exc:
-            raise Malformed(f"MV entry: {exc}") from None
-        if not vclock:
-            raise Malformed("MV entry: its vclock is empty, so no write made it")
-        if sender is not None and sender in vclock:
-            node = sender
-        elif len(vclock) == 1:
-            (node,) = vclock
-        else:
-            raise Malformed(
-                f"MV entry: cannot tell which node wrote it: its vclock {vclock} "
-                f"has several entries and none is the sender {sender!r}"
-            )
-        counter = vclock[node]
-        past = dict(vclock)
-        if counter == 1:
-            del past[node]
-        else:
-            past[node] = counter - 1
-        return _sibling(value, node, counter, past or _NO_PAST)
+__all__ = ["MVRegister", "Sibling"]
 
 
 class MVRegister(tuple[Sibling, ...]):
-    """A key's concurrent values.  The empty register is the absent key.
+    """A key's concurrent values, and the deleted history.  The empty register is the absent key.
 
     The register *is* the tuple of its siblings, immutable like one, rather
     than an object holding a tuple: a node keeps one register per key, and
-    the wrapper object would cost 48 bytes of every key's memory.
+    the wrapper object would cost 48 bytes of every key's memory.  Only a
+    register that remembers a delete (`deleted` not empty) is a `_Tombstoned`,
+    which pays for the extra field.
+
+    `deleted` (D) is the version vector of what deletes removed: no kept
+    sibling's dot is inside it, and none of its entries is already inside a
+    kept sibling's past (that sibling's past removes the same dots on merge,
+    so the entry is dropped at once and a key written after its delete
+    carries no tombstone).  A register without siblings keeps D until it is
+    collected: it is what stops a peer's copy of a deleted value coming back.
     """
 
     __slots__ = ()
@@ -182,26 +74,47 @@ class MVRegister(tuple[Sibling, ...]):
     def siblings(self) -> tuple[Sibling, ...]:
         return self
 
+    @property
+    def deleted(self) -> VersionVector:
+        """The deleted history: dots inside it are gone and never come back."""
+        return NO_PAST
+
     def __repr__(self) -> str:
-        return f"MVRegister({tuple.__repr__(self)})"
+        return f"MVRegister({tuple.__repr__(self)}, deleted={self.deleted!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MVRegister):
+            return NotImplemented
+        return tuple.__eq__(self, other) and self.deleted == other.deleted
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = tuple.__hash__
 
     @staticmethod
-    def of(siblings: Iterable[Sibling]) -> MVRegister:
-        """Normalise any collection of siblings into a register that keeps the invariants."""
+    def of(siblings: Iterable[Sibling], deleted: VersionVector = NO_PAST) -> MVRegister:
+        """Normalise any collection of siblings and a deleted history into a register."""
         by_dot: dict[Dot, Sibling] = {}
         for s in siblings:
             _admit(by_dot, s)
-        return MVRegister(_prune(by_dot))
+        return _with_deleted(_prune(by_dot, deleted), deleted)
 
     def values(self) -> list[Any]:
         return [s.value for s in self.siblings]
 
     def context(self) -> VersionVector:
-        """Everything a reader of this register has seen, for it to hand back on its next write."""
+        """Everything a reader of this register has seen, for it to hand back on its next write.
+
+        The deleted history is part of it, so a write with this context is
+        never concurrent with the values a delete removed.
+        """
         siblings = self.siblings
-        if len(siblings) == 1:  # the common case: one value, whose vclock is the context
+        deleted = self.deleted
+        if len(siblings) == 1 and not deleted:  # the common case: its vclock is the context
             return siblings[0].vclock()
-        out = version_vector.join_all(s.past for s in siblings)
+        out = version_vector.join_all([deleted, *(s.past for s in siblings)])
         for s in siblings:
             node, counter = s.node, s.counter
             if counter > out.get(node, 0):
@@ -211,9 +124,10 @@ class MVRegister(tuple[Sibling, ...]):
     def read_view(self) -> tuple[list[dict[str, Any]], VersionVector]:
         """What a read returns, the values with their vclocks and the context, built once.
 
-        With one sibling its vclock is the context, and the reply shares the dict.
+        With one sibling and no deleted history its vclock is the context, and
+        the reply shares the dict.
         """
-        if len(self) == 1:
+        if len(self) == 1 and not self.deleted:
             only = self[0].to_read()
             return [only], only["vclock"]
         return [s.to_read() for s in self], self.context()
@@ -227,58 +141,95 @@ class MVRegister(tuple[Sibling, ...]):
         (Jylis's SET replaces what is visible here).  The counter comes from
         the local context, raised to the given one's entry for `node`, so the
         new dot is never inside its own past even if the client's context
-        claims more of this node's events than this replica holds.
+        claims more of this node's events than this replica holds, nor inside
+        the deleted history (the local context includes it).
         """
-        local = self.context() if self else _NO_PAST
+        local = self.context() if self or self.deleted else NO_PAST
         if context is None:
-            # The local context covers every local sibling, so the new one is alone.
-            new = _sibling(value, node, local.get(node, 0) + 1, local)
+            # The local context covers every local sibling and the deleted
+            # history, so the new one is alone and carries no tombstone.
+            new = new_sibling(value, node, local.get(node, 0) + 1, local)
             return _register((new,)), new
         past = dict(context)
         counter = max(local.get(node, 0), past.get(node, 0)) + 1
-        new = _sibling(value, node, counter, past)
+        new = new_sibling(value, node, counter, past)
         # No kept sibling can cover the new dot (its counter is above every
         # local entry for `node`), so only the superseded ones need dropping.
         kept = [s for s in self.siblings if not s.seen_by(past)]
         kept.append(new)
         kept.sort(key=_by_dot)
-        return _register(kept), new
+        return _with_deleted(tuple(kept), self.deleted), new
+
+    def delete(self, context: VersionVector) -> MVRegister:
+        """A client's delete: drop exactly the siblings `context` covers, and remember it.
+
+        Concurrent siblings (dots outside the context) stay.  The context joins
+        the deleted history, so a peer's copy of a removed sibling, or one the
+        client saw elsewhere and that has not arrived here yet, is dropped when
+        it comes.
+        """
+        kept = tuple(s for s in self.siblings if not s.seen_by(context))
+        return _with_deleted(kept, version_vector.join(self.deleted, context))
 
     def merge(self, other: MVRegister) -> MVRegister:
-        """Union by dot, then drop what some sibling's past has seen."""
-        if other is self or not other.siblings:
+        """Union by dot, then drop what some sibling's past or either deleted history has seen."""
+        if other is self:
             return self
-        if not self.siblings:
+        deleted, other_deleted = self.deleted, other.deleted
+        if not deleted and not other_deleted:
+            if not other.siblings or tuple.__eq__(self, other):
+                return self
+            if not self.siblings:
+                return other
+        elif self == other or not (other or other_deleted):
+            return self
+        elif not (self or deleted):
             return other
-        if self.siblings == other.siblings:
-            return self
+        joined = version_vector.join(deleted, other_deleted) if other_deleted else deleted
         by_dot = {s.dot: s for s in self.siblings}
         for s in other.siblings:
             _admit(by_dot, s)
-        return MVRegister(_prune(by_dot))
+        return _with_deleted(_prune(by_dot, joined), joined)
 
     def to_wire(self) -> list[dict[str, Any]]:
-        return [s.to_wire() for s in self.siblings]
+        """Each sibling's `{value, dot, past}`, and `{deleted}` last when the history is not empty.
+
+        The deleted history travels as one more element of the set, so a state
+        split across messages is still a set of valid deltas.
+        """
+        wire = [s.to_wire() for s in self.siblings]
+        if self.deleted:
+            wire.append({"deleted": dict(self.deleted)})
+        return wire
 
     @staticmethod
     def from_wire(raw: Any) -> MVRegister:
         """A peer's sibling set, validated and normalised (a peer's order is not trusted)."""
         entries = require_list(raw, "an MV sibling set")
         siblings = []
+        deleted: VersionVector = NO_PAST
         for i, entry in enumerate(entries):
             try:
-                siblings.append(Sibling.from_wire(entry))
+                if isinstance(entry, dict) and "deleted" in entry:
+                    gone = version_vector.from_wire(entry["deleted"], "field 'deleted'")
+                    deleted = version_vector.join(deleted, gone)
+                else:
+                    siblings.append(Sibling.from_wire(entry))
             except Malformed as exc:
                 raise Malformed(f"sibling {i}: {exc}") from None
-        return MVRegister.of(siblings)
+        return MVRegister.of(siblings, deleted)
 
-    def to_stored(self) -> list[list[Any]]:
+    def to_stored(self) -> list[Any]:
         """The compact form a node stores: `[value, node, counter, past]` per sibling.
 
         Every commit encodes the states it carries on the event loop, so this
         skips what the wire form adds for peers (field names, copied pasts).
+        A deleted history is one more element, `{"deleted": {...}}`.
         """
-        return [[s.value, s.node, s.counter, s.past] for s in self]
+        stored: list[Any] = [[s.value, s.node, s.counter, s.past] for s in self]
+        if self.deleted:
+            stored.append({"deleted": self.deleted})
+        return stored
 
     @staticmethod
     def from_stored(raw: Any) -> MVRegister:
@@ -293,51 +244,55 @@ class MVRegister(tuple[Sibling, ...]):
         """
         if type(raw) is not list:
             raise TypeError("an MV sibling set must be an array")
-        return _register([_stored_sibling(entry) for entry in raw])
+        if raw and type(raw[-1]) is dict and "deleted" in raw[-1]:
+            deleted = raw[-1]["deleted"]
+            if type(deleted) is not dict or any(type(c) is not int for c in deleted.values()):
+                raise TypeError("an MV register's deleted history must map node ids to counters")
+            siblings = tuple([stored_sibling(entry) for entry in raw[:-1]])
+            return _tombstoned(siblings, deleted) if deleted else _register(siblings)
+        return _register([stored_sibling(entry) for entry in raw])
 
 
-_new = object.__new__
-_set_value = Sibling.value.__set__  # type: ignore[misc]
-_set_node = Sibling.node.__set__  # type: ignore[misc,attr-defined]
-_set_counter = Sibling.counter.__set__  # type: ignore[misc,attr-defined]
-_set_past = Sibling.past.__set__  # type: ignore[misc,attr-defined]
+class _Tombstoned(MVRegister):
+    """A register with a deleted history: the one kind that carries a field beside its siblings."""
+
+    __dict__: dict[str, Any]
+
+    @property
+    def deleted(self) -> VersionVector:
+        deleted: VersionVector = self.__dict__["deleted"]
+        return deleted
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"an MVRegister is immutable: cannot set {name!r}")
+
+
 _new_tuple = tuple.__new__
-_NO_PAST: VersionVector = {}
-"""The past of every sibling that had seen nothing, shared: version vectors are never mutated."""
-
-
-def _stored_sibling(entry: Any) -> Sibling:
-    """One sibling of `from_stored`: `[value, node, counter, past]`, or the wire's object."""
-    if type(entry) is list:
-        value, node, counter, past = entry
-    else:
-        dot = entry["dot"]
-        if type(dot) is not list:
-            raise TypeError("an MV sibling's dot must be [node, counter]")
-        value, (node, counter), past = entry["value"], dot, entry["past"]
-    if type(node) is not str or type(counter) is not int or type(past) is not dict:
-        raise TypeError("an MV sibling must have a node, a counter and an object past")
-    if past and any(type(seen) is not int for seen in past.values()):
-        raise TypeError("an MV sibling's past must map node ids to counters")
-    return _sibling(value, node, counter, past or _NO_PAST)
-
-
-def _sibling(value: Any, node: str, counter: int, past: VersionVector) -> Sibling:
-    """A Sibling built by setting its slots, without the checks of a constructor call.
-
-    Callers pass fields that already keep the invariants; this is the path of
-    every write and every stored sibling loaded at start.
-    """
-    sibling = _new(Sibling)
-    _set_value(sibling, value)
-    _set_node(sibling, node)
-    _set_counter(sibling, counter)
-    _set_past(sibling, past)
-    return sibling
 
 
 def _register(siblings: tuple[Sibling, ...] | list[Sibling]) -> MVRegister:
     return _new_tuple(MVRegister, siblings)
+
+
+def _tombstoned(siblings: tuple[Sibling, ...], deleted: VersionVector) -> MVRegister:
+    register = _new_tuple(_Tombstoned, siblings)
+    register.__dict__["deleted"] = deleted
+    return register
+
+
+def _with_deleted(siblings: tuple[Sibling, ...], deleted: VersionVector) -> MVRegister:
+    """The register of `siblings` (none inside `deleted`) and what of `deleted` is still needed.
+
+    An entry some sibling's past already reaches is dropped: that past removes
+    the same dots wherever the sibling goes.
+    """
+    if deleted:
+        deleted = {
+            node: counter
+            for node, counter in deleted.items()
+            if not any(s.past.get(node, 0) >= counter for s in siblings)
+        }
+    return _tombstoned(siblings, deleted) if deleted else _register(siblings)
 
 
 def _by_dot(s: Sibling) -> tuple[str, int]:
@@ -360,14 +315,16 @@ def _rank(s: Sibling) -> tuple[bytes, list[tuple[str, int]]]:
     return canonical(s.value), sorted(s.past.items())
 
 
-def _prune(by_dot: dict[Dot, Sibling]) -> tuple[Sibling, ...]:
-    """The non-obsolete siblings, sorted by dot.
+def _prune(by_dot: dict[Dot, Sibling], deleted: VersionVector) -> tuple[Sibling, ...]:
+    """The siblings neither obsolete nor deleted, sorted by dot.
 
     Obsolescence is judged against every candidate, obsolete ones included: in
     reachable states whatever covers an obsolete sibling's dot has also seen
     that sibling's past, so the answer is the same and no second pass is needed.
     """
     candidates = list(by_dot.values())
+    if deleted:
+        candidates = [x for x in candidates if not x.seen_by(deleted)]
     if len(candidates) > 1:
         candidates = [
             x for x in candidates if not any(y is not x and x.seen_by(y.past) for y in candidates)

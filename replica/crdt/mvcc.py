@@ -19,6 +19,10 @@ Invariants of a `VersionChain`:
 - collection never empties a chain, so a chain with `floor >= 0` holds at
   least one version.
 
+A delete is a tombstone version (`deleted`, value null): a read at or after
+its timestamp finds no value, a read before it still finds the older ones,
+and collection treats it like any version.
+
 Merging is a join-semilattice: the greater `(floor, dropped)` wins, versions
 are the union above the merged floor, and when both sides hold different
 versions at one timestamp the one with the higher origin node id wins, then
@@ -46,18 +50,23 @@ from replica.crdt.malformed import (
 
 @dataclass(frozen=True, slots=True)
 class Version(CanonicalValue):
-    """One committed value.  Equality compares the value's canonical encoding."""
+    """One committed value, or a tombstone.  Equality compares the value's canonical encoding."""
 
     timestamp: int
     value: Any = field(compare=False)
     origin: str
     _canonical: bytes = field(init=False, repr=False)
+    deleted: bool = False
+    """A tombstone: reads at or after it find no value."""
 
-    def rank(self) -> tuple[str, bytes]:
+    def rank(self) -> tuple[str, bool, bytes]:
         """Tie-break between two versions at one timestamp: the same on every replica."""
-        return self.origin, self._canonical
+        return self.origin, self.deleted, self._canonical
 
     def to_wire(self) -> list[Any]:
+        """`[timestamp, value, origin]`, and `true` after them for a tombstone."""
+        if self.deleted:
+            return [self.timestamp, None, self.origin, True]
         return [self.timestamp, self.value, self.origin]
 
 
@@ -77,20 +86,28 @@ class VersionChain:
     floor: int = -1
     dropped: int = 0
 
-    def put(self, timestamp: int, value: Any, origin: str) -> tuple[VersionChain, int]:
-        """Append a version above every existing one; returns the chain and its number.
+    def put(
+        self, timestamp: int, value: Any, origin: str, *, deleted: bool = False
+    ) -> tuple[VersionChain, int]:
+        """Append a version (a tombstone when `deleted`) above every existing one.
 
-        Timestamps only move forward so a snapshot read can never change under a
-        reader.  Re-sending the exact (timestamp, value) of an existing version
-        is a retry and answers that version's number, whatever node made it.
+        Returns the chain and the version's number.  Timestamps only move
+        forward so a snapshot read can never change under a reader.  Re-sending
+        the exact (timestamp, value) of an existing version, or a tombstone's
+        timestamp, is a retry and answers that version's number, whatever node
+        made it.
         """
+        if deleted:
+            value = None
         top = self.versions[-1].timestamp if self.versions else self.floor
         if timestamp > top:
-            added = VersionChain((*self.versions, Version(timestamp, value, origin)), *self._gc)
-            return added, self.number(len(self.versions))
+            new = Version(timestamp, value, origin, deleted=deleted)
+            return VersionChain((*self.versions, new), *self._gc), self.number(len(self.versions))
         index = self._index_of(timestamp)
-        if index is not None and self.versions[index]._canonical == canonical(value):
-            return self, self.number(index)
+        if index is not None:
+            held = self.versions[index]
+            if held.deleted == deleted and held._canonical == canonical(value):
+                return self, self.number(index)
         raise TimestampConflict(top)
 
     def read(self, read_timestamp: int | None) -> tuple[Version, int] | None:
@@ -206,16 +223,20 @@ def _resolve(versions: Iterable[Version], floor: int) -> tuple[Version, ...]:
 
 
 def _version_from_wire(raw: Any, i: int) -> Version:
-    if not (isinstance(raw, list) and len(raw) == 3):
-        raise Malformed(f"version {i} must be [timestamp, value, origin]")
+    if not (isinstance(raw, list) and (len(raw) == 3 or (len(raw) == 4 and raw[3] is True))):
+        raise Malformed(f"version {i} must be [timestamp, value, origin] or [.., true]")
     timestamp = require_count(raw[0], f"version {i}'s timestamp")
     if not isinstance(raw[2], str):
         raise Malformed(f"version {i}'s origin must be a node id string")
+    if len(raw) == 4:
+        return Version(timestamp, None, raw[2], deleted=True)
     return Version(timestamp, raw[1], raw[2])
 
 
 def _stored_version(item: list[Any]) -> Version:
-    timestamp, value, origin = item
-    if type(item) is not list or type(timestamp) is not int or type(origin) is not str:
+    if type(item) is not list:
         raise TypeError("an MVCC version must be [timestamp, value, origin]")
-    return Version(timestamp, value, origin)
+    timestamp, value, origin, *deleted = item
+    if type(timestamp) is not int or type(origin) is not str or deleted not in ([], [True]):
+        raise TypeError("an MVCC version must be [timestamp, value, origin] or [.., true]")
+    return Version(timestamp, value, origin, deleted=bool(deleted))

@@ -59,6 +59,14 @@ class PNCounter:
         raised = {**side, actor: total}
         return PNCounter(raised, self.n) if delta > 0 else PNCounter(self.p, raised)
 
+    def reset(self, actor: str) -> PNCounter:
+        """The counter after `actor` takes away exactly the total it observes (a delete).
+
+        What other actors add concurrently is not observed here, so it survives
+        the reset once the two merge; raises `TotalTooLarge` like `add`.
+        """
+        return self.add(actor, -self.value)
+
     def merge(self, other: PNCounter) -> PNCounter:
         """The entry-wise maximum of both maps."""
         if other == self:

@@ -64,6 +64,8 @@ class DataType:
     """Forget history no read at or above a horizon can see: (state, how much went)."""
     holds_nothing: Callable[[Any], bool] | None = None
     """Whether a state is as good as an absent key (not kept); default: equal to `empty`."""
+    holds_tombstone: Callable[[Any], bool] | None = None
+    """Whether a state remembers a delete, for a type with deletes: counted in `status`."""
 
     @property
     def merge_type(self) -> str:
@@ -101,6 +103,22 @@ def _lww_timestamp(register: LWWRegister) -> int:
     return register.timestamp
 
 
+def _mv_tombstone(register: MVRegister) -> bool:
+    return bool(register.deleted)
+
+
+def _kv_tombstone(siblings: ClockedSiblings) -> bool:
+    return bool(siblings.deleted)
+
+
+def _mvcc_tombstone(chain: VersionChain) -> bool:
+    return any(v.deleted for v in chain.versions)
+
+
+def _lww_tombstone(register: LWWRegister) -> bool:
+    return register.deleted
+
+
 MV = DataType(
     "mv",
     0x01,
@@ -109,6 +127,7 @@ MV = DataType(
     MVRegister.from_stored,
     "siblings",
     count_siblings=len,  # a register is the tuple of its siblings
+    holds_tombstone=_mv_tombstone,
 )
 KV = DataType(
     "kv",
@@ -118,6 +137,7 @@ KV = DataType(
     ClockedSiblings.from_stored,
     "siblings",
     count_siblings=_sibling_count,
+    holds_tombstone=_kv_tombstone,
 )
 MVCC = DataType(
     "mvcc",
@@ -129,6 +149,7 @@ MVCC = DataType(
     newest_timestamp=_newest_version,
     collect=VersionChain.collect,
     holds_nothing=_no_versions,
+    holds_tombstone=_mvcc_tombstone,
 )
 LWW = DataType(
     "lww",
@@ -138,6 +159,7 @@ LWW = DataType(
     LWWRegister.from_stored,
     "state",
     newest_timestamp=_lww_timestamp,
+    holds_tombstone=_lww_tombstone,
 )
 
 COUNTER = DataType(

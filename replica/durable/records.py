@@ -123,7 +123,7 @@ def encode_commit(changes: Mapping[tuple[str, str], Any]) -> bytes:
     for (keyspace, key), state in changes.items():
         if state is None:
             add((tags[keyspace], key, None))
-        elif keyspace == mv_name:
+        elif keyspace == mv_name and not state.deleted:
             add((mv_tag, key, (compact(state[0]),) if len(state) == 1 else [*map(compact, state)]))
         else:
             add((tags[keyspace], key, state.to_stored()))

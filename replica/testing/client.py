@@ -223,3 +223,17 @@ class JsonClient:
         self.writer.close()
         with contextlib.suppress(OSError, ConnectionError):
             await self.writer.wait_closed()
+
+    async def mv_delete(self, key: str, context: dict[str, int]) -> Body:
+        """Delete the values `context` covers (the context of an earlier reply)."""
+        return await self.checked({"type": "mv_delete", "key": key, "context": context})
+
+    async def kv_delete(self, key: str, clock: Any) -> Body:
+        """Delete the siblings `clock` dominates; `status` is "rejected" for a stale clock."""
+        return await self.checked({"type": "kv_delete", "key": key, "clock": clock})
+
+    async def lww_delete(self, key: str, timestamp: int | None = None) -> Body:
+        return await self.checked({"type": "lww_delete", **_fields(key=key, timestamp=timestamp)})
+
+    async def mvcc_delete(self, key: str, timestamp: int | None = None) -> Body:
+        return await self.checked({"type": "mvcc_delete", **_fields(key=key, timestamp=timestamp)})

@@ -106,6 +106,7 @@ def status(ctx: Context, body: Body, src: str | None) -> Body:
         "peers": [] if replicator is None else replicator.status(),
         "keys": {t.name: len(keyspaces.states[t.name]) for t in TYPES},
         "max_siblings": {t.name: keyspaces.max_siblings(t.name) for t in TYPES if t.has_siblings},
+        "tombstones": keyspaces.tombstones(),
         "gossip_bytes_sent": 0 if replicator is None else replicator.bytes_sent,
         "actor": keyspaces.actor,
         "durability": {"mode": "memory"} if ctx.durability is None else ctx.durability.status(),

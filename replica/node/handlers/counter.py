@@ -2,8 +2,10 @@
 
 `counter_add {key, delta}` adds any integer (negative takes away) and answers
 the total this node now sees; `counter_read {key}` answers it, 0 for an
-absent key.  Jylis's `PNCOUNT INC|DEC key [n]` and `PNCOUNT GET key` for the
-Redis port.  The counter itself is `replica.crdt.pn_counter`.
+absent key; `counter_delete {key}` takes away the total seen here, so the key
+reads 0 but additions made concurrently elsewhere survive it.  Jylis's
+`PNCOUNT INC|DEC key [n]` and `PNCOUNT GET key` for the Redis port.  The
+counter itself is `replica.crdt.pn_counter`.
 """
 
 from __future__ import annotations
@@ -59,5 +61,23 @@ def _total(reply: Body) -> Term:
     return Integer(reply["value"])
 
 
-HANDLERS = {"counter_add": counter_add, "counter_read": counter_read}
+def counter_delete(ctx: Context, body: Body, src: str | None) -> Body:
+    """Resets the counter to 0 by taking away the total observed here; concurrent additions stay."""
+    key = require_str(body, "key")
+    keyspaces = ctx.keyspaces
+    current = keyspaces.states["counter"].get(key, COUNTER.empty)
+    try:
+        counter = current.reset(keyspaces.actor)
+    except TotalTooLarge as exc:
+        raise RequestError(ErrorCode.PRECONDITION_FAILED, f"counter {key!r}: {exc}") from None
+    if counter is not current:
+        keyspaces.put(COUNTER, key, counter)
+    return {"type": "counter_delete_ok", "value": counter.value}
+
+
+HANDLERS = {
+    "counter_add": counter_add,
+    "counter_read": counter_read,
+    "counter_delete": counter_delete,
+}
 RESP_COMMANDS = {b"PNCOUNT": pncount}

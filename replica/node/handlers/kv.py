@@ -1,6 +1,6 @@
 """Handlers of the client-clocked KV (`kv_*`): the client's clock decides, conflicts are kept.
 
-`kv_put`, `kv_get` and `kv_resolve` as PROTOCOL.md has them; the siblings
+`kv_put`, `kv_get`, `kv_resolve` and `kv_delete` as PROTOCOL.md has them; the siblings
 themselves are `replica.crdt.clocked_siblings`.
 """
 
@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from replica.crdt.clocked_siblings import Clock, NotCovered, PutResult, clock_from_wire
+from replica.crdt.clocked_siblings import (
+    Clock,
+    ClockedSiblings,
+    DeleteStatus,
+    NotCovered,
+    PutResult,
+    clock_from_wire,
+)
 from replica.crdt.malformed import (
     MAX_CONTEXT_ACTORS,
     MAX_COUNTER,
@@ -58,7 +65,8 @@ def kv_get(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     ctx.shown("kv", key)
     siblings = ctx.keyspaces.states["kv"].get(key)
-    return {"type": "kv_get_ok", "values": [] if siblings is None else siblings.to_wire()}
+    values = [] if siblings is None else [s.to_wire() for s in siblings.siblings]
+    return {"type": "kv_get_ok", "values": values}
 
 
 def kv_resolve(ctx: Context, body: Body, src: str | None) -> Body:
@@ -77,4 +85,29 @@ def kv_resolve(ctx: Context, body: Body, src: str | None) -> Body:
     return {"type": "kv_resolve_ok", "status": "resolved"}
 
 
-HANDLERS = {"kv_put": kv_put, "kv_get": kv_get, "kv_resolve": kv_resolve}
+def delete(keyspaces: Keyspaces, key: str, clock: Clock) -> tuple[ClockedSiblings, DeleteStatus]:
+    """A client's delete; a stale clock is `rejected` and changes nothing."""
+    current = keyspaces.states["kv"].get(key, KV.empty)
+    updated, status = current.delete(clock)
+    if updated != current:
+        keyspaces.put(KV, key, updated)
+    return updated, status
+
+
+def kv_delete(ctx: Context, body: Body, src: str | None) -> Body:
+    """Removes the siblings the clock dominates and keeps the clock as a tombstone."""
+    key = require_str(body, "key")
+    clock = clock_from_wire(require_field(body, "clock"), MAX_COUNTER, MAX_CONTEXT_ACTORS)
+    updated, status = delete(ctx.keyspaces, key, clock)
+    reply: Body = {"type": "kv_delete_ok", "status": status, "siblings": len(updated.siblings)}
+    if status == "rejected":
+        reply["reason"] = "stale"
+    return reply
+
+
+HANDLERS = {
+    "kv_put": kv_put,
+    "kv_get": kv_get,
+    "kv_resolve": kv_resolve,
+    "kv_delete": kv_delete,
+}

@@ -1,7 +1,7 @@
 """Handlers of the LWW register (`lww_*`): the greatest (timestamp, replica) wins.
 
-`lww_write` and `lww_read` as PROTOCOL.md has them, and Jylis's `TREG` for
-the Redis port; the register itself is `replica.crdt.lww`.
+`lww_write`, `lww_read` and `lww_delete` as PROTOCOL.md has them, and
+Jylis's `TREG` for the Redis port; the register itself is `replica.crdt.lww`.
 """
 
 from __future__ import annotations
@@ -46,13 +46,16 @@ def lww_read(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     ctx.shown("lww", key)
     register = ctx.keyspaces.states["lww"].get(key)
-    if register is None:
+    if register is None or register.deleted:
         raise RequestError(ErrorCode.KEY_DOES_NOT_EXIST, f"no value for {key!r}")
     return {"type": "lww_read_ok", **register.to_wire()}
 
 
 def treg(args: list[bytes]) -> Request:
-    """`TREG SET key value timestamp` (+OK) and `TREG GET key` ([value, timestamp] or [])."""
+    """`TREG SET key value timestamp`, `TREG DEL key timestamp` (+OK), `TREG GET key`.
+
+    `GET` answers [value, timestamp], or [] for an absent or deleted key.
+    """
     sub = args[0].upper() if args else b""
     if sub == b"GET":
         arity("treg|get", args, 2)
@@ -63,6 +66,10 @@ def treg(args: list[bytes]) -> Request:
         timestamp = integer(args[3], "timestamp")
         body = {"type": "lww_write", "key": key, "value": value, "timestamp": timestamp}
         return lww_write, body, ok
+    if sub == b"DEL":
+        arity("treg|del", args, 3)
+        key, timestamp = text(args[1], "key"), integer(args[2], "timestamp")
+        return lww_delete, {"type": "lww_delete", "key": key, "timestamp": timestamp}, ok
     raise unknown("treg", args)
 
 
@@ -70,5 +77,30 @@ def _value_and_timestamp(reply: Body) -> Term:
     return [Value(reply["value"]), Integer(reply["timestamp"])]
 
 
-HANDLERS = {"lww_write": lww_write, "lww_read": lww_read}
+def delete(keyspaces: Keyspaces, key: str, timestamp: int | None) -> int:
+    """A tombstone at `timestamp` (the clock's when None); returns its timestamp.
+
+    Raises `TooFarAhead`, changing nothing.
+    """
+    ts = keyspaces.timestamp(timestamp)
+    tombstone = LWWRegister.tombstone(ts, keyspaces.node_id)
+    current = keyspaces.states["lww"].get(key)
+    merged = tombstone if current is None else current.merge(tombstone)
+    if merged != current:
+        keyspaces.put(LWW, key, merged)
+    return ts
+
+
+def lww_delete(ctx: Context, body: Body, src: str | None) -> Body:
+    """Wins over every write at or below its (timestamp, replica), like a write would."""
+    key = require_str(body, "key")
+    timestamp = optional_count(body, "timestamp")
+    try:
+        ts = delete(ctx.keyspaces, key, timestamp)
+    except TooFarAhead as exc:
+        raise too_far_ahead(ctx.keyspaces, exc) from None
+    return {"type": "lww_delete_ok", "timestamp": ts, "replica": ctx.node_id}
+
+
+HANDLERS = {"lww_write": lww_write, "lww_read": lww_read, "lww_delete": lww_delete}
 RESP_COMMANDS = {b"TREG": treg}

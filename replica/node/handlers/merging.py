@@ -141,7 +141,9 @@ def _mvcc_without(state: Any, peer: str) -> Any:
     if not isinstance(state, dict) or not isinstance(state.get("versions"), list):
         return state
     versions = [
-        v for v in state["versions"] if not (isinstance(v, list) and v and _written_by(v[-1], peer))
+        v
+        for v in state["versions"]
+        if not (isinstance(v, list) and len(v) > 2 and _written_by(v[2], peer))
     ]
     return {**state, "versions": versions}
 

@@ -1,8 +1,8 @@
 """Handlers of the MV register (`mv_*`): writes that never lose a concurrent value.
 
-`mv_write` and `mv_read` as PROTOCOL.md has them, its dot-less form of
-`mv_merge` (one `entry` from the sender), and Jylis's `MVREG` for the Redis
-port.  The register itself is `replica.crdt.mv_register`.
+`mv_write`, `mv_read` and `mv_delete` as PROTOCOL.md has them, its dot-less
+form of `mv_merge` (one `entry` from the sender), and Jylis's `MVREG` for the
+Redis port.  The register itself is `replica.crdt.mv_register`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from replica.crdt import version_vector
-from replica.crdt.malformed import MAX_CONTEXT_ACTORS, MAX_COUNTER, require_str, require_value
+from replica.crdt.malformed import (
+    MAX_CONTEXT_ACTORS,
+    MAX_COUNTER,
+    require_field,
+    require_str,
+    require_value,
+)
 from replica.crdt.mv_register import MVRegister, Sibling
 from replica.crdt.registry import MV
 from replica.crdt.version_vector import VersionVector
@@ -94,7 +100,7 @@ def mv_merge(ctx: Context, body: Body, src: str | None) -> Body | None:
 
 
 def mvreg(args: list[bytes]) -> Request:
-    """`MVREG SET key value` (+OK) and `MVREG GET key` (the visible values)."""
+    """`MVREG SET key value` (+OK), `MVREG GET key` (the visible values), `MVREG DEL key` (+OK)."""
     sub = args[0].upper() if args else b""
     if sub == b"SET":
         arity("mvreg|set", args, 3)
@@ -103,6 +109,9 @@ def mvreg(args: list[bytes]) -> Request:
     if sub == b"GET":
         arity("mvreg|get", args, 2)
         return mv_values, {"type": "mv_read", "key": text(args[1], "key")}, _values
+    if sub == b"DEL":
+        arity("mvreg|del", args, 2)
+        return mv_delete_here, {"type": "mv_delete", "key": text(args[1], "key")}, ok
     raise unknown("mvreg", args)
 
 
@@ -110,5 +119,36 @@ def _values(reply: Body) -> Term:
     return Values(reply["values"])
 
 
-HANDLERS = {"mv_write": mv_write, "mv_read": mv_read, "mv_merge": mv_merge}
+def delete(keyspaces: Keyspaces, key: str, context: VersionVector) -> MVRegister:
+    """A client's delete of what `context` covers; returns the register left."""
+    current = keyspaces.states["mv"].get(key, _EMPTY)
+    register = current.delete(context)
+    if register != current:
+        keyspaces.put(MV, key, register)
+    return register
+
+
+def mv_delete(ctx: Context, body: Body, src: str | None) -> Body:
+    """Removes the siblings the context covers; answers what is left, concurrent values only."""
+    key = require_str(body, "key")
+    raw_context = require_field(body, "context")
+    context = version_vector.from_wire(raw_context, "context", MAX_COUNTER, MAX_CONTEXT_ACTORS)
+    values, register_context = delete(ctx.keyspaces, key, context).read_view()
+    return {"type": "mv_delete_ok", "values": values, "context": register_context}
+
+
+def mv_delete_here(ctx: Context, body: Body, src: str | None) -> Body:
+    """`MVREG DEL key`: deletes every value this node holds (its current context)."""
+    key = require_str(body, "key")
+    current = ctx.keyspaces.states["mv"].get(key, _EMPTY)
+    delete(ctx.keyspaces, key, current.context())
+    return {"type": "mv_delete_ok"}
+
+
+HANDLERS = {
+    "mv_write": mv_write,
+    "mv_read": mv_read,
+    "mv_merge": mv_merge,
+    "mv_delete": mv_delete,
+}
 RESP_COMMANDS = {b"MVREG": mvreg}

@@ -1,6 +1,7 @@
 """Handlers of the MVCC store (`mvcc_*`): versions by timestamp, snapshot reads.
 
-`mvcc_put`, `mvcc_get`, `mvcc_snapshot` and `mvcc_gc` as PROTOCOL.md has them;
+`mvcc_put`, `mvcc_get`, `mvcc_snapshot`, `mvcc_gc` and `mvcc_delete` as
+PROTOCOL.md has them;
 the version chain itself is `replica.crdt.mvcc`.
 """
 
@@ -41,8 +42,10 @@ def put(keyspaces: Keyspaces, key: str, value: Any, timestamp: int | None) -> tu
 
 
 def read(keyspaces: Keyspaces, key: str, read_timestamp: int | None) -> tuple[Version, int] | None:
+    """The version a read at `read_timestamp` sees; None when there is none or it is a tombstone."""
     chain = keyspaces.states["mvcc"].get(key)
-    return None if chain is None else chain.read(read_timestamp)
+    found = None if chain is None else chain.read(read_timestamp)
+    return None if found is None or found[0].deleted else found
 
 
 def mvcc_put(ctx: Context, body: Body, src: str | None) -> Body:
@@ -107,9 +110,40 @@ def _version_view(version: Version, number: int) -> Body:
     return {"value": version.value, "version": number, "as_of_timestamp": version.timestamp}
 
 
+def delete(keyspaces: Keyspaces, key: str, timestamp: int | None) -> tuple[int, int]:
+    """A tombstone version; returns (version, timestamp).
+
+    Raises `TimestampConflict` or `TooFarAhead`, changing nothing.
+    """
+    current = keyspaces.states["mvcc"].get(key, MVCC.empty)
+    ts = keyspaces.timestamp(timestamp)
+    chain, version = current.put(ts, None, keyspaces.node_id, deleted=True)
+    if chain is not current:
+        collected, _ = chain.collect(keyspaces.horizon)
+        keyspaces.put(MVCC, key, collected)
+    return version, ts
+
+
+def mvcc_delete(ctx: Context, body: Body, src: str | None) -> Body:
+    """Reads at or after the tombstone's timestamp find no value; earlier ones are kept."""
+    key = require_str(body, "key")
+    timestamp = optional_count(body, "timestamp")
+    try:
+        version, ts = delete(ctx.keyspaces, key, timestamp)
+    except TimestampConflict as exc:
+        raise RequestError(
+            ErrorCode.TXN_CONFLICT,
+            f"timestamp {timestamp} is at or below the key's newest version ({exc.newest})",
+        ) from None
+    except TooFarAhead as exc:
+        raise too_far_ahead(ctx.keyspaces, exc) from None
+    return {"type": "mvcc_delete_ok", "version": version, "timestamp": ts}
+
+
 HANDLERS = {
     "mvcc_put": mvcc_put,
     "mvcc_get": mvcc_get,
     "mvcc_snapshot": mvcc_snapshot,
     "mvcc_gc": mvcc_gc,
+    "mvcc_delete": mvcc_delete,
 }
