@@ -41,6 +41,7 @@ from replica.keyspaces import Keyspaces
 from replica.replication import delta_compression
 from replica.replication.anti_entropy import AntiEntropy
 from replica.replication.delta_tracker import MAX_PENDING_KEYS, DeltaTracker, KeyRef
+from replica.replication.quorum import READ_ANSWER, Quorums
 
 log = logging.getLogger("replica.replication.replicator")
 
@@ -105,6 +106,8 @@ class Replicator:
         self._awaiting: dict[KeyRef, Snapshot] = {}
         self._barrier: asyncio.Future[None] | None = None
         self._durable: dict[KeyRef, Snapshot] = {}
+        self.quorums = Quorums(keyspaces, self.send)
+        self._push_soon: asyncio.Handle | None = None
         keyspaces.listeners.append(self._changed)
 
     # -- change notifications ---------------------------------------------------------
@@ -155,6 +158,22 @@ class Replicator:
         if self._awaiting and self._barrier is None:
             self._await_durable()
         return more
+
+    def push_soon(self) -> None:
+        """Push pending deltas on the next loop turn, once however often asked: quorum writes
+        wait for them, so they do not wait for the gossip tick."""
+        if self._push_soon is None:
+            self._push_soon = asyncio.get_running_loop().call_soon(self._push_now)
+
+    def _push_now(self) -> None:
+        self._push_soon = None
+        try:
+            more = self.push()
+        except Exception:
+            log.exception("pushing deltas failed")
+            return
+        if more and self.quorums.waiting:
+            self.push_soon()
 
     def _push(self, peer: str, now: float) -> bool:
         items = self.tracker.take(peer, now, self.keys_per_slice)
@@ -238,6 +257,8 @@ class Replicator:
         awaiting, self._awaiting = self._awaiting, {}
         if not barrier.cancelled() and barrier.exception() is None:
             self._durable.update(awaiting)
+            if self.quorums.waiting:
+                self.push_soon()  # what quorum writes wait for may leave now
         # else the commit failed or stalled: the keys are taken again at a later push
 
     def _forget_settled(self) -> None:
@@ -294,13 +315,21 @@ class Replicator:
         in_reply_to = body.get("in_reply_to")
         if msg_type in MERGE_ACKS:
             if type(in_reply_to) is int:
+                quorums = self.quorums
+                if quorums.waiting:
+                    quorums.acked(src, self.tracker.carried(src, in_reply_to))
                 self.tracker.acked(src, in_reply_to)
                 self.last_ack[src] = self.clock()
+                if quorums.waiting:
+                    self.push_soon()  # keys changed while in flight go again now
+        elif msg_type == READ_ANSWER:
+            self.quorums.answered(src, body)
         elif msg_type == "ae_roots_ok":
             self.anti_entropy.roots_answered(src, body)
         elif msg_type == "ae_keys_ok":
             self.anti_entropy.keys_answered(src, body)
         elif msg_type == "error":
+            self.quorums.refused(src, in_reply_to)
             # A batch refused as malformed is done with: waiting for an ack that never
             # comes would hold its keys pending, and anti-entropy with the peer, forever.
             # Any other error (a commit that failed there) leaves it to be sent again.

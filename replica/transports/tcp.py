@@ -51,6 +51,7 @@ import orjson
 from replica.durable.durability import barrier_failure
 from replica.errors import ErrorCode
 from replica.framing import LineFramer
+from replica.node.quorums import Deferred
 from replica.node.router import Node
 from replica.replication import peer_handshake
 from replica.session import Session
@@ -63,6 +64,10 @@ log = logging.getLogger("replica.transports.tcp")
 WRITE_HIGH_WATER = 256 * 1024  # unsent reply bytes at which a connection stops being read
 WRITE_LOW_WATER = 64 * 1024
 SHOWS_NO_STATE = frozenset({"error", "status_ok", "init_ok"})  # kept when a commit fails
+DEFERRED_REPLY_BYTES = 1024  # what a reply waiting for its quorum counts toward the high-water mark
+
+Reply = bytes | Deferred[bytes | None]
+"""One request's reply: ready, or deferred until its quorum is known."""
 
 
 class ServedConnection(asyncio.Protocol):
@@ -92,7 +97,7 @@ class ServedConnection(asyncio.Protocol):
         timeout_s = node.settings.partial_line_timeout_ms / 1000
         self.slow_line = SlowLineWatch(timeout_s, self.holds_partial, self._slow_line_expired)
 
-    def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
+    def replies_to(self, data: bytes) -> tuple[list[Reply], bool]:
         """The replies to every complete request in `data`; True to close after them."""
         raise NotImplementedError
 
@@ -148,27 +153,37 @@ class ServedConnection(asyncio.Protocol):
                 barrier = durability.barrier()
         if close:
             self.input_done = True
-        if barrier is None and not self.held:
-            self._send(replies, close)
+        waits = [reply for reply in replies if type(reply) is not bytes]
+        if barrier is None and not waits and not self.held:
+            self._send(cast(list[bytes], replies), close)
             return
-        size = sum(map(len, replies))
+        size = sum(len(r) if type(r) is bytes else DEFERRED_REPLY_BYTES for r in replies)
         self.held.append((barrier, replies, close, size))
         self.held_bytes += size
         if barrier is not None and durability is not None:
             durability.after_commit(self._release)
+        for wait in waits:
+            cast(Deferred[bytes | None], wait).add_done_callback(self._quorum_known)
         if self.held_bytes > WRITE_HIGH_WATER:
             self._update_reading()
 
+    def _quorum_known(self, _: object) -> None:
+        if self.held:
+            self._release()
+
     def _release(self) -> None:
-        """Send the held replies whose commits are done, oldest first."""
+        """Send the held replies whose commits and quorums are done, oldest first."""
         while self.held:
-            barrier, replies, close, size = self.held[0]
+            barrier, held, close, size = self.held[0]
             if barrier is not None and not barrier.done():
                 if self.node.durability is not None:
                     self.node.durability.after_commit(self._release)
                 break
+            if not all(type(r) is bytes or cast(Deferred[bytes | None], r).done() for r in held):
+                break  # the quorum's answer releases it
             self.held.popleft()
             self.held_bytes -= size
+            replies = [reply for reply in map(self.known, held) if reply is not None]
             failure = barrier_failure(barrier)
             if failure is not None:
                 log.error(
@@ -180,6 +195,19 @@ class ServedConnection(asyncio.Protocol):
                 replies = self.not_durable(replies, failure)
             self._send(replies, close)
         self._update_reading()
+
+    def known(self, reply: Reply) -> bytes | None:
+        """A held reply once ready: a deferred one's result, or an error if it broke."""
+        if type(reply) is bytes:
+            return reply
+        deferred = cast(Deferred[bytes | None], reply)
+        if deferred.cancelled() or deferred.exception() is not None:
+            return self.broken()
+        return deferred.result()
+
+    def broken(self) -> bytes:
+        """The reply to a request whose deferred reply failed (a bug, logged where it happened)."""
+        return self.node.error_line(ErrorCode.CRASH, "internal error")
 
     def _send(self, replies: list[bytes], close: bool) -> None:
         transport = self.transport
@@ -267,10 +295,10 @@ class Connection(ServedConnection):
         if tls is not None:  # a TLS port: only a member's certificate makes a member
             self.session.certified = certified_names(tls.getpeercert())
 
-    def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
+    def replies_to(self, data: bytes) -> tuple[list[Reply], bool]:
         handle_line = self.node.handle_line
         session = self.session
-        replies = []
+        replies: list[Reply] = []
         lines = self.framer.feed(data)
         for line in lines:
             try:
@@ -339,9 +367,9 @@ class Connection(ServedConnection):
         return [_not_durable(reply, failure) for reply in replies]
 
 
-_Held = tuple["asyncio.Future[None] | None", list[bytes], bool, int]
-"""A chunk's replies waiting for its commit, whether the connection closes after them, and
-their size in bytes."""
+_Held = tuple["asyncio.Future[None] | None", list[Reply], bool, int]
+"""A chunk's replies waiting for its commit and quorums, whether the connection closes after
+them, and their size in bytes (a deferred reply counted as `DEFERRED_REPLY_BYTES`)."""
 
 
 def _not_durable(reply: bytes, failure: str) -> bytes:
