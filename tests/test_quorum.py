@@ -132,7 +132,7 @@ async def test_other_types_take_w_and_r() -> None:
     ("field", "value"),
     [("w", 0), ("w", 4), ("w", "most"), ("w", True), ("w", 2.0), ("w", None), ("r", -1)],
 )
-async def test_a_bad_w_or_r_is_error_12_naming_it_and_writes_nothing(field: str, value: Any) -> None:
+async def test_a_bad_w_or_r_is_error_12_and_writes_nothing(field: str, value: Any) -> None:
     async with proxied_cluster(IDS, memory=True) as cluster:
         n1 = await cluster.client("n1")
         kind = "mv_write" if field == "w" else "mv_read"
