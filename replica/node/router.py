@@ -13,6 +13,10 @@ request but `auth` and the peer handshake gets error 1000 too until the
 connection has sent it, as Redis's `requirepass` does; proven peers and
 trusted inputs need none.
 
+A request that writes or reads one key runs under its `w` or `r`
+(`replica.node.quorums`); above 1 its reply is deferred until the quorum is
+known, and the transport holds it in order.
+
 A request never escapes as an exception: bad input becomes error 12, a refusal
 the contract defines becomes its code, and anything unexpected is logged with
 its traceback and answered with error 13 while the node keeps serving.

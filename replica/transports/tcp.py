@@ -12,7 +12,9 @@ order.  If that commit fails (or takes longer than the commit timeout),
 every reply of the chunk becomes error 13: a write that is not on disk is
 never acknowledged, to a client or to a peer.  A chunk that changed nothing
 and only read keys with no change on its way to disk (or asked `status`)
-needs no barrier, so reads and `status` answer while the disk is stuck.
+needs no barrier, so reads and `status` answer while the disk is stuck.  A
+reply deferred until its quorum is known (`w`, `r`) is held the same way, in
+order, and becomes its error reply if the quorum fails.
 
 A client that sends and never reads cannot grow the node's memory: once a
 connection's unsent replies, in the transport's buffer or held for their
@@ -163,13 +165,9 @@ class ServedConnection(asyncio.Protocol):
         if barrier is not None and durability is not None:
             durability.after_commit(self._release)
         for wait in waits:
-            cast(Deferred[bytes | None], wait).add_done_callback(self._quorum_known)
+            cast(Deferred[bytes | None], wait).add_done_callback(lambda _: self._release())
         if self.held_bytes > WRITE_HIGH_WATER:
             self._update_reading()
-
-    def _quorum_known(self, _: object) -> None:
-        if self.held:
-            self._release()
 
     def _release(self) -> None:
         """Send the held replies whose commits and quorums are done, oldest first."""
