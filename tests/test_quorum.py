@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -186,3 +187,41 @@ async def test_resp_waits_for_w_all_from_the_cluster_file() -> None:
             await redis.aclose()
         await eventually(lambda: values_at(cluster, "n3", "r"), lambda v: v == ["w"], "n3")
         assert host == LOOPBACK
+
+
+async def test_pipelined_w_all_writes_to_a_paused_peer_stop_being_read() -> None:
+    """Writes waiting for their quorum count toward the held-bytes mark: the node stops reading."""
+    count, bound = 30_000, 8_000  # two read chunks' worth of lines, well under `count`
+    async with proxied_cluster(IDS, request_timeout_ms=5_000) as cluster:
+        await cluster.wait_quiet()
+        await cluster.pause("n3")
+        writer = await cluster.connect("n1")
+        try:
+            lines = b"".join(
+                orjson.dumps(
+                    {"type": "mv_write", "key": f"b{i}", "value": i, "w": "all", "msg_id": i + 1}
+                )
+                + b"\n"
+                for i in range(count)
+            )
+            sending = asyncio.create_task(writer.send_raw(lines))
+            n1 = await cluster.client("n1")
+
+            async def waiting() -> int:
+                return int((await n1.status())["quorums"]["writes_waiting"])
+
+            await eventually(waiting, lambda n: n >= 256, "writes wait for n3")
+            seen = []
+            for _ in range(10):  # samples over half a second: nothing releases them before 5 s
+                seen.append(await waiting())
+                await asyncio.sleep(0.05)
+            assert max(seen) < bound, seen  # the rest wait in socket buffers, unread
+            await cluster.resume("n3")
+            await asyncio.wait_for(sending, 60)
+            for i in range(count):
+                reply = await writer.read_json(timeout=30)
+                assert reply["in_reply_to"] == i + 1, reply
+                assert reply["type"] == "mv_write_ok" or reply["code"] == 0, reply
+        finally:
+            await cluster.resume("n3")
+            await writer.close()

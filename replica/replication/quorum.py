@@ -132,17 +132,25 @@ class Quorums:
         wait.timer = loop.call_later(timeout_ms / 1000, self._write_expired, wait, timeout_ms)
         return wait
 
-    def acked(self, peer: str, items: dict[KeyRef, int]) -> None:
-        """`peer` acknowledged a message that carried these keys at these sequence numbers."""
+    def acked(self, peer: str, items: dict[KeyRef, int]) -> bool:
+        """`peer` acknowledged a message that carried these keys at these sequence numbers.
+
+        True when a write waits for a later state of one of them than it carried.
+        """
         writes = self.writes
+        behind = False
         for ref, seq in items.items():
             waits = writes.get(ref)
             if waits is None:
                 continue
-            for wait in [w for w in waits if seq >= w.seq]:
+            for wait in list(waits):
+                if seq < wait.seq:
+                    behind = True
+                    continue
                 wait.acked.add(peer)
                 if len(wait.acked) >= wait.needed:
                     self._end_write(wait, None)
+        return behind
 
     def _write_expired(self, wait: WriteWait, timeout_ms: int) -> None:
         self.counts.timeouts += 1
@@ -181,7 +189,10 @@ class Quorums:
 
     def answered(self, peer: str, body: dict[str, Any]) -> None:
         """A peer's `quorum_read_ok`: merge its state here and count it."""
-        wait = self.reads.pop((peer, body.get("in_reply_to")), None)  # type: ignore[arg-type]
+        in_reply_to = body.get("in_reply_to")
+        if type(in_reply_to) is not int:
+            return
+        wait = self.reads.pop((peer, in_reply_to), None)
         if wait is None or wait.future.done():
             return
         data_type = BY_NAME[wait.keyspace]
@@ -199,7 +210,8 @@ class Quorums:
 
     def refused(self, peer: str, in_reply_to: Any) -> None:
         """A peer answered a read with an error: it will not answer it otherwise."""
-        self.reads.pop((peer, in_reply_to), None)
+        if type(in_reply_to) is int:
+            self.reads.pop((peer, in_reply_to), None)
 
     def _read_expired(self, wait: ReadWait, timeout_ms: int) -> None:
         self.counts.timeouts += 1

@@ -242,21 +242,24 @@ class Replicator:
         return state, seq if seq <= taken_at else taken_at
 
     def _await_durable(self) -> None:
-        """Take a barrier: once it resolves, every state in `_awaiting` is on disk."""
+        """Take a barrier: once it resolves, every state now in `_awaiting` is on disk.
+
+        States taken while it is on its way may hold changes after it, so they
+        wait for the next one.
+        """
         durability = self.durability
         barrier = None if durability is None else durability.barrier()
+        covered, self._awaiting = self._awaiting, {}
         if barrier is None:
-            self._durable.update(self._awaiting)
-            self._awaiting.clear()
+            self._durable.update(covered)
             return
         self._barrier = barrier
-        barrier.add_done_callback(self._barrier_done)
+        barrier.add_done_callback(lambda done: self._barrier_done(done, covered))
 
-    def _barrier_done(self, barrier: asyncio.Future[None]) -> None:
+    def _barrier_done(self, barrier: asyncio.Future[None], covered: dict[KeyRef, Snapshot]) -> None:
         self._barrier = None
-        awaiting, self._awaiting = self._awaiting, {}
         if not barrier.cancelled() and barrier.exception() is None:
-            self._durable.update(awaiting)
+            self._durable.update(covered)
             if self.quorums.waiting:
                 self.push_soon()  # what quorum writes wait for may leave now
         # else the commit failed or stalled: the keys are taken again at a later push
@@ -316,12 +319,13 @@ class Replicator:
         if msg_type in MERGE_ACKS:
             if type(in_reply_to) is int:
                 quorums = self.quorums
-                if quorums.waiting:
-                    quorums.acked(src, self.tracker.carried(src, in_reply_to))
+                behind = quorums.waiting and quorums.acked(
+                    src, self.tracker.carried(src, in_reply_to)
+                )
                 self.tracker.acked(src, in_reply_to)
                 self.last_ack[src] = self.clock()
-                if quorums.waiting:
-                    self.push_soon()  # keys changed while in flight go again now
+                if behind:
+                    self.push_soon()  # a key changed while in flight goes again now
         elif msg_type == READ_ANSWER:
             self.quorums.answered(src, body)
         elif msg_type == "ae_roots_ok":
