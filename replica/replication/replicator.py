@@ -104,7 +104,6 @@ class Replicator:
         # Keys held back until durable: states taken while unsettled, waiting for a
         # barrier; and states a barrier made durable, shippable while the key is not.
         self._awaiting: dict[KeyRef, Snapshot] = {}
-        self._barrier: asyncio.Future[None] | None = None
         self._durable: dict[KeyRef, Snapshot] = {}
         self.quorums = Quorums(keyspaces, self.send)
         self._push_soon: asyncio.Handle | None = None
@@ -155,7 +154,7 @@ class Replicator:
         for peer in self.peers:
             if peer in self.connected and self._push(peer, now):
                 more = True
-        if self._awaiting and self._barrier is None:
+        if self._awaiting:
             self._await_durable()
         return more
 
@@ -245,7 +244,8 @@ class Replicator:
         """Take a barrier: once it resolves, every state now in `_awaiting` is on disk.
 
         States taken while it is on its way may hold changes after it, so they
-        wait for the next one.
+        wait for a barrier of their own (barriers taken between two commits
+        share one future, so this costs no commit).
         """
         durability = self.durability
         barrier = None if durability is None else durability.barrier()
@@ -253,11 +253,9 @@ class Replicator:
         if barrier is None:
             self._durable.update(covered)
             return
-        self._barrier = barrier
         barrier.add_done_callback(lambda done: self._barrier_done(done, covered))
 
     def _barrier_done(self, barrier: asyncio.Future[None], covered: dict[KeyRef, Snapshot]) -> None:
-        self._barrier = None
         if not barrier.cancelled() and barrier.exception() is None:
             self._durable.update(covered)
             if self.quorums.waiting:
