@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from replica.crdt.registry import LWW
 from replica.keyspaces import Keyspaces
+from replica.replication.pending import Pending
 from replica.replication.quorum import Quorums
 
 REF = ("lww", "k")
@@ -39,7 +41,10 @@ async def test_a_write_that_misses_its_quorum_says_how_many_of_how_many() -> Non
     quorums = Quorums(Keyspaces("n1"), Outbox())
     wait = quorums.wait_write(REF, seq=1, needed=2, timeout_ms=20)
     quorums.acked("n2", {REF: 1})
-    assert await wait.future == (
+    ended = asyncio.Event()
+    wait.future.add_done_callback(lambda _: ended.set())
+    await asyncio.wait_for(ended.wait(), 5)
+    assert wait.future.result() == (
         "2 of 3 replicas acknowledged within 20 ms; the write is kept and will spread"
     )
     assert quorums.counts.timeouts == 1 and not quorums.waiting
@@ -63,3 +68,19 @@ async def test_a_read_merges_each_answer_and_repairs_the_peer_that_had_less() ->
     quorums.repair(wait)
     assert [(peer, body["type"]) for peer, body in outbox.sent[2:]] == [("n3", "lww_merge")]
     assert outbox.sent[2][1]["state"] == newer
+
+
+def test_a_pending_result_runs_its_callbacks_at_once_and_carries_errors() -> None:
+    pending: Pending[int] = Pending()
+    seen: list[int] = []
+    doubled = pending.then(lambda n: n * 2)
+    doubled.add_done_callback(lambda p: seen.append(p.result()))
+    broken = pending.then(lambda n: n // 0)
+    assert not doubled.done() and seen == []
+    pending.set_result(21)
+    assert seen == [42]  # within set_result: no loop turn
+    assert isinstance(broken.exception(), ZeroDivisionError)
+    assert isinstance(broken.then(str).exception(), ZeroDivisionError)
+    late: list[int] = []
+    pending.add_done_callback(lambda p: late.append(p.result()))
+    assert late == [21]

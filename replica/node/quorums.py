@@ -14,22 +14,21 @@ nodes connected is error 11 at once; too few answers within
 `request_timeout_ms` is error 0.  Both mean "not confirmed", never "not
 written".
 
-Such a reply is `Deferred`: a future the transport holds, in order, until it
-resolves to the reply (an error reply when the quorum failed); it never
-raises.
+Such a reply is `Deferred` (a `Pending`): the transport holds it, in order,
+until it resolves to the reply (an error reply when the quorum failed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from replica.crdt.malformed import Malformed
 from replica.durable.durability import barrier_failure
 from replica.errors import ErrorCode
 from replica.node.context import Body, Handler
+from replica.replication.pending import Pending
 from replica.replication.quorum import ReadWait, quorum_size, replicas
 from replica.replication.replicator import Replicator
 
@@ -52,27 +51,9 @@ QUORUM_REQUESTS: dict[str, tuple[str, str]] = {
 }
 """Message type -> (its quorum field, its keyspace): every request that writes or reads one key."""
 
-T = TypeVar("T")
-U = TypeVar("U")
-Deferred = asyncio.Future
-"""A reply that is not ready yet; it resolves to the reply and never raises."""
-
-
-def then(future: asyncio.Future[T], transform: Callable[[T], U]) -> asyncio.Future[U]:
-    """A future of `transform` applied to `future`'s result (an error in it is logged)."""
-    out: asyncio.Future[U] = future.get_loop().create_future()
-
-    def done(source: asyncio.Future[T]) -> None:
-        if out.done():
-            return
-        try:
-            out.set_result(transform(source.result()))
-        except Exception as exc:  # a bug: the waiting reply must still resolve
-            log.exception("finishing a deferred reply failed")
-            out.set_exception(exc)
-
-    future.add_done_callback(done)
-    return out
+Deferred = Pending
+"""A reply that is not ready yet: it resolves to the reply (an error reply when the quorum
+failed), and runs its callbacks at once when it does."""
 
 
 class QuorumNode(Protocol):
@@ -157,7 +138,7 @@ def _write(
         )
     wait = replicator.quorums.wait_write(ref, tracker.seq, needed - 1, timeout_ms)
     replicator.push_soon()
-    return then(wait.future, lambda failure: reply if failure is None else _timeout(failure))
+    return wait.future.then(lambda failure: reply if failure is None else _timeout(failure))
 
 
 def _read(
@@ -183,9 +164,9 @@ def _read(
         )
     peers = _peers(node, replicator, keyspace, key)
     wait = replicator.quorums.ask(keyspace, key, peers, needed - 1, timeout_ms)
-    out: Deferred[Body | None] = asyncio.get_running_loop().create_future()
+    out: Deferred[Body | None] = Pending()
 
-    def answered(future: asyncio.Future[str | None]) -> None:
+    def answered(future: Pending[str | None]) -> None:
         failure = future.result()
         if failure is not None:
             out.set_result(_timeout(failure))

@@ -58,7 +58,7 @@ from replica.node.context import Body, Handler, Refusals
 from replica.node.handlers import BEFORE_AUTH, HANDLERS, PEER_ONLY
 from replica.node.handlers.cluster import init
 from replica.node.handlers.merging import without_writes_of
-from replica.node.quorums import Deferred, coordinate, then
+from replica.node.quorums import Deferred, coordinate
 from replica.replication.quorum import DEFAULT_REQUEST_TIMEOUT_MS
 from replica.replication.replicator import Replicator
 from replica.session import Session
@@ -216,8 +216,8 @@ class Node:
         reply = self.handle_body(message, None, session)
         if reply is None:
             return None
-        if isinstance(reply, asyncio.Future):
-            return then(reply, _encoded)
+        if isinstance(reply, Deferred):
+            return reply.then(_encoded)
         return orjson.dumps(reply, option=LINE)
 
     def _handle_envelope(
@@ -241,8 +241,8 @@ class Node:
                 return None
             return orjson.dumps({"src": me, "dest": src, "body": reply}, option=LINE)
 
-        if isinstance(reply, asyncio.Future):
-            return then(reply, encoded)
+        if isinstance(reply, Deferred):
+            return reply.then(encoded)
         return encoded(reply)
 
     def error_line(self, code: ErrorCode, text: str) -> bytes:
@@ -305,8 +305,8 @@ class Node:
         if lost is not None and msg_type in BY_MERGE_TYPE:
             body = without_writes_of(lost, body, src)
         reply = coordinate(self, handler, body, src)
-        if isinstance(reply, asyncio.Future):
-            return then(reply, lambda reply: self._numbered(reply, msg_id))
+        if isinstance(reply, Deferred):
+            return reply.then(lambda reply: self._numbered(reply, msg_id))
         return self._numbered(reply, msg_id)
 
     def _numbered(self, reply: Body | None, msg_id: int | None) -> Body | None:

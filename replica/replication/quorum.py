@@ -28,6 +28,7 @@ from replica.crdt.malformed import Malformed
 from replica.crdt.registry import BY_NAME
 from replica.keyspaces import Keyspaces
 from replica.replication.delta_tracker import KeyRef
+from replica.replication.pending import Pending
 
 log = logging.getLogger("replica.replication.quorum")
 
@@ -77,7 +78,7 @@ class WriteWait:
     ref: KeyRef
     seq: int
     needed: int
-    future: asyncio.Future[str | None]
+    future: Pending[str | None]
     """None once enough peers hold it; else the failure text."""
     acked: set[str] = field(default_factory=set)
     timer: asyncio.TimerHandle | None = None
@@ -91,7 +92,7 @@ class ReadWait:
     key: str
     needed: int
     asked: int
-    future: asyncio.Future[str | None]
+    future: Pending[str | None]
     """None once enough peers answered; else the failure text."""
     answers: dict[str, Any] = field(default_factory=dict)
     """Peer -> the state it answered (decoded; None for an absent key)."""
@@ -127,7 +128,7 @@ class Quorums:
 
     def wait_write(self, ref: KeyRef, seq: int, needed: int, timeout_ms: int) -> WriteWait:
         loop = asyncio.get_running_loop()
-        wait = WriteWait(ref, seq, needed, loop.create_future())
+        wait = WriteWait(ref, seq, needed, Pending())
         self.writes.setdefault(ref, []).append(wait)
         wait.timer = loop.call_later(timeout_ms / 1000, self._write_expired, wait, timeout_ms)
         return wait
@@ -179,7 +180,7 @@ class Quorums:
     ) -> ReadWait:
         """Ask every one of `peers` for the key's state; done once `needed` answered."""
         loop = asyncio.get_running_loop()
-        wait = ReadWait(keyspace, key, needed, len(peers), loop.create_future())
+        wait = ReadWait(keyspace, key, needed, len(peers), Pending())
         for peer in peers:
             body: dict[str, Any] = {"type": READ_REQUEST, "keyspace": keyspace, "key": key}
             if self.send(peer, body):

@@ -34,7 +34,6 @@ every other error leaves it usable.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Callable
@@ -46,10 +45,11 @@ import orjson
 from replica.errors import ErrorCode
 from replica.node.context import Body
 from replica.node.handlers import RESP_COMMANDS
-from replica.node.quorums import coordinate, then
+from replica.node.quorums import Deferred, coordinate
 from replica.node.resp_terms import Integer, RespError, Simple, Term, Value, Values, arity, ok
 from replica.node.router import Node
-from replica.transports.tcp import Reply, ServedConnection, TcpServer
+from replica.transports.held_replies import Reply
+from replica.transports.tcp import ServedConnection, TcpServer
 
 log = logging.getLogger("replica.transports.resp")
 
@@ -174,8 +174,8 @@ class Commands:
         except RespError as exc:
             return error(str(exc))
         reply = coordinate(self.node, data_handler, body, None)
-        if isinstance(reply, asyncio.Future):
-            return then(reply, lambda reply: _encoded(reply, reply_of))
+        if isinstance(reply, Deferred):
+            return reply.then(lambda reply: _encoded(reply, reply_of))
         return _encoded(reply, reply_of)
 
     # -- what clients send by habit -----------------------------------------------------

@@ -173,7 +173,7 @@ class StdioTransport:
                 deferred = cast(Deferred[bytes | None], first)
                 if not deferred.done():
                     break
-                if deferred.cancelled() or deferred.exception() is not None:
+                if deferred.exception() is not None:
                     reply = self.node.error_line(ErrorCode.CRASH, "internal error")
                 else:
                     reply = deferred.result()

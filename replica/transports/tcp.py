@@ -53,10 +53,10 @@ import orjson
 from replica.durable.durability import barrier_failure
 from replica.errors import ErrorCode
 from replica.framing import LineFramer
-from replica.node.quorums import Deferred
 from replica.node.router import Node
 from replica.replication import peer_handshake
 from replica.session import Session
+from replica.transports.held_replies import HeldChunk, Reply
 from replica.transports.slow_lines import SlowLineWatch
 from replica.transports.tls import certified_names
 from replica.transports.tls_accept import TlsListener
@@ -66,10 +66,6 @@ log = logging.getLogger("replica.transports.tcp")
 WRITE_HIGH_WATER = 256 * 1024  # unsent reply bytes at which a connection stops being read
 WRITE_LOW_WATER = 64 * 1024
 SHOWS_NO_STATE = frozenset({"error", "status_ok", "init_ok"})  # kept when a commit fails
-DEFERRED_REPLY_BYTES = 1024  # what a reply waiting for its quorum counts toward the high-water mark
-
-Reply = bytes | Deferred[bytes | None]
-"""One request's reply: ready, or deferred until its quorum is known."""
 
 
 class ServedConnection(asyncio.Protocol):
@@ -93,7 +89,7 @@ class ServedConnection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_blocked = False  # the transport's buffer passed its high-water mark
         self.holding_too_much = False  # the held replies did
-        self.held: collections.deque[_Held] = collections.deque()
+        self.held: collections.deque[HeldChunk] = collections.deque()
         self.held_bytes = 0
         self.input_done = False
         timeout_s = node.settings.partial_line_timeout_ms / 1000
@@ -155,34 +151,31 @@ class ServedConnection(asyncio.Protocol):
                 barrier = durability.barrier()
         if close:
             self.input_done = True
-        waits = [reply for reply in replies if type(reply) is not bytes]
-        if barrier is None and not waits and not self.held:
+        if barrier is None and not self.held and all(type(r) is bytes for r in replies):
             self._send(cast(list[bytes], replies), close)
             return
-        size = sum(len(r) if type(r) is bytes else DEFERRED_REPLY_BYTES for r in replies)
-        self.held.append((barrier, replies, close, size))
-        self.held_bytes += size
+        chunk = HeldChunk(barrier, replies, close, self._release)
+        self.held.append(chunk)
+        self.held_bytes += chunk.size
         if barrier is not None and durability is not None:
             durability.after_commit(self._release)
-        for wait in waits:
-            cast(Deferred[bytes | None], wait).add_done_callback(lambda _: self._release())
         if self.held_bytes > WRITE_HIGH_WATER:
             self._update_reading()
 
     def _release(self) -> None:
         """Send the held replies whose commits and quorums are done, oldest first."""
         while self.held:
-            barrier, held, close, size = self.held[0]
-            if barrier is not None and not barrier.done():
+            chunk = self.held[0]
+            if not chunk.committed():
                 if self.node.durability is not None:
                     self.node.durability.after_commit(self._release)
                 break
-            if not all(type(r) is bytes or cast(Deferred[bytes | None], r).done() for r in held):
-                break  # the quorum's answer releases it
+            if chunk.unresolved:
+                break  # its last quorum's answer releases it
             self.held.popleft()
-            self.held_bytes -= size
-            replies = [reply for reply in map(self.known, held) if reply is not None]
-            failure = barrier_failure(barrier)
+            self.held_bytes -= chunk.size
+            replies = chunk.replies_now(self.broken)
+            failure = barrier_failure(chunk.barrier)
             if failure is not None:
                 log.error(
                     "answering %d requests from %s with errors: %s",
@@ -191,17 +184,8 @@ class ServedConnection(asyncio.Protocol):
                     failure,
                 )
                 replies = self.not_durable(replies, failure)
-            self._send(replies, close)
+            self._send(replies, chunk.close)
         self._update_reading()
-
-    def known(self, reply: Reply) -> bytes | None:
-        """A held reply once ready: a deferred one's result, or an error if it broke."""
-        if type(reply) is bytes:
-            return reply
-        deferred = cast(Deferred[bytes | None], reply)
-        if deferred.cancelled() or deferred.exception() is not None:
-            return self.broken()
-        return deferred.result()
 
     def broken(self) -> bytes:
         """The reply to a request whose deferred reply failed (a bug, logged where it happened)."""
@@ -222,7 +206,7 @@ class ServedConnection(asyncio.Protocol):
         self.input_done = True
         if not self.held:
             return False
-        self.held.append((None, [], True, 0))
+        self.held.append(HeldChunk(None, [], True, self._release))
         return True
 
     def pause_writing(self) -> None:
@@ -363,11 +347,6 @@ class Connection(ServedConnection):
 
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         return [_not_durable(reply, failure) for reply in replies]
-
-
-_Held = tuple["asyncio.Future[None] | None", list[Reply], bool, int]
-"""A chunk's replies waiting for its commit and quorums, whether the connection closes after
-them, and their size in bytes (a deferred reply counted as `DEFERRED_REPLY_BYTES`)."""
 
 
 def _not_durable(reply: bytes, failure: str) -> bytes:
