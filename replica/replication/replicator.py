@@ -259,7 +259,7 @@ class Replicator:
         if not barrier.cancelled() and barrier.exception() is None:
             self._durable.update(covered)
             if self.quorums.waiting:
-                self.push_soon()  # what quorum writes wait for may leave now
+                self._push_now()  # what quorum writes wait for leaves now
         # else the commit failed or stalled: the keys are taken again at a later push
 
     def _forget_settled(self) -> None:
