@@ -91,9 +91,10 @@ class ReadWait:
     keyspace: str
     key: str
     needed: int
-    asked: int
     future: Pending[str | None]
     """None once enough peers answered; else the failure text."""
+    asked: list[tuple[str, int]] = field(default_factory=list)
+    """(peer, msg_id) of each request it sent."""
     answers: dict[str, Any] = field(default_factory=dict)
     """Peer -> the state it answered (decoded; None for an absent key)."""
     timer: asyncio.TimerHandle | None = None
@@ -180,11 +181,13 @@ class Quorums:
     ) -> ReadWait:
         """Ask every one of `peers` for the key's state; done once `needed` answered."""
         loop = asyncio.get_running_loop()
-        wait = ReadWait(keyspace, key, needed, len(peers), Pending())
+        wait = ReadWait(keyspace, key, needed, Pending())
         for peer in peers:
             body: dict[str, Any] = {"type": READ_REQUEST, "keyspace": keyspace, "key": key}
             if self.send(peer, body):
-                self.reads[(peer, body["msg_id"])] = wait
+                asked = (peer, body["msg_id"])
+                wait.asked.append(asked)
+                self.reads[asked] = wait
         wait.timer = loop.call_later(timeout_ms / 1000, self._read_expired, wait, timeout_ms)
         return wait
 
@@ -220,9 +223,8 @@ class Quorums:
         self._end_read(wait, f"{answered} of {total} replicas answered within {timeout_ms} ms")
 
     def _end_read(self, wait: ReadWait, failure: str | None) -> None:
-        for (peer, msg_id), other in list(self.reads.items()):
-            if other is wait:
-                del self.reads[(peer, msg_id)]
+        for asked in wait.asked:
+            self.reads.pop(asked, None)
         if wait.timer is not None:
             wait.timer.cancel()
         if not wait.future.done():
