@@ -12,6 +12,8 @@ from enum import IntEnum
 
 
 class ErrorCode(IntEnum):
+    TIMEOUT = 0
+    """A quorum not reached in time: indefinite, the write is kept and spreads."""
     NOT_SUPPORTED = 10
     TEMPORARILY_UNAVAILABLE = 11
     MALFORMED_REQUEST = 12

@@ -21,6 +21,9 @@ mistyped field stops the node at once instead of being silently ignored.
     sibling_warn = 25             # optional, > 0: a key reaching this many siblings is logged
     max_siblings = 100            # optional, >= sibling_warn: more refuses a client write (22)
     max_value_bytes = 1048576     # optional, > 0: a larger JSON value refuses the write (12)
+    w = 1                         # optional: nodes holding a write before its reply, 1..nodes,
+    r = 1                         #   "one", "quorum" or "all"; r: nodes whose states a read merges
+    request_timeout_ms = 2000     # optional, > 0: a quorum not reached by then is error 0
 
     [[nodes]]                     # one or more
     id = "n1"
@@ -51,7 +54,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from replica.cli import config_fields as fields
 from replica.cli.config_fields import ConfigError
@@ -65,6 +68,7 @@ from replica.framing import (
 )
 from replica.keyspaces import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MVCC_RETENTION_MS
 from replica.limits import DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, DEFAULT_SIBLING_WARN
+from replica.replication.quorum import DEFAULT_REQUEST_TIMEOUT_MS, NAMED_SIZES
 from replica.transports.tls import TlsFiles
 
 if TYPE_CHECKING:
@@ -77,6 +81,17 @@ CLOCK_OFFSET_ENV = "REPLICA_CLOCK_OFFSET_MS"
 
 TOP_LEVEL_FIELDS = ("cluster", "nodes", "tls")
 TLS_FIELDS = ("ca_file", "cert_file", "key_file")
+
+
+def quorum_field(table: fields.Table, name: str, where: str, base_dir: Path | None) -> int | str:
+    """`w` or `r`: 1 or more (at most the cluster size, checked with the nodes), or a name."""
+    value = table.get(name, 1)
+    if (type(value) is int and value >= 1) or value in NAMED_SIZES:
+        return cast(int | str, value)
+    names = ", ".join(f'"{n}"' for n in NAMED_SIZES)
+    raise ConfigError(f"{where} {name} must be an integer of 1 or more or {names}, not {value!r}")
+
+
 CLUSTER_FIELDS: dict[str, fields.Reader] = {
     "gossip_interval_ms": fields.positive_field(DEFAULT_GOSSIP_INTERVAL_MS),
     "max_line_bytes": fields.positive_field(DEFAULT_MAX_LINE_BYTES),
@@ -93,6 +108,9 @@ CLUSTER_FIELDS: dict[str, fields.Reader] = {
     "sibling_warn": fields.positive_field(DEFAULT_SIBLING_WARN),
     "max_siblings": fields.positive_field(DEFAULT_MAX_SIBLINGS),
     "max_value_bytes": fields.positive_field(DEFAULT_MAX_VALUE_BYTES),
+    "w": quorum_field,
+    "r": quorum_field,
+    "request_timeout_ms": fields.positive_field(DEFAULT_REQUEST_TIMEOUT_MS),
 }
 """Each `[cluster]` field, named as `ClusterConfig` names it, and how it is read."""
 NODE_FIELDS = ("id", "host", "port", "data_dir", "resp_port", "tls_cert_file", "tls_key_file")
@@ -136,6 +154,9 @@ class ClusterConfig:
     sibling_warn: int = DEFAULT_SIBLING_WARN
     max_siblings: int = DEFAULT_MAX_SIBLINGS
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    w: int | str = 1
+    r: int | str = 1
+    request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS
     nodes: tuple[NodeConfig, ...] = ()
     tls: TlsFiles | None = None
     """`[tls]` as written; `tls_files` applies a node's own certificate."""
@@ -174,6 +195,9 @@ class ClusterConfig:
             sibling_warn=self.sibling_warn,
             max_siblings=self.max_siblings,
             max_value_bytes=self.max_value_bytes,
+            w=self.w,
+            r=self.r,
+            request_timeout_ms=self.request_timeout_ms,
         )
 
     def password(self) -> bytes | None:
@@ -283,6 +307,11 @@ def parse_cluster(document: dict[str, Any], base_dir: Path | None = None) -> Clu
                 raise ConfigError(
                     f"nodes {other!r} and {node.id!r} both use {node.host}:{node_port}"
                 )
+    for name in ("w", "r"):
+        if type(settings[name]) is int and settings[name] > len(nodes):
+            raise ConfigError(
+                f"[cluster] {name} ({settings[name]}) is more than the {len(nodes)} nodes listed"
+            )
     return ClusterConfig(**settings, nodes=nodes, tls=tls)
 
 

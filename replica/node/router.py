@@ -13,6 +13,10 @@ request but `auth` and the peer handshake gets error 1000 too until the
 connection has sent it, as Redis's `requirepass` does; proven peers and
 trusted inputs need none.
 
+A request that writes or reads one key runs under its `w` or `r`
+(`replica.node.quorums`); above 1 its reply is deferred until the quorum is
+known, and the transport holds it in order.
+
 A request never escapes as an exception: bad input becomes error 12, a refusal
 the contract defines becomes its code, and anything unexpected is logged with
 its traceback and answered with error 13 while the node keeps serving.
@@ -26,6 +30,7 @@ parsed a second time, by `json`, to tell such an integer from a real float.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -59,6 +64,8 @@ from replica.node.context import Body, Handler, Refusals
 from replica.node.handlers import BEFORE_AUTH, HANDLERS, PEER_ONLY
 from replica.node.handlers.cluster import init
 from replica.node.handlers.merging import without_writes_of
+from replica.node.quorums import Deferred, coordinate
+from replica.replication.quorum import DEFAULT_REQUEST_TIMEOUT_MS
 from replica.replication.replicator import Replicator
 from replica.session import Session
 
@@ -98,6 +105,12 @@ class NodeSettings:
     """A client write that would add a sibling past this many is refused (error 22)."""
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     """A client write whose value encodes to more JSON than this is refused (error 12)."""
+    w: int | str = 1
+    """How many nodes hold a write before it is answered, when the request names none."""
+    r: int | str = 1
+    """How many nodes' states a read merges, when the request names none."""
+    request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS
+    """How long a write waits for `w` nodes, or a read for `r`, before error 0."""
 
 
 class Node:
@@ -176,6 +189,18 @@ class Node:
         if self.replicator is not None:
             self.replicator.durability = durability
 
+    @property
+    def quorum_defaults(self) -> tuple[int | str, int | str, int]:
+        settings = self.settings
+        return settings.w, settings.r, settings.request_timeout_ms
+
+    def commit_barrier(self) -> asyncio.Future[None] | None:
+        """None when every change so far is durable, or replies are not held for commits."""
+        durability = self._durability
+        if durability is None or not durability.holds_replies:
+            return None
+        return durability.barrier()
+
     def shown(self, keyspace: str, key: str) -> None:
         """A reply is about to show the key's state (see `Durability.note_read`)."""
         if self._durability is not None:
@@ -183,8 +208,13 @@ class Node:
 
     # -- lines -----------------------------------------------------------------
 
-    def handle_line(self, line: bytes, session: Session | None = None) -> bytes | None:
+    def handle_line(
+        self, line: bytes, session: Session | None = None
+    ) -> bytes | Deferred[bytes | None] | None:
         """Decode one request line, handle it, and encode the reply (None: no reply is due).
+
+        A request under a quorum (`w` or `r` above 1) is answered `Deferred`:
+        the encoded reply once the quorum is known.
 
         `session` is what the line's connection has proven; None: a client that
         proved nothing, on a connection of its own that ends with this line.
@@ -201,13 +231,19 @@ class Node:
         if "type" not in message and "body" in message:
             return self._handle_envelope(message, session)
         reply = self.handle_body(message, None, session)
-        return None if reply is None else orjson.dumps(reply, option=LINE)
+        if reply is None:
+            return None
+        if isinstance(reply, Deferred):
+            return reply.then(_encoded)
+        return orjson.dumps(reply, option=LINE)
 
-    def _handle_envelope(self, message: Body, session: Session) -> bytes | None:
+    def _handle_envelope(
+        self, message: Body, session: Session
+    ) -> bytes | Deferred[bytes | None] | None:
         body = message["body"]
         src = message.get("src")
         if not isinstance(body, dict):
-            reply: Body | None = self._error(
+            reply: Body | Deferred[Body | None] | None = self._error(
                 None, ErrorCode.MALFORMED_REQUEST, "field 'body' must be an object"
             )
         else:
@@ -216,7 +252,15 @@ class Node:
         if reply is None:
             return None
         me = self.node_id if self.node_id is not None else message.get("dest")
-        return orjson.dumps({"src": me, "dest": src, "body": reply}, option=LINE)
+
+        def encoded(reply: Body | None) -> bytes | None:
+            if reply is None:
+                return None
+            return orjson.dumps({"src": me, "dest": src, "body": reply}, option=LINE)
+
+        if isinstance(reply, Deferred):
+            return reply.then(encoded)
+        return encoded(reply)
 
     def error_line(self, code: ErrorCode, text: str) -> bytes:
         """An error reply to a line that could not be read as a request (bare form)."""
@@ -232,7 +276,7 @@ class Node:
 
     def handle_body(
         self, body: Body, src: str | None, session: Session | None = None
-    ) -> Body | None:
+    ) -> Body | Deferred[Body | None] | None:
         """Route one message body from `src` (None: bare form) to its handler; build the reply.
 
         A peer-only type (`PEER_ONLY`) is refused with error 1000 unless `session`
@@ -277,7 +321,12 @@ class Node:
         lost = self.settings.drop_merges_from
         if lost is not None and msg_type in BY_MERGE_TYPE:
             body = without_writes_of(lost, body, src)
-        reply = self.run(handler, body, src)
+        reply = coordinate(self, handler, body, src)
+        if isinstance(reply, Deferred):
+            return reply.then(lambda reply: self._numbered(reply, msg_id))
+        return self._numbered(reply, msg_id)
+
+    def _numbered(self, reply: Body | None, msg_id: int | None) -> Body | None:
         if reply is None:
             return None
         if msg_id is not None:
@@ -329,6 +378,10 @@ class Node:
             reply["in_reply_to"] = msg_id
         reply["msg_id"] = next(self.msg_ids)
         return reply
+
+
+def _encoded(reply: Body | None) -> bytes | None:
+    return None if reply is None else orjson.dumps(reply, option=LINE)
 
 
 def _peer_refusal(msg_type: str, src: str | None, session: Session) -> str | None:

@@ -123,6 +123,12 @@ class DeltaTracker:
             if state.pending.get(ref) == seq:
                 del state.pending[ref]
 
+    def carried(self, peer: str, msg_id: int) -> dict[KeyRef, int]:
+        """The keys message `msg_id` to `peer` carries, at the sequence numbers it covers."""
+        state = self._peers.get(peer)
+        message = None if state is None else state.messages.get(msg_id)
+        return {} if message is None else message.items
+
     def acked(self, peer: str, msg_id: int) -> int:
         """Clear what message `msg_id` delivered; returns how many keys are now done."""
         state = self._peers.get(peer)

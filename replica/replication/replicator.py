@@ -41,6 +41,7 @@ from replica.keyspaces import Keyspaces
 from replica.replication import delta_compression
 from replica.replication.anti_entropy import AntiEntropy
 from replica.replication.delta_tracker import MAX_PENDING_KEYS, DeltaTracker, KeyRef
+from replica.replication.quorum import READ_ANSWER, Quorums
 
 log = logging.getLogger("replica.replication.replicator")
 
@@ -103,8 +104,9 @@ class Replicator:
         # Keys held back until durable: states taken while unsettled, waiting for a
         # barrier; and states a barrier made durable, shippable while the key is not.
         self._awaiting: dict[KeyRef, Snapshot] = {}
-        self._barrier: asyncio.Future[None] | None = None
         self._durable: dict[KeyRef, Snapshot] = {}
+        self.quorums = Quorums(keyspaces, self.send)
+        self._push_soon: asyncio.Handle | None = None
         keyspaces.listeners.append(self._changed)
 
     # -- change notifications ---------------------------------------------------------
@@ -152,9 +154,25 @@ class Replicator:
         for peer in self.peers:
             if peer in self.connected and self._push(peer, now):
                 more = True
-        if self._awaiting and self._barrier is None:
+        if self._awaiting:
             self._await_durable()
         return more
+
+    def push_soon(self) -> None:
+        """Push pending deltas on the next loop turn, once however often asked: quorum writes
+        wait for them, so they do not wait for the gossip tick."""
+        if self._push_soon is None:
+            self._push_soon = asyncio.get_running_loop().call_soon(self._push_now)
+
+    def _push_now(self) -> None:
+        self._push_soon = None
+        try:
+            more = self.push()
+        except Exception:
+            log.exception("pushing deltas failed")
+            return
+        if more and self.quorums.waiting:
+            self.push_soon()
 
     def _push(self, peer: str, now: float) -> bool:
         items = self.tracker.take(peer, now, self.keys_per_slice)
@@ -223,21 +241,25 @@ class Replicator:
         return state, seq if seq <= taken_at else taken_at
 
     def _await_durable(self) -> None:
-        """Take a barrier: once it resolves, every state in `_awaiting` is on disk."""
+        """Take a barrier: once it resolves, every state now in `_awaiting` is on disk.
+
+        States taken while it is on its way may hold changes after it, so they
+        wait for a barrier of their own (barriers taken between two commits
+        share one future, so this costs no commit).
+        """
         durability = self.durability
         barrier = None if durability is None else durability.barrier()
+        covered, self._awaiting = self._awaiting, {}
         if barrier is None:
-            self._durable.update(self._awaiting)
-            self._awaiting.clear()
+            self._durable.update(covered)
             return
-        self._barrier = barrier
-        barrier.add_done_callback(self._barrier_done)
+        barrier.add_done_callback(lambda done: self._barrier_done(done, covered))
 
-    def _barrier_done(self, barrier: asyncio.Future[None]) -> None:
-        self._barrier = None
-        awaiting, self._awaiting = self._awaiting, {}
+    def _barrier_done(self, barrier: asyncio.Future[None], covered: dict[KeyRef, Snapshot]) -> None:
         if not barrier.cancelled() and barrier.exception() is None:
-            self._durable.update(awaiting)
+            self._durable.update(covered)
+            if self.quorums.waiting:
+                self._push_now()  # what quorum writes wait for leaves now
         # else the commit failed or stalled: the keys are taken again at a later push
 
     def _forget_settled(self) -> None:
@@ -294,13 +316,22 @@ class Replicator:
         in_reply_to = body.get("in_reply_to")
         if msg_type in MERGE_ACKS:
             if type(in_reply_to) is int:
+                quorums = self.quorums
+                behind = quorums.waiting and quorums.acked(
+                    src, self.tracker.carried(src, in_reply_to)
+                )
                 self.tracker.acked(src, in_reply_to)
                 self.last_ack[src] = self.clock()
+                if behind:
+                    self.push_soon()  # a key changed while in flight goes again now
+        elif msg_type == READ_ANSWER:
+            self.quorums.answered(src, body)
         elif msg_type == "ae_roots_ok":
             self.anti_entropy.roots_answered(src, body)
         elif msg_type == "ae_keys_ok":
             self.anti_entropy.keys_answered(src, body)
         elif msg_type == "error":
+            self.quorums.refused(src, in_reply_to)
             # A batch refused as malformed is done with: waiting for an ack that never
             # comes would hold its keys pending, and anti-entropy with the peer, forever.
             # Any other error (a commit that failed there) leaves it to be sent again.

@@ -2,11 +2,12 @@
 
 Contract: `call(body)` sends one request (numbered unless it carries a
 `msg_id`) and returns the reply body, whatever its type, error replies
-included.  The methods named after message types (`mv_write`, `status`, ...)
-return the reply body of a success and raise `ReplicaError`, carrying the
-node's `code` and `text`, for an error reply, so a scenario reads as the
-protocol does.  Lower down, `send`, `send_raw` and `read_line` speak raw
-lines, for tests of the framing itself.  `connect(..., tls=context,
+included.  The methods named after message types (`mv_write`, `status`, ...),
+whose writes take `w=` and reads `r=` (a quorum), return the reply body of a
+success and raise `ReplicaError`, carrying the node's `code` and `text`, for
+an error reply, so a scenario reads as the protocol does.  Lower down,
+`send`, `send_raw` and `read_line` speak raw lines, for tests of the framing
+itself.  `connect(..., tls=context,
 server_hostname=node_id)` speaks TLS to a node serving it.
 """
 
@@ -23,6 +24,8 @@ REPLY_TIMEOUT = 10.0
 READ_LIMIT = 64 << 20  # replies of any size a scenario produces
 
 Body = dict[str, Any]
+Quorum = int | str | None
+"""A request's `w` or `r`: 1..cluster size, "one", "quorum" or "all"; None: the cluster's."""
 
 
 class ReplicaError(Exception):
@@ -100,38 +103,49 @@ class JsonClient:
     async def status(self) -> Body:
         return await self.checked({"type": "status"})
 
-    async def mv_write(self, key: str, value: Any, context: dict[str, int] | None = None) -> Body:
+    async def mv_write(
+        self, key: str, value: Any, context: dict[str, int] | None = None, *, w: Quorum = None
+    ) -> Body:
         """A write; `context` is what a read returned, to supersede the siblings it showed."""
-        return await self.checked(_fields(type="mv_write", key=key, value=value, context=context))
+        return await self.checked(
+            _fields(type="mv_write", key=key, value=value, context=context, w=w)
+        )
 
-    async def mv_read(self, key: str) -> Body:
-        return await self.checked({"type": "mv_read", "key": key})
+    async def mv_read(self, key: str, *, r: Quorum = None) -> Body:
+        return await self.checked(_fields(type="mv_read", key=key, r=r))
 
-    async def kv_put(self, key: str, value: Any, clock: Any) -> Body:
-        return await self.checked({"type": "kv_put", "key": key, "value": value, "clock": clock})
+    async def kv_put(self, key: str, value: Any, clock: Any, *, w: Quorum = None) -> Body:
+        return await self.checked(_fields(type="kv_put", key=key, value=value, clock=clock, w=w))
 
-    async def kv_get(self, key: str) -> Body:
-        return await self.checked({"type": "kv_get", "key": key})
+    async def kv_get(self, key: str, *, r: Quorum = None) -> Body:
+        return await self.checked(_fields(type="kv_get", key=key, r=r))
 
-    async def kv_resolve(self, key: str, value: Any, clock: Any) -> Body:
-        body = {"type": "kv_resolve", "key": key, "value": value, "clock": clock}
+    async def kv_resolve(self, key: str, value: Any, clock: Any, *, w: Quorum = None) -> Body:
+        body = _fields(type="kv_resolve", key=key, value=value, clock=clock, w=w)
         return await self.checked(body)
 
-    async def lww_write(self, key: str, value: Any, timestamp: int | None = None) -> Body:
+    async def lww_write(
+        self, key: str, value: Any, timestamp: int | None = None, *, w: Quorum = None
+    ) -> Body:
         return await self.checked(
-            _fields(type="lww_write", key=key, value=value, timestamp=timestamp)
+            _fields(type="lww_write", key=key, value=value, timestamp=timestamp, w=w)
         )
 
-    async def lww_read(self, key: str) -> Body:
-        return await self.checked({"type": "lww_read", "key": key})
+    async def lww_read(self, key: str, *, r: Quorum = None) -> Body:
+        return await self.checked(_fields(type="lww_read", key=key, r=r))
 
-    async def mvcc_put(self, key: str, value: Any, timestamp: int | None = None) -> Body:
+    async def mvcc_put(
+        self, key: str, value: Any, timestamp: int | None = None, *, w: Quorum = None
+    ) -> Body:
         return await self.checked(
-            _fields(type="mvcc_put", key=key, value=value, timestamp=timestamp)
+            _fields(type="mvcc_put", key=key, value=value, timestamp=timestamp, w=w)
         )
 
-    async def mvcc_get(self, key: str, read_timestamp: int | None = None) -> Body:
-        return await self.checked(_fields(type="mvcc_get", key=key, read_timestamp=read_timestamp))
+    async def mvcc_get(
+        self, key: str, read_timestamp: int | None = None, *, r: Quorum = None
+    ) -> Body:
+        body = _fields(type="mvcc_get", key=key, read_timestamp=read_timestamp, r=r)
+        return await self.checked(body)
 
     async def mvcc_snapshot(self, keys: list[str], read_timestamp: int) -> Body:
         body = {"type": "mvcc_snapshot", "keys": keys, "read_timestamp": read_timestamp}
@@ -140,11 +154,11 @@ class JsonClient:
     async def mvcc_gc(self, before: int) -> Body:
         return await self.checked({"type": "mvcc_gc", "before": before})
 
-    async def counter_add(self, key: str, delta: int) -> Body:
-        return await self.checked({"type": "counter_add", "key": key, "delta": delta})
+    async def counter_add(self, key: str, delta: int, *, w: Quorum = None) -> Body:
+        return await self.checked(_fields(type="counter_add", key=key, delta=delta, w=w))
 
-    async def counter_read(self, key: str) -> Body:
-        return await self.checked({"type": "counter_read", "key": key})
+    async def counter_read(self, key: str, *, r: Quorum = None) -> Body:
+        return await self.checked(_fields(type="counter_read", key=key, r=r))
 
     # -- requests, replies and lines -------------------------------------------------------
 

@@ -43,9 +43,12 @@ import hiredis
 import orjson
 
 from replica.errors import ErrorCode
+from replica.node.context import Body
 from replica.node.handlers import RESP_COMMANDS
+from replica.node.quorums import Deferred, coordinate
 from replica.node.resp_terms import Integer, RespError, Simple, Term, Value, Values, arity, ok
 from replica.node.router import Node
+from replica.transports.held_replies import Reply
 from replica.transports.tcp import ServedConnection, TcpServer
 
 log = logging.getLogger("replica.transports.resp")
@@ -115,6 +118,19 @@ def _value_bytes(value: Any) -> bytes:
     return value.encode() if type(value) is str else orjson.dumps(value)
 
 
+def _encoded(reply: Body | None, reply_of: Callable[[Body], Term]) -> bytes:
+    """A data type's reply body as RESP: an absent key is an empty array, a write is +OK."""
+    if reply is None:
+        return error("ERR no reply")
+    if reply["type"] == "error":
+        if reply["code"] == ErrorCode.KEY_DOES_NOT_EXIST:
+            return EMPTY_ARRAY
+        return error(f"ERR {reply['text']}")
+    if reply_of is ok:  # what every write answers
+        return OK
+    return encode(reply_of(reply))
+
+
 class Commands:
     """What a RESP connection can ask of a node; one instance per connection."""
 
@@ -136,8 +152,12 @@ class Commands:
             b"SELECT": self.select,
         }
 
-    def execute(self, request: Args) -> bytes:
-        """The reply to one command (its name first); errors become error replies."""
+    def execute(self, request: Args) -> Reply:
+        """The reply to one command (its name first); errors become error replies.
+
+        A data type's command runs under the cluster's `w` or `r`, so its reply
+        may be deferred until the quorum is known.
+        """
         name = request[0]
         upper = name.upper()
         if not self.authenticated and upper not in BEFORE_AUTH:
@@ -153,16 +173,10 @@ class Commands:
             data_handler, body, reply_of = command(request[1:])
         except RespError as exc:
             return error(str(exc))
-        reply = self.node.run(data_handler, body, None)
-        if reply is None:
-            return error("ERR no reply")
-        if reply["type"] == "error":
-            if reply["code"] == ErrorCode.KEY_DOES_NOT_EXIST:
-                return EMPTY_ARRAY
-            return error(f"ERR {reply['text']}")
-        if reply_of is ok:  # what every write answers
-            return OK
-        return encode(reply_of(reply))
+        reply = coordinate(self.node, data_handler, body, None)
+        if isinstance(reply, Deferred):
+            return reply.then(lambda reply: _encoded(reply, reply_of))
+        return _encoded(reply, reply_of)
 
     # -- what clients send by habit -----------------------------------------------------
 
@@ -285,9 +299,9 @@ class RespConnection(ServedConnection):
         self.pending = 0
         self.commands = Commands(node)
 
-    def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
+    def replies_to(self, data: bytes) -> tuple[list[Reply], bool]:
         """The replies to every complete command in the input so far; True to close after."""
-        replies: list[bytes] = []
+        replies: list[Reply] = []
         execute, join = self.commands.execute, b"".join
         self.reader.feed(data)
         completed = False
@@ -341,6 +355,9 @@ class RespConnection(ServedConnection):
 
     def over_limit(self) -> bytes:
         return error("ERR max number of clients reached")  # Redis's text
+
+    def broken(self) -> bytes:
+        return error("ERR internal error")
 
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         failed = error(f"ERR write not durable: {failure}")

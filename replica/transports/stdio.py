@@ -10,7 +10,9 @@ files and terminals and leave the descriptor's flags alone, and hands each
 chunk to the event loop, waiting until the loop has handled it: a slow node
 slows the reader instead of queueing input without bound.  Everything else
 runs on the loop, so `send` is the one path to stdout for replies and gossip
-alike; the lines one chunk produced go out in one write.  Every message on
+alike; the lines one chunk produced go out in one write.  A reply deferred
+until its quorum is known holds the replies after it, so they leave in
+request order.  Every message on
 stdin is trusted, peer messages included: the harness is the network.
 
 An oversized line gets error 12 and is skipped; the lines after it are still
@@ -21,16 +23,19 @@ only input.)
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
 import os
 import select
 import threading
+from typing import cast
 
 from replica.errors import ErrorCode
 from replica.fd_io import write_all
 from replica.framing import LineFramer
+from replica.node.quorums import Deferred
 from replica.node.router import Node
 from replica.session import trusted
 
@@ -57,6 +62,8 @@ class StdioTransport:
         self.framer = LineFramer(node.settings.max_line_bytes)
         self.session = trusted()  # stdin is the harness's network: every message is trusted
         self._out: list[bytes] = []
+        self._waiting: collections.deque[bytes | Deferred[bytes | None]] = collections.deque()
+        """Replies behind one that waits for its quorum, in request order."""
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[None] | None = None
@@ -134,8 +141,14 @@ class StdioTransport:
         while True:
             for line in lines:
                 reply = self._handle(line)
-                if reply is not None:
+                if reply is None:
+                    continue
+                if type(reply) is bytes and not self._waiting:
                     self._out.append(reply)
+                else:
+                    self._waiting.append(reply)
+                    if type(reply) is not bytes:
+                        cast(Deferred[bytes | None], reply).add_done_callback(self._quorum_known)
             if not framer.overflowed:
                 break
             log.warning("skipping a line over max_line_bytes")
@@ -148,7 +161,27 @@ class StdioTransport:
             log.info("initialised as %s; peers: %s", self.node.node_id, ", ".join(peers) or "none")
         self._attach_replication()
 
-    def _handle(self, line: bytes) -> bytes | None:
+    def _quorum_known(self, _: object) -> None:
+        """Queue, in request order, the replies no longer behind a quorum still unknown."""
+        waiting = self._waiting
+        while waiting:
+            first = waiting[0]
+            reply: bytes | None
+            if type(first) is bytes:
+                reply = first
+            else:
+                deferred = cast(Deferred[bytes | None], first)
+                if not deferred.done():
+                    break
+                if deferred.exception() is not None:
+                    reply = self.node.error_line(ErrorCode.CRASH, "internal error")
+                else:
+                    reply = deferred.result()
+            waiting.popleft()
+            if reply is not None:
+                self.send(reply)
+
+    def _handle(self, line: bytes) -> bytes | Deferred[bytes | None] | None:
         try:
             return self.node.handle_line(line, self.session)
         except Exception:  # the node answers every request itself; this is a bug

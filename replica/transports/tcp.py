@@ -12,7 +12,9 @@ order.  If that commit fails (or takes longer than the commit timeout),
 every reply of the chunk becomes error 13: a write that is not on disk is
 never acknowledged, to a client or to a peer.  A chunk that changed nothing
 and only read keys with no change on its way to disk (or asked `status`)
-needs no barrier, so reads and `status` answer while the disk is stuck.
+needs no barrier, so reads and `status` answer while the disk is stuck.  A
+reply deferred until its quorum is known (`w`, `r`) is held the same way, in
+order, and becomes its error reply if the quorum fails.
 
 A client that sends and never reads cannot grow the node's memory: once a
 connection's unsent replies, in the transport's buffer or held for their
@@ -54,6 +56,7 @@ from replica.framing import LineFramer
 from replica.node.router import Node
 from replica.replication import peer_handshake
 from replica.session import Session
+from replica.transports.held_replies import HeldChunk, Reply
 from replica.transports.slow_lines import SlowLineWatch
 from replica.transports.tls import certified_names
 from replica.transports.tls_accept import TlsListener
@@ -86,13 +89,13 @@ class ServedConnection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_blocked = False  # the transport's buffer passed its high-water mark
         self.holding_too_much = False  # the held replies did
-        self.held: collections.deque[_Held] = collections.deque()
+        self.held: collections.deque[HeldChunk] = collections.deque()
         self.held_bytes = 0
         self.input_done = False
         timeout_s = node.settings.partial_line_timeout_ms / 1000
         self.slow_line = SlowLineWatch(timeout_s, self.holds_partial, self._slow_line_expired)
 
-    def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
+    def replies_to(self, data: bytes) -> tuple[list[Reply], bool]:
         """The replies to every complete request in `data`; True to close after them."""
         raise NotImplementedError
 
@@ -148,28 +151,31 @@ class ServedConnection(asyncio.Protocol):
                 barrier = durability.barrier()
         if close:
             self.input_done = True
-        if barrier is None and not self.held:
-            self._send(replies, close)
+        if barrier is None and not self.held and all(type(r) is bytes for r in replies):
+            self._send(cast(list[bytes], replies), close)
             return
-        size = sum(map(len, replies))
-        self.held.append((barrier, replies, close, size))
-        self.held_bytes += size
+        chunk = HeldChunk(barrier, replies, close, self._release)
+        self.held.append(chunk)
+        self.held_bytes += chunk.size
         if barrier is not None and durability is not None:
             durability.after_commit(self._release)
         if self.held_bytes > WRITE_HIGH_WATER:
             self._update_reading()
 
     def _release(self) -> None:
-        """Send the held replies whose commits are done, oldest first."""
+        """Send the held replies whose commits and quorums are done, oldest first."""
         while self.held:
-            barrier, replies, close, size = self.held[0]
-            if barrier is not None and not barrier.done():
+            chunk = self.held[0]
+            if not chunk.committed():
                 if self.node.durability is not None:
                     self.node.durability.after_commit(self._release)
                 break
+            if chunk.unresolved:
+                break  # its last quorum's answer releases it
             self.held.popleft()
-            self.held_bytes -= size
-            failure = barrier_failure(barrier)
+            self.held_bytes -= chunk.size
+            replies = chunk.replies_now(self.broken)
+            failure = barrier_failure(chunk.barrier)
             if failure is not None:
                 log.error(
                     "answering %d requests from %s with errors: %s",
@@ -178,8 +184,12 @@ class ServedConnection(asyncio.Protocol):
                     failure,
                 )
                 replies = self.not_durable(replies, failure)
-            self._send(replies, close)
+            self._send(replies, chunk.close)
         self._update_reading()
+
+    def broken(self) -> bytes:
+        """The reply to a request whose deferred reply failed (a bug, logged where it happened)."""
+        return self.node.error_line(ErrorCode.CRASH, "internal error")
 
     def _send(self, replies: list[bytes], close: bool) -> None:
         transport = self.transport
@@ -196,7 +206,7 @@ class ServedConnection(asyncio.Protocol):
         self.input_done = True
         if not self.held:
             return False
-        self.held.append((None, [], True, 0))
+        self.held.append(HeldChunk(None, [], True, self._release))
         return True
 
     def pause_writing(self) -> None:
@@ -267,10 +277,10 @@ class Connection(ServedConnection):
         if tls is not None:  # a TLS port: only a member's certificate makes a member
             self.session.certified = certified_names(tls.getpeercert())
 
-    def replies_to(self, data: bytes) -> tuple[list[bytes], bool]:
+    def replies_to(self, data: bytes) -> tuple[list[Reply], bool]:
         handle_line = self.node.handle_line
         session = self.session
-        replies = []
+        replies: list[Reply] = []
         lines = self.framer.feed(data)
         for line in lines:
             try:
@@ -337,11 +347,6 @@ class Connection(ServedConnection):
 
     def not_durable(self, replies: list[bytes], failure: str) -> list[bytes]:
         return [_not_durable(reply, failure) for reply in replies]
-
-
-_Held = tuple["asyncio.Future[None] | None", list[bytes], bool, int]
-"""A chunk's replies waiting for its commit, whether the connection closes after them, and
-their size in bytes."""
 
 
 def _not_durable(reply: bytes, failure: str) -> bytes:

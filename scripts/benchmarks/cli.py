@@ -18,14 +18,14 @@ from pathlib import Path
 
 import uvloop
 
-from . import compare, converge, memory, resp, restart, throughput, tls_cost
+from . import compare, converge, memory, quorum_cost, resp, restart, throughput, tls_cost
 from .machine import describe
 from .options import cluster_options
 from .processes import Children
 from .report import EXIT_FAILED, BenchError, Report
 from .session import Session, running
 
-SCENARIOS = (converge, throughput, restart, memory, resp, compare, tls_cost)
+SCENARIOS = (converge, throughput, restart, memory, resp, compare, tls_cost, quorum_cost)
 
 Runner = Callable[[argparse.Namespace, Session], Awaitable[Report]]
 

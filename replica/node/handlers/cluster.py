@@ -1,7 +1,7 @@
 """Handlers of the node itself: `init`, `status`, `auth`, the peer handshake, repair, replies.
 
 Peers' answers to the messages this node sent (`<type>_merge_ok`,
-`ae_roots_ok`, `ae_keys_ok`, and `error`) are routed here like any request,
+`ae_roots_ok`, `ae_keys_ok`, `quorum_read_ok`, and `error`) are routed here like any request,
 by type, and handed to the replicator; they are never answered.  They and
 anti-entropy are `PEER_HANDLERS`: only a proven peer may send them.
 """
@@ -14,7 +14,9 @@ from replica.crdt.malformed import Malformed, require_list, require_str
 from replica.crdt.registry import TYPES
 from replica.errors import ErrorCode, RequestError
 from replica.node.context import Body, Context, Handler
+from replica.node.handlers.quorum_read import quorum_read
 from replica.replication import peer_handshake
+from replica.replication.quorum import READ_ANSWER, READ_REQUEST
 from replica.replication.replicator import Replicator
 
 WRONG_PASSWORD = "wrong password"
@@ -116,6 +118,7 @@ def status(ctx: Context, body: Body, src: str | None) -> Body:
         "tls_handshakes_failed": ctx.refusals.tls_handshakes,
         "sibling_warnings": keyspaces.sibling_watch.sibling_warnings,
         "merges_over_max_siblings": keyspaces.sibling_watch.merges_over_max_siblings,
+        "quorums": None if replicator is None else replicator.quorums.status(),
     }
     if body.get("digests") is True and replicator is not None:
         roots = replicator.anti_entropy.roots()
@@ -129,9 +132,12 @@ PEER_HANDLERS: dict[str, Handler] = {
     **{f"{t.merge_type}_ok": peer_reply for t in TYPES},
     "ae_roots_ok": peer_reply,
     "ae_keys_ok": peer_reply,
+    READ_REQUEST: quorum_read,
+    READ_ANSWER: peer_reply,
     "error": peer_reply,
 }
-"""The messages only a proven peer may send: anti-entropy and every answer to our messages."""
+"""The messages only a proven peer may send: anti-entropy, quorum reads, and every answer to
+our messages."""
 
 HANDSHAKE_HANDLERS: dict[str, Handler] = {
     peer_handshake.HELLO: peer_hello,
