@@ -129,6 +129,31 @@ async def test_other_types_take_w_and_r() -> None:
         assert (await n3.mvcc_get("m", r="all"))["value"] == "v"
 
 
+async def test_deletes_take_w_and_a_delete_of_nothing_is_answered_at_once() -> None:
+    async with proxied_cluster(
+        IDS, request_timeout_ms=TIMEOUT_MS, gossip_interval_ms=QUIET_GOSSIP_MS
+    ) as cluster:
+        await cluster.wait_quiet()
+        n1, n3 = await cluster.client("n1"), await cluster.client("n3")
+        written = await n1.mv_write("k", "v", w="all")
+        deleted = await n1.call(
+            {"type": "mv_delete", "key": "k", "context": written["context"], "w": "all"}
+        )
+        assert deleted["type"] == "mv_delete_ok", deleted
+        assert await values_at(cluster, "n3", "k") == []  # there at once: no gossip tick ran
+        await n1.lww_write("l", "x", w="all")
+        await n1.call({"type": "lww_delete", "key": "l", "w": "all"})
+        assert (await n3.call({"type": "lww_read", "key": "l"}))["code"] == 20
+        started = time.monotonic()
+        for body in (
+            {"type": "mv_delete", "key": "absent", "context": {}},
+            {"type": "counter_delete", "key": "absent"},
+        ):
+            reply = await n1.call({**body, "w": "all"})  # nothing stored: nothing to wait for
+            assert reply["type"].endswith("_delete_ok"), reply
+        assert time.monotonic() - started < TIMEOUT_MS / 1000
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("w", 0), ("w", 4), ("w", "most"), ("w", True), ("w", 2.0), ("w", None), ("r", -1)],

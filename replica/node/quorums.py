@@ -132,6 +132,8 @@ def _write(
     key: str = body["key"]
     ref = (keyspace, key)
     if tracker.seq == before:  # it changed nothing: the state it saw must reach the peers
+        if replicator.keyspaces.states[keyspace].get(key) is None:
+            return reply  # and there is none (a delete of an absent key): nothing to hold
         tracker.changed(ref)
     connected = _connected(node, replicator, keyspace, key)
     if connected < needed:
