@@ -360,6 +360,41 @@ def test_random_valid_counter_histories_with_deletes_pass(program: list[CounterS
     assert report.ok, report.text
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(counter_steps, max_size=30), st.randoms(use_true_random=False))
+def test_random_counter_histories_with_deletes_that_overlap_pass(
+    program: list[CounterStep], rnd: Any
+) -> None:
+    """A delete may take effect well after it was asked for, other deletes in between."""
+    rec = Recorded()
+    replicas = {n: PNCounter() for n in NODES}
+    waiting: list[tuple[int, str]] = []  # deletes asked for, not yet run
+    for step in program:
+        if step.kind == "sync":
+            replicas[step.node] = replicas[step.node].merge(replicas[step.other])
+        elif step.kind == "add":
+            body = {"type": "counter_add", "key": "x", "delta": step.delta}
+            i = rec.history.invoke(step.node, body)
+            replicas[step.node] = replicas[step.node].add(step.node, step.delta)
+            rec.history.ok(i, {"type": "counter_add_ok", "value": replicas[step.node].value})
+        elif step.outcome == "ok" or not waiting:
+            waiting.append(
+                (rec.history.invoke(step.node, {"type": "counter_delete", "key": "x"}), step.node)
+            )
+        else:
+            i, node = waiting.pop(rnd.randrange(len(waiting)))
+            replicas[node] = replicas[node].reset(node)
+            rec.history.ok(i, {"type": "counter_delete_ok", "value": 0})
+    for i, node in waiting:
+        replicas[node] = replicas[node].reset(node)
+        rec.history.ok(i, {"type": "counter_delete_ok", "value": 0})
+    total = PNCounter()
+    for replica in replicas.values():
+        total = total.merge(replica)
+    report = rec.check(counter_reads(total.value))
+    assert report.ok, report.text
+
+
 # --- w and r ----------------------------------------------------------------------------------
 
 
