@@ -45,6 +45,8 @@ async def test_writes_and_deletes_on_both_sides_of_a_partition_pass_the_checker(
 
     report = check(history, reads)
     assert report.ok, report.text
+    [w2] = [op for op in history.operations if "w" in op.body]
+    assert (w2.type, w2.body["w"], w2.ok) == ("counter_add", 2, True)
     deletes = [op for op in history.operations if op.type.endswith("_delete")]
     assert len(deletes) == 5 and all(op.ok for op in deletes)
     shown = {
