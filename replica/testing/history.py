@@ -5,18 +5,24 @@ than aborts.  A test records every client operation as it goes (invoke, then
 ok, a definite error or an unknown outcome), lets the cluster converge, reads
 every key on every node (`final_read_requests` lists those reads), and hands
 both to `check`.  The report names each broken rule and the operations
-involved: an acknowledged write that vanished without a write that had seen
-it, a value nobody wrote, a dot issued twice, nodes that disagree, a counter
-total no set of additions explains.  The rules themselves, one per keyspace,
-are in `replica.testing.history_rules`.
+involved: an acknowledged write that vanished without a write or delete that
+had seen it, a value seen again after an acknowledged delete covered it, a
+value nobody wrote, a dot issued twice, nodes that disagree, a counter total
+no set of additions and deletes explains.  The rules themselves, one per
+keyspace, are in `replica.testing.history_rules`.  A request's `w` or `r` is
+recorded with it and changes nothing in the rules: an acknowledged write is
+one, whatever its `w`.
 
 Pure and synchronous (no sockets, no clock), so it checks recorded histories
 as readily as live ones; it uses nothing of replica but its clock types.
 
 Contract of the record: every `invoke` is ended at most once, by `ok`, `fail`
 or `unknown`.  An operation never ended counts as unknown.  Error codes 0
-(timeout) and 13 (crash) are indefinite, like a lost connection: the write may
-have happened.  Every other error is definite: nothing changed.
+(timeout, or too few answers for `w`), 11 (fewer than `w` nodes connected: the
+write is kept and spreads) and 13 (crash) are indefinite, like a lost
+connection: the write may have happened.  Every other error is definite:
+nothing changed.  A final read answered 0 or 11 (too few nodes for its `r`)
+says nothing of the node's state and is left out.
 """
 
 from __future__ import annotations
@@ -25,13 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from replica.testing.history_rules import (
-    INDEFINITE_CODES,
-    RULES,
-    Operation,
-    Outcome,
-    Violation,
-)
+from replica.testing.history_record import INDEFINITE_CODES, Operation, Outcome, Violation
+from replica.testing.history_rules import RULES
 
 __all__ = [
     "FinalRead",
@@ -46,7 +47,9 @@ __all__ = [
 
 WRITE_TYPES = frozenset(
     {"mv_write", "kv_put", "kv_resolve", "lww_write", "mvcc_put", "counter_add"}
+    | {"mv_delete", "kv_delete", "lww_delete", "mvcc_delete", "counter_delete"}
 )
+"""The requests that change a key: its writes and deletes."""
 READ_TYPES = {
     "mv": "mv_read",
     "kv": "kv_get",
@@ -90,7 +93,7 @@ class History:
         self._end(index, Outcome.OK).reply = dict(reply)
 
     def fail(self, index: int, code: int, text: str = "", definite: bool | None = None) -> None:
-        """The request got error `code`; `definite` defaults from the code (0 and 13 are not)."""
+        """The request got error `code`; `definite` defaults from the code (0, 11, 13 are not)."""
         if definite is None:
             definite = code not in INDEFINITE_CODES
         op = self._end(index, Outcome.FAILED if definite else Outcome.UNKNOWN)
@@ -112,6 +115,7 @@ class History:
         if op.outcome is not Outcome.PENDING:
             raise ValueError(f"operation #{index} already ended: {op.outcome.value}")
         op.outcome = outcome
+        op.ended = len(self.operations)
         return op
 
     def touched_keys(self) -> list[tuple[str, str]]:
@@ -151,7 +155,7 @@ class Report:
 
 def final_read_requests(history: History) -> list[dict[str, Any]]:
     """The reads `check` needs from every node: each key's read, and for MVCC one more
-    per acknowledged version, at its timestamp."""
+    per acknowledged version or tombstone, at its timestamp."""
     out: list[dict[str, Any]] = []
     for family, key in history.touched_keys():
         out.append({"type": READ_TYPES[family], "key": key})
@@ -160,7 +164,10 @@ def final_read_requests(history: History) -> list[dict[str, Any]]:
                 {
                     op.reply["timestamp"]
                     for op in history.operations
-                    if op.type == "mvcc_put" and op.key == key and op.ok and op.reply
+                    if op.type in ("mvcc_put", "mvcc_delete")
+                    and op.key == key
+                    and op.ok
+                    and op.reply
                 }
             )
             out += [{"type": "mvcc_get", "key": key, "read_timestamp": ts} for ts in stamps]
@@ -171,6 +178,8 @@ def check(history: History, final_reads: Iterable[FinalRead | tuple[Any, Any, An
     """Check every key the history touched against every node's final read of it."""
     reads: dict[tuple[str, str], dict[str, Any]] = {}
     for node, request, reply in final_reads:
+        if reply.get("type") == "error" and reply.get("code") in _UNANSWERED:
+            continue
         family = _family(str(request.get("type")))
         place = (family, str(request.get("key")))
         if family == "mvcc":
@@ -198,6 +207,10 @@ def check(history: History, final_reads: Iterable[FinalRead | tuple[Any, Any, An
             continue
         violations += RULES[family](key, ops, got)
     return Report(tuple(violations), len(history.operations), len(by_key))
+
+
+_UNANSWERED = frozenset({0, 11})
+"""Error codes of a read that too few nodes answered: no state to check."""
 
 
 def _family(op_type: str) -> str:

@@ -11,13 +11,15 @@ a `JsonClient` does: an unknown outcome re-raises the `TimeoutError`,
 the history already says that the write may or may not have happened.  Once
 the connection is lost, later requests raise `ConnectionError` unrecorded:
 they were never sent.  Raw lines (`send`, `send_raw`, `envelope_request`) are
-not recorded.
+not recorded.  Every message type is recorded as sent, deletes and a
+request's `w` or `r` included (`counter_delete` has no typed method: `call`).
 
 `async with recording_clients(cluster, history) as clients:` opens one per
 node, each on a connection of its own (never the cluster's kept one, so
 writers may run while `cluster.converged` polls), and closes them on exit;
 `final_reads(cluster, history)` reads every key the history touched on every
-node, which is what `check` compares the history with.
+node (MVCC keys also at each acknowledged version's and tombstone's
+timestamp), which is what `check` compares the history with.
 """
 
 from __future__ import annotations
