@@ -101,15 +101,14 @@ class Keyspaces:
         """Replace the key's state and tell the listeners (`local`: a client's change here)."""
         name = data_type.name
         store = self.states[name]
+        current = store.get(key)
         count = data_type.count_siblings
         if count is not None:
-            current = store.get(key)
             old = 0 if current is None else count(current)
             if old != (new := count(state)):
                 _resize(self._sizes[name], old, new)
                 self.sibling_watch.resized(name, key, old, new)
         if (tombstone := data_type.holds_tombstone) is not None:
-            current = store.get(key)
             had = current is not None and tombstone(current)
             if had != tombstone(state):
                 self._tombstones[name] += -1 if had else 1

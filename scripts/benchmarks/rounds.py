@@ -37,10 +37,18 @@ async def alternate(
     rounds: int,
     measure: Callable[[str, NodeHandle, int], Awaitable[T]],
 ) -> list[Round[T]]:
-    """`rounds` rounds of `measure(name, server, round)` on every server in turn, in order."""
+    """`rounds` rounds of `measure(name, server, round)` on every server in turn.
+
+    Odd rounds take the servers in order and even rounds in reverse, so going
+    first or second in a round (a warmer cache, a neighbour's leftover work)
+    favours each variant equally.
+    """
     runs: list[Round[T]] = []
     for round_no in range(1, rounds + 1):
-        for name, server in servers.items():
+        order = list(servers.items())
+        if round_no % 2 == 0:
+            order.reverse()
+        for name, server in order:
             for other_name, other in servers.items():
                 if other is not server and other.process is not None:
                     s.phase = f"waiting for {other_name} to be idle"
