@@ -135,17 +135,27 @@ def _write(
         if replicator.keyspaces.states[keyspace].get(key) is None:
             return reply  # and there is none (a delete of an absent key): nothing to hold
         tracker.changed(ref)
-    connected = _connected(node, replicator, keyspace, key)
-    if connected < needed:
-        replicator.quorums.counts.unavailable += 1
-        return _error(
-            ErrorCode.TEMPORARILY_UNAVAILABLE,
-            f"{connected} of the {needed} nodes w asks for are connected; "
-            "the write is kept and will spread",
-        )
+    unavailable = _unavailable(node, replicator, keyspace, key, needed, WRITE)
+    if unavailable is not None:
+        return unavailable
     wait = replicator.quorums.wait_write(ref, tracker.seq, needed - 1, timeout_ms)
     replicator.push_soon()
     return wait.future.then(lambda failure: reply if failure is None else _timeout(failure))
+
+
+def _unavailable(
+    node: QuorumNode, replicator: Replicator, keyspace: str, key: str, needed: int, kind: str
+) -> Body | None:
+    """Error 11 (counted) when fewer than `needed` replicas of the key are connected; else None."""
+    connected = _connected(node, replicator, keyspace, key)
+    if connected >= needed:
+        return None
+    replicator.quorums.counts.unavailable += 1
+    kept = "; the write is kept and will spread" if kind == WRITE else ""
+    return _error(
+        ErrorCode.TEMPORARILY_UNAVAILABLE,
+        f"{connected} of the {needed} nodes {kind} asks for are connected{kept}",
+    )
 
 
 def _read(
@@ -162,13 +172,9 @@ def _read(
     if reply is None or (reply["type"] == "error" and reply["code"] == ErrorCode.MALFORMED_REQUEST):
         return reply
     key: str = body["key"]
-    connected = _connected(node, replicator, keyspace, key)
-    if connected < needed:
-        replicator.quorums.counts.unavailable += 1
-        return _error(
-            ErrorCode.TEMPORARILY_UNAVAILABLE,
-            f"{connected} of the {needed} nodes r asks for are connected",
-        )
+    unavailable = _unavailable(node, replicator, keyspace, key, needed, READ)
+    if unavailable is not None:
+        return unavailable
     peers = _peers(node, replicator, keyspace, key)
     wait = replicator.quorums.ask(keyspace, key, peers, needed - 1, timeout_ms)
     out: Deferred[Body | None] = Pending()

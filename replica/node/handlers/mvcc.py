@@ -7,6 +7,7 @@ the version chain itself is `replica.crdt.mvcc`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from replica.crdt.malformed import (
@@ -53,15 +54,7 @@ def mvcc_put(ctx: Context, body: Body, src: str | None) -> Body:
     value = require_value(body, "value", checked=ctx.integers_checked)
     check_value(value, ctx.keyspaces.limits.max_value_bytes)
     timestamp = optional_count(body, "timestamp")
-    try:
-        version, ts = put(ctx.keyspaces, key, value, timestamp)
-    except TimestampConflict as exc:
-        raise RequestError(
-            ErrorCode.TXN_CONFLICT,
-            f"timestamp {timestamp} is at or below the key's newest version ({exc.newest})",
-        ) from None
-    except TooFarAhead as exc:
-        raise too_far_ahead(ctx.keyspaces, exc) from None
+    version, ts = _versioned(ctx, timestamp, lambda: put(ctx.keyspaces, key, value, timestamp))
     return {"type": "mvcc_put_ok", "version": version, "timestamp": ts}
 
 
@@ -128,8 +121,16 @@ def mvcc_delete(ctx: Context, body: Body, src: str | None) -> Body:
     """Reads at or after the tombstone's timestamp find no value; earlier ones are kept."""
     key = require_str(body, "key")
     timestamp = optional_count(body, "timestamp")
+    version, ts = _versioned(ctx, timestamp, lambda: delete(ctx.keyspaces, key, timestamp))
+    return {"type": "mvcc_delete_ok", "version": version, "timestamp": ts}
+
+
+def _versioned(
+    ctx: Context, timestamp: int | None, add: Callable[[], tuple[int, int]]
+) -> tuple[int, int]:
+    """`add()` a version (a value or a tombstone): (its number, its timestamp), or the error."""
     try:
-        version, ts = delete(ctx.keyspaces, key, timestamp)
+        return add()
     except TimestampConflict as exc:
         raise RequestError(
             ErrorCode.TXN_CONFLICT,
@@ -137,7 +138,6 @@ def mvcc_delete(ctx: Context, body: Body, src: str | None) -> Body:
         ) from None
     except TooFarAhead as exc:
         raise too_far_ahead(ctx.keyspaces, exc) from None
-    return {"type": "mvcc_delete_ok", "version": version, "timestamp": ts}
 
 
 HANDLERS = {
