@@ -22,12 +22,16 @@ from replica.node.resp_terms import Integer, Request, Term, Value, arity, intege
 def write(keyspaces: Keyspaces, key: str, value: Any, timestamp: int | None) -> int:
     """Returns the write's timestamp; raises `TooFarAhead`, changing nothing."""
     ts = keyspaces.timestamp(timestamp)
-    written = LWWRegister(value, ts, keyspaces.node_id)
+    _merge_in(keyspaces, key, LWWRegister(value, ts, keyspaces.node_id))
+    return ts
+
+
+def _merge_in(keyspaces: Keyspaces, key: str, register: LWWRegister) -> None:
+    """A client's write or tombstone merged into the key: it wins only if it is the greater."""
     current = keyspaces.states["lww"].get(key)
-    merged = written if current is None else current.merge(written)
+    merged = register if current is None else current.merge(register)
     if merged != current:
         keyspaces.put(LWW, key, merged)
-    return ts
 
 
 def lww_write(ctx: Context, body: Body, src: str | None) -> Body:
@@ -83,11 +87,7 @@ def delete(keyspaces: Keyspaces, key: str, timestamp: int | None) -> int:
     Raises `TooFarAhead`, changing nothing.
     """
     ts = keyspaces.timestamp(timestamp)
-    tombstone = LWWRegister.tombstone(ts, keyspaces.node_id)
-    current = keyspaces.states["lww"].get(key)
-    merged = tombstone if current is None else current.merge(tombstone)
-    if merged != current:
-        keyspaces.put(LWW, key, merged)
+    _merge_in(keyspaces, key, LWWRegister.tombstone(ts, keyspaces.node_id))
     return ts
 
 
