@@ -43,6 +43,8 @@ around the cluster; anti-entropy repairs what an origin failed to deliver.
 """
 
 DEFAULT_MAX_CLOCK_SKEW_MS = 60_000
+REMEMBERED_REMOVALS = 65_536
+"""Dropped tombstones remembered, so a late copy of one is not taken back in."""
 DEFAULT_MVCC_RETENTION_MS = 3_600_000
 
 
@@ -90,6 +92,13 @@ class Keyspaces:
             t.name: 0 for t in TYPES if t.holds_tombstone is not None
         }
         """Per type with deletes: how many keys hold a tombstone."""
+        self.dot_floor = 0
+        """This node's actor never issues an MV counter at or below this again: the highest of
+        its counters a dropped key held."""
+        self.collected: dict[str, int] = dict.fromkeys(self._tombstones, 0)
+        """Per type with deletes: tombstone-only keys dropped since the node started."""
+        self._removed: dict[tuple[str, str], Any] = {}
+        """(type name, key) -> the tombstone a recent `remove` dropped, oldest first."""
 
     # -- reading and replacing states ----------------------------------------------------
 
@@ -120,6 +129,8 @@ class Keyspaces:
         """Merge a peer's state of a key into ours; listeners hear of it only if it changed."""
         self._observe_state(data_type, incoming)
         current = self.states[data_type.name].get(key)
+        if current is None and self._removed and self._removed_holds(data_type.name, key, incoming):
+            return
         merged = incoming if current is None else current.merge(incoming)
         if data_type.collect is not None:
             merged, _ = data_type.collect(merged, self.horizon)
@@ -127,6 +138,50 @@ class Keyspaces:
             self.put(data_type, key, merged, local=False)
             if data_type.count_siblings is not None:
                 self.sibling_watch.merged(data_type.name, key, data_type.count_siblings(merged))
+
+    # -- tombstone collection ----------------------------------------------------------------
+
+    def remove(self, data_type: DataType, key: str) -> Any:
+        """Drop a key; returns the state it held (None for an absent key).
+
+        Only for a key that holds nothing but a tombstone every node holds
+        (`replica.replication.tombstones` decides).  Listeners hear of it as of
+        a merge (`local` False): storage writes the key as gone, and nothing is
+        pushed to peers.  The node's own counters stay above the key's
+        (`dot_floor`), so a later write never reissues one of its dots, and the
+        state is remembered for a while, so a late copy of the same tombstone
+        from a peer is not taken back in.
+        """
+        name = data_type.name
+        state = self.states[name].pop(key, None)
+        if state is None:
+            return None
+        if data_type.count_siblings is not None:
+            old = data_type.count_siblings(state)
+            _resize(self._sizes[name], old, 0)
+            self.sibling_watch.resized(name, key, old, 0)
+        if data_type.holds_tombstone is not None and data_type.holds_tombstone(state):
+            self._tombstones[name] -= 1
+        if data_type.issued_by is not None:
+            self.dot_floor = max(self.dot_floor, data_type.issued_by(state, self.actor))
+        self.collected[name] = self.collected.get(name, 0) + 1
+        removed = self._removed
+        removed.pop((name, key), None)
+        removed[(name, key)] = state
+        if len(removed) > REMEMBERED_REMOVALS:
+            del removed[next(iter(removed))]
+        for listener in self.listeners:
+            listener(name, key, False)
+        return state
+
+    def removed(self, name: str, key: str) -> bool:
+        """Whether the node dropped the key's tombstone recently and holds nothing of it since."""
+        return (name, key) in self._removed and key not in self.states[name]
+
+    def _removed_holds(self, name: str, key: str, incoming: Any) -> bool:
+        """Whether a tombstone dropped here already holds all of `incoming`: a late copy."""
+        gone = self._removed.get((name, key))
+        return gone is not None and gone.merge(incoming) == gone
 
     # -- the hybrid clock -------------------------------------------------------------------
 

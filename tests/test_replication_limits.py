@@ -29,7 +29,8 @@ from replica.crdt.clocked_siblings import ClockedSiblings
 from replica.crdt.mv_register import MVRegister
 from replica.node.handlers import mv as mv_ops
 from replica.node.router import Node
-from replica.replication.replicator import Replicator, _split_siblings
+from replica.replication.replicator import Replicator
+from replica.replication.sibling_split import split_siblings
 from replica.session import trusted
 from tests.harness import (
     LOOPBACK,
@@ -55,8 +56,7 @@ BIG = 600_000  # two of these make a state longer than max_line_bytes (1 MiB)
 
 def parts_of(state: list[Any], max_bytes: int) -> list[list[Any]]:
     return [
-        orjson.loads(part)["siblings"]
-        for part in _split_siblings("k", "siblings", state, max_bytes)
+        orjson.loads(part)["siblings"] for part in split_siblings("k", "siblings", state, max_bytes)
     ]
 
 

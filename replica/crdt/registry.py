@@ -66,6 +66,12 @@ class DataType:
     """Whether a state is as good as an absent key (not kept); default: equal to `empty`."""
     holds_tombstone: Callable[[Any], bool] | None = None
     """Whether a state remembers a delete, for a type with deletes: counted in `status`."""
+    only_tombstone: Callable[[Any], bool] | None = None
+    """Whether a state holds nothing but a tombstone: a key a node drops once every node holds
+    it (`replica.replication.tombstones`)."""
+    issued_by: Callable[[Any, str], int] | None = None
+    """The highest counter of an actor's a state holds, for a type whose writes number their
+    events per key: a node that drops the key keeps its own counters above it."""
 
     @property
     def merge_type(self) -> str:
@@ -109,6 +115,22 @@ def _mv_tombstone(register: MVRegister) -> bool:
     return type(register) is not MVRegister
 
 
+def _mv_only_tombstone(register: MVRegister) -> bool:
+    return not register and type(register) is not MVRegister
+
+
+def _mv_issued_by(register: MVRegister, actor: str) -> int:
+    return register.context().get(actor, 0)
+
+
+def _kv_only_tombstone(siblings: ClockedSiblings) -> bool:
+    return not siblings.siblings and bool(siblings.deleted)
+
+
+def _mvcc_only_tombstone(chain: VersionChain) -> bool:
+    return bool(chain.versions) and all(v.deleted for v in chain.versions)
+
+
 def _kv_tombstone(siblings: ClockedSiblings) -> bool:
     return bool(siblings.deleted)
 
@@ -130,6 +152,8 @@ MV = DataType(
     "siblings",
     count_siblings=len,  # a register is the tuple of its siblings
     holds_tombstone=_mv_tombstone,
+    only_tombstone=_mv_only_tombstone,
+    issued_by=_mv_issued_by,
 )
 KV = DataType(
     "kv",
@@ -140,6 +164,7 @@ KV = DataType(
     "siblings",
     count_siblings=_sibling_count,
     holds_tombstone=_kv_tombstone,
+    only_tombstone=_kv_only_tombstone,
 )
 MVCC = DataType(
     "mvcc",
@@ -152,6 +177,7 @@ MVCC = DataType(
     collect=VersionChain.collect,
     holds_nothing=_no_versions,
     holds_tombstone=_mvcc_tombstone,
+    only_tombstone=_mvcc_only_tombstone,
 )
 LWW = DataType(
     "lww",
@@ -162,6 +188,7 @@ LWW = DataType(
     "state",
     newest_timestamp=_lww_timestamp,
     holds_tombstone=_lww_tombstone,
+    only_tombstone=_lww_tombstone,
 )
 
 COUNTER = DataType(

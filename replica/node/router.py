@@ -203,6 +203,14 @@ class Node:
             return None
         return durability.barrier()
 
+    def peer_link(self, peer: str, *, opened: bool) -> None:
+        """A connection that proved `peer` opened or closed (tombstone confirmations need it)."""
+        if self.replicator is not None:
+            if opened:
+                self.replicator.tombstones.link_opened(peer)
+            else:
+                self.replicator.tombstones.link_closed(peer)
+
     def shown(self, keyspace: str, key: str) -> None:
         """A reply is about to show the key's state (see `Durability.note_read`)."""
         if self._durability is not None:

@@ -143,6 +143,14 @@ class DeltaTracker:
                     done += 1
         return done
 
+    def discard(self, peer: str, ref: KeyRef) -> None:
+        """A pending key that no longer exists: nothing of it is owed to `peer` any more."""
+        self._peers[peer].pending.pop(ref, None)
+
+    def owes(self, ref: KeyRef) -> bool:
+        """Whether some peer has not acknowledged the key's latest state yet."""
+        return any(ref in s.pending or ref in s.in_flight for s in self._peers.values())
+
     def pending(self, peer: str) -> int:
         return self._peers[peer].owed()
 

@@ -212,6 +212,10 @@ class Quorums:
         if len(wait.answers) >= wait.needed:
             self._end_read(wait, None)
 
+    def reading(self) -> set[KeyRef]:
+        """The keys a quorum read here waits on: their answers are peers' states in flight."""
+        return {(wait.keyspace, wait.key) for wait in self.reads.values()}
+
     def refused(self, peer: str, in_reply_to: Any) -> None:
         """A peer answered a read with an error: it will not answer it otherwise."""
         if type(in_reply_to) is int:

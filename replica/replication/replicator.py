@@ -42,6 +42,8 @@ from replica.replication import delta_compression
 from replica.replication.anti_entropy import AntiEntropy
 from replica.replication.delta_tracker import MAX_PENDING_KEYS, DeltaTracker, KeyRef
 from replica.replication.quorum import READ_ANSWER, Quorums
+from replica.replication.sibling_split import split_siblings
+from replica.replication.tombstones import ASK, GONE, TombstoneCollector, by_keyspace, chunks
 
 log = logging.getLogger("replica.replication.replicator")
 
@@ -61,6 +63,10 @@ class DurableStates(Protocol):
     def settled(self, keyspace: str, key: str) -> bool: ...
 
     def barrier(self) -> asyncio.Future[None] | None: ...
+
+    @property
+    def holds_replies(self) -> bool:
+        """True in "sync" mode: a state sent is on disk; False in "async"."""
 
 
 class Replicator:
@@ -106,6 +112,7 @@ class Replicator:
         self._awaiting: dict[KeyRef, Snapshot] = {}
         self._durable: dict[KeyRef, Snapshot] = {}
         self.quorums = Quorums(keyspaces, self.send)
+        self.tombstones = TombstoneCollector(keyspaces, self.peers, clock=clock)
         self._push_soon: asyncio.Handle | None = None
         keyspaces.listeners.append(self._changed)
 
@@ -113,7 +120,8 @@ class Replicator:
 
     def _changed(self, keyspace: str, key: str, local: bool) -> None:
         self.anti_entropy.changed(keyspace, key)
-        if local:
+        # a merge that leaves only a tombstone goes to every peer too: their confirmations
+        if self.tombstones.changed(keyspace, key) or local:
             self.tracker.changed((keyspace, key))
 
     # -- links -------------------------------------------------------------------------
@@ -135,6 +143,7 @@ class Replicator:
         self._ticks += 1
         self.anti_entropy.refresh()
         self._forget_settled()
+        self.collect_tombstones()
         if self.peers and (self._repair_due or self._ticks % self.anti_entropy_every == 0):
             self._repair_due = False
             self.start_anti_entropy()
@@ -197,13 +206,15 @@ class Replicator:
         for ref, seq in items:
             shippable = self._shippable(ref, seq)
             if shippable is None:
+                if ref[1] not in self.keyspaces.states[keyspace]:
+                    self.tracker.discard(peer, ref)  # dropped: nothing is left to send
                 continue
             stored, seq = shippable
             key = ref[1]
             state = stored.to_wire()
             chunk = orjson.dumps({"key": key, field: state})
             if len(chunk) > bound and data_type.has_siblings and len(state) > 1:
-                *parts, chunk = _split_siblings(key, field, state, bound)
+                *parts, chunk = split_siblings(key, field, state, bound)
                 for part in parts:  # delivered only with the last part, sent after these
                     if not self._send_deltas(peer, keyspace, [], [part], now):
                         return False
@@ -215,6 +226,49 @@ class Replicator:
             chunks.append(chunk)
             size += len(chunk) + 1
         return not chunks or self._send_deltas(peer, keyspace, batch, chunks, now)
+
+    # -- tombstone collection (`replica.replication.tombstones`) -----------------------------
+
+    def collect_tombstones(self) -> int:
+        """Drop the tombstones every node confirmed, ask for what is missing; how many went."""
+        collector = self.tombstones
+        if not collector.candidates or not self._collecting():
+            return 0
+        reading = self.quorums.reading()
+        owes, durability = self.tracker.owes, self.durability
+
+        def held_back(ref: KeyRef) -> bool:
+            unsettled = durability is not None and not durability.settled(*ref)
+            return unsettled or owes(ref) or ref in reading
+
+        drop, asks = collector.sweep(self.keys_per_slice, held_back, self.connected)
+        for ref in drop:
+            self._durable.pop(ref, None)
+            self._awaiting.pop(ref, None)
+        dropped = collector.drop(drop)
+        for peer, refs in asks.items():
+            for chunk in chunks(refs):
+                self.send(peer, {"type": ASK, "keys": by_keyspace(chunk)})
+        return dropped
+
+    def tombstones_asked(self, src: str | None, keys: dict[str, list[str]]) -> None:
+        """A peer asks us to confirm: send it the keys we hold, and name those we dropped."""
+        if src not in self.peers or not self._collecting():
+            return
+        states, gone = self.keyspaces.states, []
+        for keyspace, names in keys.items():
+            held = states[keyspace]
+            for key in names:
+                if key in held:
+                    self.tracker.mark(src, (keyspace, key))
+                elif self.keyspaces.removed(keyspace, key):
+                    gone.append((keyspace, key))
+        for chunk in chunks(gone):
+            self.send(src, {"type": GONE, "keys": by_keyspace(chunk)})
+
+    def _collecting(self) -> bool:
+        """In "async" durability a node could confirm a tombstone it then loses in a crash."""
+        return self.durability is None or self.durability.holds_replies
 
     # -- only durable states leave the node ---------------------------------------------------
 
@@ -386,23 +440,3 @@ class Replicator:
             }
             for peer in self.peers
         ]
-
-
-def _split_siblings(key: str, field: str, siblings: list[Any], max_bytes: int) -> list[bytes]:
-    """`{key, <field>}` deltas that together carry every sibling, each under `max_bytes`.
-
-    A single sibling over the bound makes a delta of its own.
-    """
-    head = orjson.dumps({"key": key})[:-1] + b',"' + field.encode() + b'":['
-    parts: list[bytes] = []
-    group: list[bytes] = []
-    size = len(head) + 2
-    for sibling in siblings:
-        encoded = orjson.dumps(sibling)
-        if group and size + len(encoded) + 1 > max_bytes:
-            parts.append(head + b",".join(group) + b"]}")
-            group, size = [], len(head) + 2
-        group.append(encoded)
-        size += len(encoded) + 1
-    parts.append(head + b",".join(group) + b"]}")
-    return parts

@@ -270,6 +270,7 @@ class Connection(ServedConnection):
         self.framer = LineFramer(node.settings.max_line_bytes)
         self.session = Session()
         self.handshake_timer: asyncio.TimerHandle | None = None
+        self.counted_link = False  # the node counts this connection among the peer's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -310,6 +311,9 @@ class Connection(ServedConnection):
         if session.peer is not None:
             self.framer.max_line_bytes = peer_handshake.PEER_MAX_LINE_BYTES
             self._stop_handshake_timer()
+            if not self.counted_link:
+                self.counted_link = True
+                self.node.peer_link(session.peer, opened=True)
         elif session.challenge is not None and self.handshake_timer is None:
             loop = asyncio.get_running_loop()
             self.handshake_timer = loop.call_later(
@@ -340,6 +344,9 @@ class Connection(ServedConnection):
             "it closed the connection before proving the cluster secret "
             "(it found this node's proof wrong: another secret?)",
         )
+        if self.counted_link and self.session.peer is not None:
+            self.counted_link = False
+            self.node.peer_link(self.session.peer, opened=False)
         super().connection_lost(exc)
 
     def holds_partial(self) -> bool:

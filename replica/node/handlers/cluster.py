@@ -1,9 +1,10 @@
 """Handlers of the node itself: `init`, `status`, `auth`, the peer handshake, repair, replies.
 
-Peers' answers to the messages this node sent (`<type>_merge_ok`,
-`ae_roots_ok`, `ae_keys_ok`, `quorum_read_ok`, and `error`) are routed here like any request,
-by type, and handed to the replicator; they are never answered.  They and
-anti-entropy are `PEER_HANDLERS`: only a proven peer may send them.
+Peers' answers to the messages this node sent (`<type>_merge_ok`, `ae_roots_ok`,
+`ae_keys_ok`, `quorum_read_ok`, `tombstone_*_ok`, and `error`) are routed here
+like any request, by type, and handed to the replicator; they are never
+answered.  They, anti-entropy, quorum reads and tombstone confirmations are
+`PEER_HANDLERS`: only a proven peer may send them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from replica.crdt.registry import TYPES
 from replica.errors import ErrorCode, RequestError
 from replica.node.context import Body, Context, Handler
 from replica.node.handlers.quorum_read import quorum_read
+from replica.node.handlers.tombstones import HANDLERS as TOMBSTONE_HANDLERS
 from replica.replication import peer_handshake
 from replica.replication.quorum import READ_ANSWER, READ_REQUEST
 from replica.replication.replicator import Replicator
@@ -109,6 +111,7 @@ def status(ctx: Context, body: Body, src: str | None) -> Body:
         "keys": {t.name: len(keyspaces.states[t.name]) for t in TYPES},
         "max_siblings": {t.name: keyspaces.max_siblings(t.name) for t in TYPES if t.has_siblings},
         "tombstones": keyspaces.tombstones(),
+        "tombstones_collected": dict(keyspaces.collected),
         "gossip_bytes_sent": 0 if replicator is None else replicator.bytes_sent,
         "actor": keyspaces.actor,
         "durability": {"mode": "memory"} if ctx.durability is None else ctx.durability.status(),
@@ -134,6 +137,8 @@ PEER_HANDLERS: dict[str, Handler] = {
     "ae_keys_ok": peer_reply,
     READ_REQUEST: quorum_read,
     READ_ANSWER: peer_reply,
+    **TOMBSTONE_HANDLERS,
+    **{f"{msg_type}_ok": peer_reply for msg_type in TOMBSTONE_HANDLERS},
     "error": peer_reply,
 }
 """The messages only a proven peer may send: anti-entropy, quorum reads, and every answer to
