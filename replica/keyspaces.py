@@ -76,6 +76,12 @@ class Keyspaces:
     ) -> None:
         self.node_id = node_id
         self.actor = actor or node_id
+        self.dot_floor = 0
+        """No MV write here issues `actor` a counter at or below it, for any key.
+
+        A key whose history was collected no longer shows which of the actor's
+        counters it used, and a client may still hold them in a context.
+        """
         self.states: dict[str, dict[str, Any]] = {t.name: {} for t in TYPES}
         """Type name -> key -> state; the dictionaries are never replaced."""
         self.hlc = HybridLogicalClock()

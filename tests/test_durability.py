@@ -434,7 +434,7 @@ async def test_kill_9_in_the_middle_of_a_write_load_loses_no_acknowledged_write(
 
 async def test_a_wiped_node_never_reuses_a_dot(tmp_path: Path) -> None:
     data = tmp_path / "n1"
-    store, first_actor = open_store(data, "n1")
+    store, (first_actor, _) = open_store(data, "n1")
     before = Keyspaces("n1", mvcc_retention_ms=0, actor=first_actor)
     mv_ops.write(before, "k", "old", None)
     store.close()
@@ -443,7 +443,7 @@ async def test_a_wiped_node_never_reuses_a_dot(tmp_path: Path) -> None:
 
     for file in data.iterdir():  # the disk is wiped
         file.unlink()
-    store, second_actor = open_store(data, "n1")
+    store, (second_actor, _) = open_store(data, "n1")
     store.close()
     assert second_actor != first_actor
     after = Keyspaces("n1", mvcc_retention_ms=0, actor=second_actor)
@@ -453,6 +453,20 @@ async def test_a_wiped_node_never_reuses_a_dot(tmp_path: Path) -> None:
     healed = after.states["mv"]["k"].merge(peer.states["mv"]["k"])
     assert sorted(healed.values()) == ["new", "old"]
     assert sorted(peer.states["mv"]["k"].merge(after.states["mv"]["k"]).values()) == ["new", "old"]
+
+
+async def test_a_clean_close_keeps_the_dot_floor_for_the_next_start(tmp_path: Path) -> None:
+    data = tmp_path / "n1"
+    store, (actor, _) = open_store(data, "n1")
+    keyspaces = Keyspaces("n1", mvcc_retention_ms=0, actor=actor)
+    keyspaces.dot_floor = 7  # as a collection of this actor's counters up to 7 leaves it
+    durability = Durability(keyspaces, store)
+    _, sibling = mv_ops.write(keyspaces, "k", "v", None)
+    assert sibling.dot == (actor, 8)
+    await durability.close()
+    store, started = open_store(data, "n1")
+    store.close()
+    assert started == (actor, 7)
 
 
 def test_without_fresh_actors_a_wipe_would_lose_a_write() -> None:

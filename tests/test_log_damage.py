@@ -286,9 +286,9 @@ async def test_a_clean_stop_then_restart_keeps_the_actor(scratch_dir: Path) -> N
 
 def test_an_incarnation_is_clean_only_after_a_close_that_checkpointed(tmp_path: Path) -> None:
     data = tmp_path / "n1"
-    store, first = open_store(data, "n1")
+    store, (first, _) = open_store(data, "n1")
     store.close()
-    store, second = open_store(data, "n1")
+    store, (second, _) = open_store(data, "n1")
     assert second == first
     assert isinstance(store, LmdbStore)
     with store.env.begin() as txn:
@@ -296,7 +296,7 @@ def test_an_incarnation_is_clean_only_after_a_close_that_checkpointed(tmp_path: 
     store.close()
     store = LmdbStore(data)  # a tool that opens the store is not an incarnation
     store.close()
-    store, third = open_store(data, "n1")
+    store, (third, _) = open_store(data, "n1")
     assert third == first
     store.close()
 
@@ -304,12 +304,12 @@ def test_an_incarnation_is_clean_only_after_a_close_that_checkpointed(tmp_path: 
 async def test_a_close_that_leaves_writes_not_durable_is_no_clean_stop(tmp_path: Path) -> None:
     """In "async" mode such writes were acknowledged, and may be at peers with their dots."""
     data = tmp_path / "n1"
-    store, first = open_store(data, "n1")
+    store, (first, _) = open_store(data, "n1")
     keyspaces = Keyspaces("n1", mvcc_retention_ms=0, actor=first)
     durability = Durability(keyspaces, FailingStore(store), mode="async", flush_interval_ms=10_000)
     mv_ops.write(keyspaces, "k", "acknowledged at once", None)
     await durability.close()  # its one commit fails: the write never reached disk
-    store, second = open_store(data, "n1")
+    store, (second, _) = open_store(data, "n1")
     store.close()
     assert second != first
 

@@ -26,10 +26,12 @@ from replica.crdt.malformed import Malformed
 from replica.crdt.mv_register import MVRegister, Sibling
 from replica.crdt.version_vector import Dot, covers, join_all
 from tests.strategies_mv import (
+    REPLICAS,
     Cluster,
     Delete,
     Merge,
     Read,
+    Reply,
     Step,
     Write,
     descends,
@@ -309,6 +311,73 @@ def test_context_joins_every_siblings_past_and_dot() -> None:
         [Sibling("a", Dot("n1", 3), {"n2": 4}), Sibling("b", Dot("n2", 5), {"n1": 1, "n3": 2})]
     )
     assert r.context() == {"n1": 3, "n2": 5, "n3": 2}
+
+
+# -- the dot floor ---------------------------------------------------------------------------
+
+
+@given(
+    a=mv_registers(),
+    node=st.sampled_from(REPLICAS),
+    kind=st.sampled_from(["none", "empty", "local"]),
+    floor=st.integers(0, 40),
+)
+def test_a_write_above_a_floor_issues_a_counter_above_it_and_keeps_the_invariants(
+    a: MVRegister, node: str, kind: str, floor: int
+) -> None:
+    context = {"none": None, "empty": {}, "local": a.context()}[kind]
+    register, new = a.write(node, "x", context, floor)
+    assert new.node == node and new.counter > floor
+    assert new.counter > a.context().get(node, 0)
+    assert new in register.siblings
+    assert_invariants(register)
+    assert_invariants(register.merge(a))
+    if floor <= max(a.context().get(node, 0), (context or {}).get(node, 0)):
+        assert (register, new) == a.write(node, "x", context)  # a floor below changes nothing
+
+
+@given(program=mv_programs(max_steps=40))
+def test_a_replica_that_collects_its_tombstones_and_raises_its_floor_never_reissues_a_dot(
+    program: list[Step],
+) -> None:
+    """A collection forgets the deleted history; the floor keeps what it said of the own node.
+
+    Each replica collects a tombstone as soon as it holds one, the most often it could.
+    """
+    cluster = Cluster()
+    floors = [0] * cluster.size
+    issued: set[Dot] = set()
+    for i, step in enumerate(program):
+        if isinstance(step, Write):
+            node = f"n{step.replica + 1}"
+            context = cluster.context_for(step)
+            register, new = cluster.states[step.replica].write(
+                node, i, context, floors[step.replica]
+            )
+            assert new.dot not in issued
+            issued.add(new.dot)
+            cluster.states[step.replica] = register
+            cluster.replies.append(Reply(tuple(register.values()), register.context()))
+        else:
+            cluster.apply(step)
+        for replica, state in enumerate(cluster.states):
+            if state.deleted and not state.siblings:
+                own = state.deleted.get(f"n{replica + 1}", 0)
+                floors[replica] = max(floors[replica], own)
+                cluster.states[replica] = MVRegister()
+
+
+def test_a_stale_context_from_before_a_collection_does_not_supersede_a_later_write() -> None:
+    a, _ = MVRegister().write("n1", "a", None)
+    a, _ = a.write("n1", "b", None)
+    a, _ = a.write("n1", "c", None)
+    stale = a.context()  # {n1: 3}, held by a client
+    gone = a.delete(a.context())
+    floor = gone.deleted["n1"]  # the key is collected: the register is forgotten
+    fresh, new = MVRegister().write("n1", "d", None, floor)
+    assert new.dot == Dot("n1", 4)
+    after, _ = fresh.write("n1", "e", stale)
+    assert sorted(after.values()) == ["d", "e"]  # concurrent: "d" is not lost
 
 
 # -- sibling explosion ----------------------------------------------------------------------

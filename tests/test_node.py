@@ -190,6 +190,15 @@ def test_mv_write_with_stale_context_keeps_unseen_sibling(client: Client) -> Non
     assert sorted(v["value"] for v in after["values"]) == ["b", "c"]
 
 
+def test_mv_write_issues_a_counter_above_the_dot_floor(client: Client) -> None:
+    client.node.keyspaces.dot_floor = 41
+    written = client("mv_write", key="k", value="new")
+    assert written["values"][0]["dot"] == ["n1", 42]
+    # a client still holding a context of the key from before the floor does not supersede it
+    stale = client("mv_write", key="k", value="stale", context={"n1": 3})
+    assert [v["dot"] for v in stale["values"]] == [["n1", 42], ["n1", 43]]
+
+
 def test_mv_merge_seed_entry_form_uses_the_sender(client: Client) -> None:
     line = orjson.dumps(
         {

@@ -416,11 +416,11 @@ def test_an_empty_environment_without_a_marker_is_taken_as_new(tmp_path: Path) -
 
 
 def test_a_new_data_dir_gets_a_fresh_actor_that_survives_restarts(tmp_path: Path) -> None:
-    store, actor = open_store(tmp_path / "n1", "n1")
+    store, (actor, _) = open_store(tmp_path / "n1", "n1")
     store.close()
     assert actor.startswith("n1~")
     assert len(actor) == len("n1~") + 6
-    store, again = open_store(tmp_path / "n1", "n1")
+    store, (again, _) = open_store(tmp_path / "n1", "n1")
     store.close()
     assert again == actor
 
@@ -428,7 +428,7 @@ def test_a_new_data_dir_gets_a_fresh_actor_that_survives_restarts(tmp_path: Path
 def test_a_wiped_data_dir_gets_another_actor(tmp_path: Path) -> None:
     actors = set()
     for _ in range(3):
-        store, actor = open_store(tmp_path / "n1", "n1")
+        store, (actor, _) = open_store(tmp_path / "n1", "n1")
         store.close()
         actors.add(actor)
         for file in (tmp_path / "n1").iterdir():
@@ -442,10 +442,63 @@ def test_another_nodes_data_dir_is_refused(tmp_path: Path) -> None:
         open_store(tmp_path, "n2")
 
 
+def stored_dot_floor(path: Path) -> bytes | None:
+    """Meta's kept dot floor, read by opening the store as a tool does (no incarnation)."""
+    store = LmdbStore(path)
+    try:
+        with store.env.begin() as txn:
+            value = txn.get(b"dot_floor", db=store.env.open_db(b"meta", txn=txn))
+            return None if value is None else bytes(value)
+    finally:
+        store.close()
+
+
+def test_a_clean_stop_keeps_the_dot_floor_with_the_actor_and_an_unclean_one_drops_both(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "n1"
+    store, (actor, floor) = open_store(data, "n1")
+    assert floor == 0
+    store.close(dot_floor=7)
+    assert stored_dot_floor(data) == b"7"
+    store, started = open_store(data, "n1")
+    assert started == (actor, 7)
+    assert isinstance(store, LmdbStore)
+    with store.env.begin() as txn:  # the running node holds it: a crash now leaves none behind
+        assert txn.get(b"dot_floor", db=store.env.open_db(b"meta", txn=txn)) is None
+    store.close(clean=False, dot_floor=9)
+    store, (again, floor) = open_store(data, "n1")
+    store.close()
+    assert again != actor and floor == 0
+
+
+def test_a_salvaged_start_takes_a_new_actor_at_floor_0(tmp_path: Path) -> None:
+    store, (actor, _) = open_store(tmp_path, "n1")
+    store.close(dot_floor=7)
+    store, (again, floor) = open_store(tmp_path, "n1", salvage=True)
+    store.close()
+    assert again != actor and floor == 0
+
+
+@pytest.mark.parametrize("damaged", [b"", b"x7", b"-7", b"7 "])
+def test_a_clean_stop_whose_floor_is_damaged_starts_as_an_unclean_one(
+    tmp_path: Path, damaged: bytes
+) -> None:
+    store, (actor, _) = open_store(tmp_path, "n1")
+    store.close(dot_floor=7)
+    tool = LmdbStore(tmp_path)
+    with tool.env.begin(write=True) as txn:
+        txn.put(b"dot_floor", damaged, db=tool.env.open_db(b"meta", txn=txn))
+    tool.close()
+    store, (again, floor) = open_store(tmp_path, "n1")
+    store.close()
+    assert again != actor and floor == 0
+
+
 def test_a_node_in_memory_writes_dots_with_its_own_id() -> None:
-    store, actor = open_store(None, "n1")
+    store, started = open_store(None, "n1")
     assert isinstance(store, MemoryStore)
-    assert actor == "n1"
+    assert started == ("n1", 0)
 
 
 # -- the command line ------------------------------------------------------------------------

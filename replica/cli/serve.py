@@ -33,6 +33,7 @@ from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from replica.cli.logs import configure_logging
 
 if TYPE_CHECKING:
+    from replica.durable.incarnation import Incarnation
     from replica.durable.store import Store
     from replica.node.router import Node, NodeSettings
     from replica.transports.tls import NodeContexts
@@ -74,13 +75,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from replica.durable.store import open_store
 
     try:
-        store, actor = open_store(data_dir, me.id, salvage=args.salvage)
+        store, incarnation = open_store(data_dir, me.id, salvage=args.salvage)
     except StorageError as exc:
         return _storage_error(exc)
     offset = args.clock_offset_ms
     settings = config.node_settings(offset, secret, password)
     stored = store if data_dir is not None else None
-    return uvloop.run(_serve(config, me, peers, stored, actor, args.watch_fd, settings, tls))
+    return uvloop.run(_serve(config, me, peers, stored, incarnation, args.watch_fd, settings, tls))
 
 
 def _tls_contexts(path: str, config: ClusterConfig, me: NodeConfig) -> NodeContexts | None:
@@ -139,7 +140,7 @@ async def _serve(
     me: NodeConfig,
     peers: dict[str, tuple[str, int]],
     store: Store | None,
-    actor: str,
+    incarnation: Incarnation,
     watch_fd: int | None = None,
     settings: NodeSettings | None = None,
     tls: NodeContexts | None = None,
@@ -150,7 +151,7 @@ async def _serve(
     """
     with _stop_on_signals() as stop, _stop_at_end_of(watch_fd, stop):  # from the start
         settings = settings or config.node_settings()
-        return await _serve_until(stop, config, me, peers, store, actor, settings, tls)
+        return await _serve_until(stop, config, me, peers, store, incarnation, settings, tls)
 
 
 async def _serve_until(
@@ -159,7 +160,7 @@ async def _serve_until(
     me: NodeConfig,
     peers: dict[str, tuple[str, int]],
     store: Store | None,
-    actor: str,
+    incarnation: Incarnation,
     settings: NodeSettings,
     tls: NodeContexts | None = None,
 ) -> int:
@@ -179,7 +180,8 @@ async def _serve_until(
             me.id,
             lost,
         )
-    node = Node(me.id, config.node_ids, settings, actor=actor)
+    node = Node(me.id, config.node_ids, settings, actor=incarnation.actor)
+    node.keyspaces.dot_floor = incarnation.dot_floor
     _collect_less_often()
     if store is not None:
         try:

@@ -133,7 +133,7 @@ class MVRegister(tuple[Sibling, ...]):
         return [s.to_read() for s in self], self.context()
 
     def write(
-        self, node: str, value: Any, context: VersionVector | None
+        self, node: str, value: Any, context: VersionVector | None, floor: int = 0
     ) -> tuple[MVRegister, Sibling]:
         """A client's write at `node`; returns the new register and the sibling it added.
 
@@ -142,17 +142,24 @@ class MVRegister(tuple[Sibling, ...]):
         the local context, raised to the given one's entry for `node`, so the
         new dot is never inside its own past even if the client's context
         claims more of this node's events than this replica holds, nor inside
-        the deleted history (the local context includes it).
+        the deleted history (the local context includes it).  It is above
+        `floor` too: `node`'s counters up to it may have been issued for this
+        key before its history was collected, and a client may still hold them.
         """
         local = self.context() if self or self.deleted else NO_PAST
+        counter = local.get(node, 0)
+        if counter < floor:
+            counter = floor
         if context is None:
             # The local context covers every local sibling and the deleted
             # history, so the new one is alone and carries no tombstone.
-            new = new_sibling(value, node, local.get(node, 0) + 1, local)
+            new = new_sibling(value, node, counter + 1, local)
             return _register((new,)), new
         past = dict(context)
-        counter = max(local.get(node, 0), past.get(node, 0)) + 1
-        new = new_sibling(value, node, counter, past)
+        claimed = past.get(node, 0)
+        if claimed > counter:
+            counter = claimed
+        new = new_sibling(value, node, counter + 1, past)
         # No kept sibling can cover the new dot (its counter is above every
         # local entry for `node`), so only the superseded ones need dropping.
         kept = [s for s in self.siblings if not s.seen_by(past)]

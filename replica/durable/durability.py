@@ -337,7 +337,7 @@ class Durability:
                 future.exception()  # its holders read it; a holder that went away need not
 
     async def close(self) -> None:
-        """Commit everything still dirty, then close the store."""
+        """Commit everything still dirty, then close the store, handing it the actor's dot floor."""
         self._closed = True  # from here on commits start only from this method
         if self._scheduled is not None:
             self._scheduled.cancel()
@@ -352,7 +352,8 @@ class Durability:
             await self._drain()
             if self.failures > before:
                 log.error("closing with %d keys not durable", len(self._dirty))
-        self.store.close(clean=not self._dirty)  # else the next start takes a new actor
+        # Not clean: the next start takes a new actor, and needs no floor.
+        self.store.close(clean=not self._dirty, dot_floor=self.keyspaces.dot_floor)
 
     async def _drain(self) -> None:
         """Until every commit on its way has its result."""

@@ -37,6 +37,7 @@ from replica.durable.data_dir import LOCK_WAIT_S, check_dir, lock_dir
 from replica.durable.errors import DamagedStore, StorageError
 from replica.durable.incarnation import (
     CLEAN_STOP_KEY,
+    Incarnation,
     begin_incarnation,
     forget_clean_stop,
     mark_clean,
@@ -260,12 +261,12 @@ class LmdbStore:
                 elapsed_ms,
             )
 
-    def begin_incarnation(self, node_id: str) -> str:
-        """The actor this start of `node_id` writes as (`replica.durable.incarnation`)."""
+    def begin_incarnation(self, node_id: str) -> Incarnation:
+        """The actor this start of `node_id` writes as, and its dot floor (`incarnation`)."""
         with self.env.begin(write=True) as txn:
-            actor = begin_incarnation(txn, self._meta, self.path, node_id, salvage=self._salvage)
+            started = begin_incarnation(txn, self._meta, self.path, node_id, salvage=self._salvage)
         self._incarnation = True
-        return actor
+        return started
 
     # -- the store the node sees -------------------------------------------------------------
 
@@ -321,7 +322,7 @@ class LmdbStore:
             **({"salvaged": self.salvaged} if self.salvaged else {}),
         }
 
-    def close(self, *, clean: bool = True) -> None:
+    def close(self, *, clean: bool = True, dot_floor: int = 0) -> None:
         """Checkpoint everything, so the next start replays nothing; then let the data dir go.
 
         A checkpoint that fails here loses nothing: the log keeps every
@@ -329,6 +330,7 @@ class LmdbStore:
         close whose checkpoint succeeded marks the stop clean, and only when
         `clean` says the node made every write it took durable (in "async"
         mode a write that never was may have reached peers with its dot).
+        A clean stop keeps `dot_floor`, the actor's, for the next start.
         """
         if self._closed:
             return
@@ -339,7 +341,7 @@ class LmdbStore:
                 self._link.close()
             if self._incarnation and clean:
                 with self.env.begin(write=True) as txn:
-                    mark_clean(txn, self._meta)
+                    mark_clean(txn, self._meta, dot_floor)
         except (LogFailed, StorageError, self._lmdb.Error) as exc:
             log.error("checkpoint at close failed (the log keeps every commit): %s", exc)
         finally:

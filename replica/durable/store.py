@@ -4,8 +4,8 @@ The node keeps its keys in memory, so a store only has to hand every stored
 state over before the node serves, and make each commit durable after.
 `LmdbStore` keeps them in the node's data dir; `MemoryStore` is the store of
 a node without a data dir, where nothing outlives the process.  Opening a
-store (`open_store`) also decides the actor the node writes its MV dots as
-(`replica.durable.incarnation`).
+store (`open_store`) also decides the actor the node writes its MV dots as,
+and the dot floor it starts with (`replica.durable.incarnation`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from replica.durable.incarnation import Incarnation
 from replica.durable.lmdb_store import LmdbStore
 from replica.durable.log_link import Done
 from replica.durable.records import decode_state, encode_stored, log_entries
@@ -42,8 +43,12 @@ class Store(Protocol):
         """What `status` shows of the store, beyond the commits."""
         ...
 
-    def close(self, *, clean: bool = True) -> None:
-        """Release the store; `clean` False: the node leaves writes that never became durable."""
+    def close(self, *, clean: bool = True, dot_floor: int = 0) -> None:
+        """Release the store; `clean` False: the node leaves writes that never became durable.
+
+        `dot_floor` is the actor's (`Keyspaces.dot_floor`): a store that keeps
+        the actor for the next start keeps it too.
+        """
         ...
 
 
@@ -78,20 +83,21 @@ class MemoryStore:
     def status(self) -> dict[str, Any]:
         return {}
 
-    def close(self, *, clean: bool = True) -> None:
+    def close(self, *, clean: bool = True, dot_floor: int = 0) -> None:
         pass
 
 
 def open_store(
     data_dir: str | Path | None, node_id: str, *, salvage: bool = False
-) -> tuple[Store, str]:
-    """The node's store and the actor it writes as (`replica.durable.incarnation`).
+) -> tuple[Store, Incarnation]:
+    """The node's store, and the actor it writes as with its dot floor (`incarnation`).
 
-    Without a data dir the store is in memory and the actor is the node id itself.
-    `salvage` opens a damaged data dir with what can be read of it, as a new incarnation.
+    Without a data dir the store is in memory, the actor is the node id itself
+    and the floor 0.  `salvage` opens a damaged data dir with what can be read
+    of it, as a new incarnation.
     """
     if data_dir is None:
-        return MemoryStore(), node_id
+        return MemoryStore(), Incarnation(node_id, 0)
     store = LmdbStore(data_dir, salvage=salvage)
     try:
         return store, store.begin_incarnation(node_id)

@@ -34,11 +34,12 @@ def write(
 ) -> tuple[MVRegister, Sibling]:
     """A client's write at this node's actor; returns the new register and its sibling.
 
-    Raises `TooManySiblings`, changing nothing, for a write that would add a
-    sibling past `max_siblings`.
+    Its counter is above `keyspaces.dot_floor` as well as the key's own
+    history.  Raises `TooManySiblings`, changing nothing, for a write that
+    would add a sibling past `max_siblings`.
     """
     current = keyspaces.states["mv"].get(key, _EMPTY)
-    register, sibling = current.write(keyspaces.actor, value, context)
+    register, sibling = current.write(keyspaces.actor, value, context, keyspaces.dot_floor)
     check_siblings("mv", key, len(current), len(register), keyspaces.limits.max_siblings)
     keyspaces.put(MV, key, register)
     return register, sibling
