@@ -98,9 +98,6 @@ class Keyspaces:
             t.name: 0 for t in TYPES if t.holds_tombstone is not None
         }
         """Per type with deletes: how many keys hold a tombstone."""
-        self.dot_floor = 0
-        """This node's actor never issues an MV counter at or below this again: the highest of
-        its counters a dropped key held."""
         self.collected: dict[str, int] = dict.fromkeys(self._tombstones, 0)
         """Per type with deletes: tombstone-only keys dropped since the node started."""
         self._removed: dict[tuple[str, str], Any] = {}
