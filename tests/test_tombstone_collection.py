@@ -163,3 +163,14 @@ async def test_after_collection_an_old_context_does_not_supersede_a_new_write() 
         await eventually(
             lambda: mv_values(cluster, "k"), everywhere(["late", "new"]), "both writes kept"
         )
+
+
+async def test_in_async_durability_tombstones_are_kept() -> None:
+    """A node could confirm a tombstone it has not yet written and then lose it in a crash."""
+    async with proxied_cluster(IDS, gossip_interval_ms=50, durability="async") as cluster:
+        await ok(cluster, "n1", {"type": "lww_write", "key": "f", "value": "on"})
+        await ok(cluster, "n1", {"type": "lww_delete", "key": "f"})
+        await eventually(lambda: counts(cluster, "tombstones"), everywhere({**NONE, "lww": 1}))
+        await let_time_pass(cluster, [("n1", "n2"), ("n2", "n3"), ("n3", "n1")], 3)
+        assert await counts(cluster, "tombstones") == {n: {**NONE, "lww": 1} for n in IDS}
+        assert await counts(cluster, "tombstones_collected") == {n: NONE for n in IDS}
