@@ -19,7 +19,10 @@ clock itself issued.
 Sibling counts are kept as a histogram per type with siblings, moved wherever
 a key's state is replaced, so `max_siblings` never scans the keys; every move
 and every merge is shown to the `SiblingWatch` of the node's `Limits`.  The
-keys holding a tombstone are counted per type with deletes the same way.
+keys holding a tombstone are counted per type with deletes the same way, and a
+change to one of them is also told to `tombstone_listeners`: tombstone
+collection listens there, so it costs an ordinary write nothing.  `remove`
+drops a key whose tombstone every node holds (`replica.replication.tombstones`).
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ class Keyspaces:
         self._retention = mvcc_retention_ms << LOGICAL_BITS
         self._gc_before = 0
         self.listeners: list[ChangeListener] = []
+        self.tombstone_listeners: list[ChangeListener] = []
+        """Told, after `listeners`, of a change to a key that held or holds a tombstone."""
         self._sizes: dict[str, dict[int, int]] = {t.name: {} for t in TYPES if t.has_siblings}
         """Per type with siblings: sibling count -> how many keys have that many."""
         self.limits = limits or Limits()
@@ -120,13 +125,19 @@ class Keyspaces:
             if old != (new := count(state)):
                 _resize(self._sizes[name], old, new)
                 self.sibling_watch.resized(name, key, old, new)
+        touched = False
         if (tombstone := data_type.holds_tombstone) is not None:
             had = current is not None and tombstone(current)
-            if had != tombstone(state):
+            holds = tombstone(state)
+            if had != holds:
                 self._tombstones[name] += -1 if had else 1
+            touched = had or holds
         store[key] = state
         for listener in self.listeners:
             listener(name, key, local)
+        if touched:
+            for listener in self.tombstone_listeners:
+                listener(name, key, local)
 
     def merge(self, data_type: DataType, key: str, incoming: Any) -> None:
         """Merge a peer's state of a key into ours; listeners hear of it only if it changed."""
@@ -173,7 +184,7 @@ class Keyspaces:
         removed[(name, key)] = state
         if len(removed) > REMEMBERED_REMOVALS:
             del removed[next(iter(removed))]
-        for listener in self.listeners:
+        for listener in [*self.listeners, *self.tombstone_listeners]:
             listener(name, key, False)
         return state
 
@@ -294,9 +305,12 @@ class Keyspaces:
             self._sizes[name] = {n: keys for n, keys in counts.items() if n}
         for data_type in TYPES:
             if (tombstone := data_type.holds_tombstone) is not None:
-                self._tombstones[data_type.name] = sum(
-                    map(tombstone, stores[data_type.name].values())
-                )
+                name = data_type.name
+                marked = [key for key, state in stores[name].items() if tombstone(state)]
+                self._tombstones[name] = len(marked)
+                for key in marked:
+                    for listener in self.tombstone_listeners:
+                        listener(name, key, False)
         return count
 
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from replica.crdt.malformed import Malformed
 from replica.crdt.mv_register import MVRegister, Sibling
+from replica.crdt.mv_sibling import new_sibling
 from replica.crdt.version_vector import Dot, covers, join_all
 from tests.strategies_mv import (
     REPLICAS,
@@ -695,3 +696,17 @@ def test_registers_that_differ_only_in_their_deleted_history_are_not_equal() -> 
     assert a != b
     assert (a == b) is False
     assert a.merge(b) == b
+
+
+def test_a_merge_that_deletes_every_sibling_keeps_what_their_pasts_had_seen() -> None:
+    """The deleted history dropped n3's entry while a kept sibling's past held it; deleting
+    that sibling must not forget it, or n3's next write would reissue (n3, 1)."""
+    here = MVRegister.of([new_sibling(26, "n1", 4, {"n2": 4, "n1": 3, "n3": 5})], {"n2": 5})
+    there = MVRegister.of([new_sibling(28, "n2", 5, {"n2": 4, "n1": 2, "n3": 5})], {"n1": 4})
+    for merged in (here.merge(there), there.merge(here)):
+        assert merged.values() == []
+        assert merged.context() == {"n1": 4, "n2": 5, "n3": 5}
+        _, written = merged.write("n3", "next", merged.context())
+        assert written.dot == ("n3", 6)
+    deleted = here.delete({"n1": 4})
+    assert deleted.values() == [] and deleted.context()["n3"] == 5

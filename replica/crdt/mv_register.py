@@ -99,7 +99,7 @@ class MVRegister(tuple[Sibling, ...]):
         by_dot: dict[Dot, Sibling] = {}
         for s in siblings:
             _admit(by_dot, s)
-        return _with_deleted(_prune(by_dot, deleted), deleted)
+        return _settle(by_dot, deleted)
 
     def values(self) -> list[Any]:
         return [s.value for s in self.siblings]
@@ -173,10 +173,11 @@ class MVRegister(tuple[Sibling, ...]):
         Concurrent siblings (dots outside the context) stay.  The context joins
         the deleted history, so a peer's copy of a removed sibling, or one the
         client saw elsewhere and that has not arrived here yet, is dropped when
-        it comes.
+        it comes.  So do the pasts of the removed siblings, as in `merge`.
         """
         kept = tuple(s for s in self.siblings if not s.seen_by(context))
-        return _with_deleted(kept, version_vector.join(self.deleted, context))
+        gone = [s.past for s in self.siblings if s.seen_by(context)]
+        return _with_deleted(kept, version_vector.join_all([self.deleted, context, *gone]))
 
     def merge(self, other: MVRegister) -> MVRegister:
         """Union by dot, then drop what some sibling's past or either deleted history has seen."""
@@ -196,7 +197,7 @@ class MVRegister(tuple[Sibling, ...]):
         by_dot = {s.dot: s for s in self.siblings}
         for s in other.siblings:
             _admit(by_dot, s)
-        return _with_deleted(_prune(by_dot, joined), joined)
+        return _settle(by_dot, joined)
 
     def to_wire(self) -> list[dict[str, Any]]:
         """Each sibling's `{value, dot, past}`, and `{deleted}` last when the history is not empty.
@@ -322,19 +323,27 @@ def _rank(s: Sibling) -> tuple[bytes, list[tuple[str, int]]]:
     return canonical(s.value), sorted(s.past.items())
 
 
-def _prune(by_dot: dict[Dot, Sibling], deleted: VersionVector) -> tuple[Sibling, ...]:
-    """The siblings neither obsolete nor deleted, sorted by dot.
+def _settle(by_dot: dict[Dot, Sibling], deleted: VersionVector) -> MVRegister:
+    """The register of candidate siblings and a deleted history: the obsolete and the deleted
+    dropped, and the pasts of the deleted kept in the history.
 
-    Obsolescence is judged against every candidate, obsolete ones included: in
-    reachable states whatever covers an obsolete sibling's dot has also seen
-    that sibling's past, so the answer is the same and no second pass is needed.
+    Obsolescence is judged against every candidate, obsolete and deleted ones
+    included: in reachable states whatever covers an obsolete sibling's dot
+    has also seen that sibling's past, so the answer is the same and no second
+    pass is needed.  A deleted sibling's past joins the deleted history: the
+    history may have dropped those entries while the sibling was kept (its past
+    held them), and without them the register would forget events it had seen,
+    among them its own node's counters, which a later write would then reissue.
     """
     candidates = list(by_dot.values())
-    if deleted:
-        candidates = [x for x in candidates if not x.seen_by(deleted)]
     if len(candidates) > 1:
         candidates = [
             x for x in candidates if not any(y is not x and x.seen_by(y.past) for y in candidates)
         ]
         candidates.sort(key=_by_dot)
-    return tuple(candidates)
+    if deleted:
+        gone = [x.past for x in candidates if x.seen_by(deleted)]
+        if gone:
+            deleted = version_vector.join_all([deleted, *gone])
+            candidates = [x for x in candidates if not x.seen_by(deleted)]
+    return _with_deleted(tuple(candidates), deleted)

@@ -115,13 +115,18 @@ class Replicator:
         self.tombstones = TombstoneCollector(keyspaces, self.peers, clock=clock)
         self._push_soon: asyncio.Handle | None = None
         keyspaces.listeners.append(self._changed)
+        keyspaces.tombstone_listeners.append(self._tombstone_changed)
 
     # -- change notifications ---------------------------------------------------------
 
     def _changed(self, keyspace: str, key: str, local: bool) -> None:
         self.anti_entropy.changed(keyspace, key)
+        if local:
+            self.tracker.changed((keyspace, key))
+
+    def _tombstone_changed(self, keyspace: str, key: str, local: bool) -> None:
         # a merge that leaves only a tombstone goes to every peer too: their confirmations
-        if self.tombstones.changed(keyspace, key) or local:
+        if self.tombstones.changed(keyspace, key) and not local:
             self.tracker.changed((keyspace, key))
 
     # -- links -------------------------------------------------------------------------

@@ -74,26 +74,31 @@ class TombstoneCollector:
         self.candidates: dict[KeyRef, _Candidate] = {}
         self.inbound: dict[str, int] = {}
         """Peer -> its open connections to this node that proved it."""
-        self._only = {t.name: t.only_tombstone for t in TYPES if t.only_tombstone is not None}
+        self._kinds = {
+            t.name: (keyspaces.states[t.name], t.only_tombstone)
+            for t in TYPES
+            if t.only_tombstone is not None
+        }
 
     # -- what the node holds ------------------------------------------------------------------
 
     def changed(self, keyspace: str, key: str) -> bool:
         """A key changed: True when it now holds only a tombstone it did not hold before."""
-        only = self._only.get(keyspace)
-        if only is None:
+        kind = self._kinds.get(keyspace)
+        if kind is None:
+            return False
+        states, only = kind
+        state = states.get(key)
+        if state is None or not only(state):  # every write goes through here: kept short
+            if self.candidates:
+                self.candidates.pop((keyspace, key), None)
             return False
         ref = (keyspace, key)
-        state = self.keyspaces.states[keyspace].get(key)
-        if state is not None and only(state):
-            held = self.candidates.get(ref)
-            if held is not None and held.state == state:
-                return False
-            self.candidates[ref] = _Candidate(state)
-            return True
-        if self.candidates:
-            self.candidates.pop(ref, None)
-        return False
+        held = self.candidates.get(ref)
+        if held is not None and held.state == state:
+            return False
+        self.candidates[ref] = _Candidate(state)
+        return True
 
     # -- confirmations ------------------------------------------------------------------------
 
