@@ -143,7 +143,7 @@ class Keyspaces:
         """Merge a peer's state of a key into ours; listeners hear of it only if it changed."""
         self._observe_state(data_type, incoming)
         current = self.states[data_type.name].get(key)
-        if current is None and self._removed and self._removed_holds(data_type.name, key, incoming):
+        if current is None and self._removed and self._removed_holds(data_type, key, incoming):
             return
         merged = incoming if current is None else current.merge(incoming)
         if data_type.collect is not None:
@@ -192,10 +192,16 @@ class Keyspaces:
         """Whether the node dropped the key's tombstone recently and holds nothing of it since."""
         return (name, key) in self._removed and key not in self.states[name]
 
-    def _removed_holds(self, name: str, key: str, incoming: Any) -> bool:
-        """Whether a tombstone dropped here already holds all of `incoming`: a late copy."""
-        gone = self._removed.get((name, key))
-        return gone is not None and gone.merge(incoming) == gone
+    def _removed_holds(self, data_type: DataType, key: str, incoming: Any) -> bool:
+        """Whether a tombstone dropped here already holds all of `incoming` (as this node's
+        horizon would leave it): a late copy."""
+        gone = self._removed.get((data_type.name, key))
+        if gone is None:
+            return False
+        merged = gone.merge(incoming)
+        if data_type.collect is not None:
+            merged, _ = data_type.collect(merged, self.horizon)
+        return bool(merged == gone)
 
     # -- the hybrid clock -------------------------------------------------------------------
 

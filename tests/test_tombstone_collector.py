@@ -16,13 +16,14 @@ import pytest
 from replica.crdt import registry
 from replica.crdt.mv_register import MVRegister
 from replica.crdt.mv_sibling import new_sibling
+from replica.crdt.mvcc import VersionChain
 from replica.keyspaces import Keyspaces
 from replica.node.handlers import mv as mv_handlers
 from replica.node.router import Node
 from replica.replication.pending import Pending
 from replica.replication.quorum import ReadWait
 from replica.replication.replicator import Replicator
-from replica.session import Session
+from replica.session import Session, trusted
 
 MV = registry.MV
 
@@ -190,3 +191,34 @@ def test_a_tombstone_ask_from_a_stranger_or_malformed_changes_nothing(
         reply = orjson.loads(node.handle_line(line, session))  # type: ignore[arg-type]
         assert reply["type"] == "error" and reply["code"] == code, reply
     assert node.replicator is not None and node.replicator.tracker.pending("n2") == 0
+
+
+def test_a_late_mvcc_copy_with_versions_below_this_node_s_horizon_is_not_taken_back() -> None:
+    keyspaces = Keyspaces("n1")
+    chain, _ = VersionChain().put(100, "v", "n2")
+    chain, _ = chain.put(200, None, "n2", deleted=True)
+    keyspaces.put(registry.MVCC, "k", chain)  # a peer whose horizon is lower still holds this
+    keyspaces.collect_garbage(before=250)
+    only_tombstone = keyspaces.states["mvcc"]["k"]
+    assert [v.timestamp for v in only_tombstone.versions] == [200]
+    keyspaces.remove(registry.MVCC, "k")
+    keyspaces.merge(registry.MVCC, "k", chain)
+    assert "k" not in keyspaces.states["mvcc"]
+
+
+def test_over_stdio_nothing_confirms_a_tombstone() -> None:
+    """A harness's network need not keep one sender's messages in order."""
+    node = Node("n1", ["n1", "n2", "n3"])
+    keyspaces, replicator = node.keyspaces, node.replicator
+    assert replicator is not None
+    _, sibling = mv_handlers.write(keyspaces, "k", 1, None)
+    state = mv_handlers.delete(keyspaces, "k", sibling.vclock())
+    merge = {"type": "mv_merge", "msg_id": 1, "key": "k", "siblings": state.to_wire()}
+    gone = {"type": "tombstone_gone", "msg_id": 2, "keys": {"mv": ["k"]}}
+    for body in (merge, gone):
+        node.handle_line(orjson.dumps({"src": "n2", "dest": "n1", "body": body}), trusted())
+    assert replicator.tombstones.candidates[("mv", "k")].confirmed == set()
+    for body in (merge, gone):
+        line = orjson.dumps({"src": "n3", "dest": "n1", "body": body})
+        node.handle_line(line, Session(peer="n3"))
+    assert replicator.tombstones.candidates[("mv", "k")].confirmed == {"n3"}

@@ -26,7 +26,9 @@ change, so the confirmations of a fresh delete need no asking.
 A node that is down holds every collection back: it never confirms.  In
 `"async"` durability nothing is collected and no node is asked: a node could
 confirm a tombstone it then loses in a crash.  Confirmations live in memory;
-after a restart the keys are asked about again.
+after a restart the keys are asked about again.  Only a proven peer
+connection confirms anything: over stdio (a test harness's network, which
+need not keep one sender's messages in order) tombstones are kept.
 """
 
 from __future__ import annotations
