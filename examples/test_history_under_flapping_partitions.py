@@ -4,9 +4,9 @@ Shows: a `History` filled by recording clients (every request and what came
 back), a seeded `Nemesis` flapping partition shapes while writers run (its
 seed is printed: rerun with `seed=` to replay a failure), then healing,
 waiting for convergence and `check`: every acknowledged write is visible or
-was superseded by a write whose context had seen it, no value appears that
-nobody wrote, and every node agrees.  The report names the operations behind
-any violation.
+was superseded by a write or a delete whose context had seen it, no deleted
+value comes back, no value appears that nobody wrote, and every node agrees.
+The report names the operations behind any violation.
 """
 
 import asyncio
@@ -29,18 +29,25 @@ KEYS = ("cart", "profile", "settings")
 
 
 async def write_until(stop, node, client):
-    """MV writes (every third with the context of a read just before), counter and LWW writes."""
+    """MV writes and deletes (every third op reads first and writes or deletes with its context),
+    counter additions, LWW writes and deletes."""
     for i in itertools.count():
         if stop.is_set():
             return
         key = KEYS[i % len(KEYS)]
         if i % 3 == 0:
             read = await client.mv_read(key)
-            await client.mv_write(key, f"{node}-{i}", context=read["context"])
+            if i % 5 == 0:
+                await client.mv_delete(key, read["context"])
+            else:
+                await client.mv_write(key, f"{node}-{i}", context=read["context"])
         else:
             await client.mv_write(key, f"{node}-{i}")
         await client.counter_add("visits", 1)
-        await client.lww_write("motd", f"{node}-{i}")
+        if i % 7 == 0:
+            await client.lww_delete("motd")
+        else:
+            await client.lww_write("motd", f"{node}-{i}")
         await asyncio.sleep(0.02)  # pacing the workload, not waiting for anything
 
 

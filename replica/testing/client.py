@@ -238,16 +238,22 @@ class JsonClient:
         with contextlib.suppress(OSError, ConnectionError):
             await self.writer.wait_closed()
 
-    async def mv_delete(self, key: str, context: dict[str, int]) -> Body:
+    async def mv_delete(self, key: str, context: dict[str, int], *, w: Quorum = None) -> Body:
         """Delete the values `context` covers (the context of an earlier reply)."""
-        return await self.checked({"type": "mv_delete", "key": key, "context": context})
+        return await self.checked(_fields(type="mv_delete", key=key, context=context, w=w))
 
-    async def kv_delete(self, key: str, clock: Any) -> Body:
+    async def kv_delete(self, key: str, clock: Any, *, w: Quorum = None) -> Body:
         """Delete the siblings `clock` dominates; `status` is "rejected" for a stale clock."""
-        return await self.checked({"type": "kv_delete", "key": key, "clock": clock})
+        return await self.checked(_fields(type="kv_delete", key=key, clock=clock, w=w))
 
-    async def lww_delete(self, key: str, timestamp: int | None = None) -> Body:
-        return await self.checked({"type": "lww_delete", **_fields(key=key, timestamp=timestamp)})
+    async def lww_delete(self, key: str, timestamp: int | None = None, *, w: Quorum = None) -> Body:
+        return await self.checked(_fields(type="lww_delete", key=key, timestamp=timestamp, w=w))
 
-    async def mvcc_delete(self, key: str, timestamp: int | None = None) -> Body:
-        return await self.checked({"type": "mvcc_delete", **_fields(key=key, timestamp=timestamp)})
+    async def mvcc_delete(
+        self, key: str, timestamp: int | None = None, *, w: Quorum = None
+    ) -> Body:
+        return await self.checked(_fields(type="mvcc_delete", key=key, timestamp=timestamp, w=w))
+
+    async def counter_delete(self, key: str, *, w: Quorum = None) -> Body:
+        """Take away the total this node sees; additions made concurrently elsewhere stay."""
+        return await self.checked(_fields(type="counter_delete", key=key, w=w))

@@ -12,7 +12,7 @@ the history already says that the write may or may not have happened.  Once
 the connection is lost, later requests raise `ConnectionError` unrecorded:
 they were never sent.  Raw lines (`send`, `send_raw`, `envelope_request`) are
 not recorded.  Every message type is recorded as sent, deletes and a
-request's `w` or `r` included (`counter_delete` has no typed method: `call`).
+request's `w` or `r` included.
 
 `async with recording_clients(cluster, history) as clients:` opens one per
 node, each on a connection of its own (never the cluster's kept one, so
