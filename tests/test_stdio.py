@@ -297,3 +297,25 @@ def test_input_from_a_regular_file(tmp_path: Any) -> None:
         )
     assert result.returncode == 0
     assert messages(result.stdout) == [INIT_OK]
+
+
+def test_stdio_takes_the_limits_and_quorum_defaults_as_flags() -> None:
+    def request(msg_id: int, **body: Any) -> bytes:
+        return orjson.dumps({"src": "c1", "dest": "n1", "body": {"msg_id": msg_id, **body}})
+
+    lines = [
+        INIT_N1,
+        request(1, type="mv_write", key="k", value="x" * 20),
+        request(2, type="mv_write", key="k", value="short"),
+        request(3, type="mv_write", key="k", value="two", context={}),
+    ]
+    result = run_stdio(
+        b"".join(line + b"\n" for line in lines), "--max-value-bytes", "16", "--max-siblings", "1"
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    _, too_big, written, refused = [m["body"] for m in messages(result.stdout)]
+    assert too_big["type"] == "error" and too_big["code"] == 12, too_big
+    assert written["type"] == "mv_write_ok"
+    assert refused["type"] == "error" and refused["code"] == 22, refused
+    bad = run_stdio(b"", "--w", "most")
+    assert bad.returncode != 0 and b"--w" in bad.stderr

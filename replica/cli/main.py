@@ -24,6 +24,7 @@ from replica.cli.exit_codes import EXIT_OK, EXIT_USAGE
 from replica.cli.fault_command import run_fault
 from replica.cli.logs import LEVELS
 from replica.cli.status_table import run_status
+from replica.replication.quorum import NAMED_SIZES
 
 Commands = argparse._SubParsersAction  # what add_subparsers returns
 
@@ -150,6 +151,30 @@ def _add_stdio(commands: Commands) -> None:
         metavar="N",
         help="how often changes are gossiped to peers (default: %(default)s)",
     )
+    for flag, default, what in (
+        ("--sibling-warn", config.DEFAULT_SIBLING_WARN, "siblings of a key that log a warning"),
+        ("--max-siblings", config.DEFAULT_MAX_SIBLINGS, "more refuse a client's write (22)"),
+        ("--max-value-bytes", config.DEFAULT_MAX_VALUE_BYTES, "a larger value is refused (12)"),
+        ("--request-timeout-ms", config.DEFAULT_REQUEST_TIMEOUT_MS, "a quorum's wait (then 0)"),
+    ):
+        stdio.add_argument(
+            flag,
+            type=_positive_int,
+            default=default,
+            metavar="N",
+            help=f"{what} (default: %(default)s)",
+        )
+    for flag, what in (
+        ("--w", "nodes that hold a write before it is answered"),
+        ("--r", "nodes whose states a read merges"),
+    ):
+        stdio.add_argument(
+            flag,
+            type=_quorum,
+            default=1,
+            metavar="Q",
+            help=f"default {what}: 1 or more, one, quorum or all (default: %(default)s)",
+        )
     _clock_offset_argument(stdio)
     stdio.set_defaults(run=serve.run_stdio)
 
@@ -299,6 +324,15 @@ def _positive_int(text: str) -> int:
     value = _int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, not {value}")
+    return value
+
+
+def _quorum(text: str) -> int | str:
+    if text in NAMED_SIZES:
+        return text
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, one, quorum or all, not {value}")
     return value
 
 

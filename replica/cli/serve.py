@@ -129,6 +129,12 @@ def run_stdio(args: argparse.Namespace) -> int:
         mvcc_retention_ms=args.mvcc_retention_ms,
         max_clock_skew_ms=args.max_clock_skew_ms,
         clock_offset_ms=args.clock_offset_ms,
+        sibling_warn=args.sibling_warn,
+        max_siblings=args.max_siblings,
+        max_value_bytes=args.max_value_bytes,
+        w=args.w,
+        r=args.r,
+        request_timeout_ms=args.request_timeout_ms,
     )
     node = Node(settings=settings)
     configure_logging(args.log_level, lambda: node.node_id)
