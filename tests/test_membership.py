@@ -118,7 +118,11 @@ async def test_a_node_with_another_secret_exchanges_nothing_either_way(tmp_path:
     other = tmp_path / "other"
     write_secret(other)
     async with cluster(
-        3, memory=True, secret=True, node_settings={"n3": {"secret_file": str(other)}}
+        3,
+        memory=True,
+        secret=True,
+        node_settings={"n3": {"secret_file": str(other)}},
+        linked=False,
     ) as c:
         await c.request("n1", {"type": "mv_write", "key": "ours", "value": 1})
         await c.request("n3", {"type": "mv_write", "key": "theirs", "value": 3})
@@ -147,7 +151,9 @@ async def test_a_node_with_another_secret_exchanges_nothing_either_way(tmp_path:
 async def test_a_secret_on_one_side_only_exchanges_nothing(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     write_secret(secret)
-    async with cluster(2, memory=True, node_settings={"n1": {"secret_file": str(secret)}}) as c:
+    async with cluster(
+        2, memory=True, node_settings={"n1": {"secret_file": str(secret)}}, linked=False
+    ) as c:
         await c.request("n1", {"type": "mv_write", "key": "from1", "value": 1})
         await c.request("n2", {"type": "mv_write", "key": "from2", "value": 2})
         await logged(

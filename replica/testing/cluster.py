@@ -48,7 +48,7 @@ from replica.testing.ports import LOOPBACK, free_listen_ports
 from replica.testing.process import NodeProcess
 from replica.testing.proxy import Link, LinkProxy, Partitioner
 from replica.testing.shapes import Cut, ShapeFunction, shape_named
-from replica.testing.waiting import CONVERGE_TIMEOUT, converged, eventually, quiet
+from replica.testing.waiting import CONVERGE_TIMEOUT, converged, eventually, linked, quiet
 
 DEFAULT_GOSSIP_INTERVAL_MS = 50  # fast enough that a scenario converges in a blink
 SECRET_FILE = "secret"  # beside the cluster files, which name it relative to themselves
@@ -324,6 +324,10 @@ class ProxiedCluster:
     async def statuses(self) -> dict[str, Body]:
         return await self.request_each({"type": "status", "digests": True})
 
+    async def wait_linked(self) -> None:
+        """Every node connected to every peer, as `proxied_cluster` waits for by default."""
+        await eventually(self.statuses, linked, "every peer link up")
+
     async def wait_quiet(self, what: str = "every link up, nothing pending") -> None:
         """Every node connected to every peer, with no change pending for any of them."""
         await eventually(self.statuses, quiet, what)
@@ -375,6 +379,7 @@ async def proxied_cluster(
     foreign_ca: Iterable[str] = (),
     node_settings: Mapping[str, Mapping[str, Setting]] | None = None,
     node_env: Mapping[str, Mapping[str, str]] | None = None,
+    linked: bool | None = None,
     **cluster: Setting,
 ) -> AsyncIterator[ProxiedCluster]:
     """A fresh cluster with a proxy on every directed link, in its own temporary directory.
@@ -383,8 +388,11 @@ async def proxied_cluster(
     node a Redis port; `secret` a cluster secret, one file of mode 0600 that
     every node's `secret_file` names; `password` a client password likewise
     (`password_file`), which the kit's clients send; `tls` a CA and a certificate per node
-    (`foreign_ca`: those nodes' from another CA).  Every node, helper, proxy
-    and file is gone on exit, whatever happened.
+    (`foreign_ca`: those nodes' from another CA).  It is yielded once every
+    node is connected to every peer, so a first `w: "all"` write is not
+    refused for a link still coming up; `linked=False` yields as soon as every
+    node listens (the default with `foreign_ca`, whose links never come up).
+    Every node, helper, proxy and file is gone on exit, whatever happened.
     """
     ids = list(node_ids)
     links = [(a, b) for a in ids for b in ids if a != b]
@@ -420,6 +428,8 @@ async def proxied_cluster(
             running.password = (Path(name) / PASSWORD_FILE).read_text().strip()
         try:
             await running.start()
+            if linked if linked is not None else not foreign_ca:
+                await running.wait_linked()
             yield running
         finally:
             await running.close()

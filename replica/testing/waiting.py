@@ -61,6 +61,11 @@ def quiet(statuses: dict[str, Body]) -> bool:
     )
 
 
+def linked(statuses: dict[str, Body]) -> bool:
+    """Every node connected to every peer."""
+    return all(peer["connected"] for status in statuses.values() for peer in status["peers"])
+
+
 def same_digests(statuses: dict[str, Body]) -> bool:
     """Every node reports the same anti-entropy root for each keyspace."""
     return _all_equal(status.get("digests") for status in statuses.values())
