@@ -120,23 +120,26 @@ def peer_addresses(
     return peers
 
 
+STDIO_SETTINGS = (
+    "max_line_bytes",
+    "mvcc_retention_ms",
+    "max_clock_skew_ms",
+    "clock_offset_ms",
+    "sibling_warn",
+    "max_siblings",
+    "max_value_bytes",
+    "w",
+    "r",
+    "request_timeout_ms",
+)
+"""The `NodeSettings` fields `replica stdio` takes as flags of the same names."""
+
+
 def run_stdio(args: argparse.Namespace) -> int:
     """`replica stdio`: a node in memory that takes its identity from `init`."""
     from replica.node.router import Node, NodeSettings
 
-    settings = NodeSettings(
-        max_line_bytes=args.max_line_bytes,
-        mvcc_retention_ms=args.mvcc_retention_ms,
-        max_clock_skew_ms=args.max_clock_skew_ms,
-        clock_offset_ms=args.clock_offset_ms,
-        sibling_warn=args.sibling_warn,
-        max_siblings=args.max_siblings,
-        max_value_bytes=args.max_value_bytes,
-        w=args.w,
-        r=args.r,
-        request_timeout_ms=args.request_timeout_ms,
-    )
-    node = Node(settings=settings)
+    node = Node(settings=NodeSettings(**{name: getattr(args, name) for name in STDIO_SETTINGS}))
     configure_logging(args.log_level, lambda: node.node_id)
     return uvloop.run(_stdio(node, args.gossip_interval_ms))
 
