@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent
 GROUP = "replica._native"  # the shared library of every compiled module, inside the package
 RECORD = "_build.json"
 PURE_BUILD_ENV = "REPLICA_PURE_BUILD"
+# A stand-in, so setuptools knows the project has extensions; BuildCompiled replaces it.
+PLACEHOLDER = Extension(f"{GROUP}__mypyc", sources=[])
 
 
 def compiled_sources() -> list[str]:
@@ -54,8 +56,12 @@ class BuildCompiled(build_ext):
         # really built, not each time pip asks setup.py for metadata.
         self.sources = compiled_sources()
         self.fallback: str | None = None
-        self.distribution.ext_modules = self._extensions()
+        extensions = self._extensions()
+        # Never none: `build` runs build_ext only for a distribution with extensions, and
+        # a pure build must still run it, to remove an earlier build's and to record why.
+        self.distribution.ext_modules = extensions or [PLACEHOLDER]
         super().finalize_options()
+        self.extensions = extensions
 
     def _extensions(self) -> list[Extension]:
         if os.environ.get(PURE_BUILD_ENV) == "1":
@@ -78,12 +84,8 @@ class BuildCompiled(build_ext):
         return extensions
 
     def run(self) -> None:
-        # A build left by an earlier install, or a module since dropped from the list,
-        # must not ride along: extensions of this build only.
-        in_source = bool(self.inplace or self.editable_mode)
-        _remove_extensions(Path(self.build_lib) / "replica")
-        if in_source:
-            _remove_extensions(ROOT / "replica")
+        self.in_source = bool(self.inplace or self.editable_mode)
+        self._remove_old()
         if self.extensions:
             try:
                 super().run()
@@ -91,9 +93,21 @@ class BuildCompiled(build_ext):
                 self._remove_outputs()
                 self.extensions = []
                 self.fallback = f"the C compiler failed ({type(exc).__name__}: {exc})"
+        self._finish()
+
+    def _remove_old(self) -> None:
+        """A build left by an earlier install, or a module since dropped from the list, must not
+        ride along: extensions of this build only."""
+        _remove_extensions(Path(self.build_lib) / "replica")
+        if self.in_source:
+            _remove_extensions(ROOT / "replica")
+
+    def _finish(self) -> None:
+        if not self.extensions:
+            self._remove_old()
         if self.fallback is not None:
             say_pure(self.fallback)
-        self._record(in_source)
+        self._record()
 
     def build_extension(self, ext: Any) -> None:
         """As setuptools does, but compiling an extension's C files in parallel."""
@@ -115,7 +129,7 @@ class BuildCompiled(build_ext):
         for output in self.get_outputs():
             Path(output).unlink(missing_ok=True)
 
-    def _record(self, in_source: bool) -> None:
+    def _record(self) -> None:
         compiled = bool(self.extensions)
         record = {
             "build": "compiled" if compiled else "pure",
@@ -123,7 +137,7 @@ class BuildCompiled(build_ext):
             "sources": source_hashes(self.sources) if compiled else {},
         }
         targets = [Path(self.build_lib) / "replica"]
-        if in_source:
+        if self.in_source:
             targets.append(ROOT / "replica")
         for target in targets:
             target.mkdir(parents=True, exist_ok=True)
@@ -137,8 +151,6 @@ def _remove_extensions(package: Path) -> None:
 
 
 setup(
-    # A stand-in, so setuptools knows the project has extensions; finalize_options
-    # replaces it with mypyc's (or none).
-    ext_modules=[Extension(f"{GROUP}__mypyc", sources=[])],
+    ext_modules=[PLACEHOLDER],
     cmdclass={"build_ext": BuildCompiled},
 )

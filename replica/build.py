@@ -79,7 +79,7 @@ def _choose() -> str | None:
     except (OSError, ValueError):
         return "not compiled: no build record (a source tree that was never built)"
     if record.get("build") != "compiled":
-        return f"the install fell back: {record.get('reason')}"
+        return f"installed pure: {record.get('reason')}"
     sources: dict[str, str] = record.get("sources", {})
     if os.environ.get(PURE_ENV) == "1":
         reason = f"{PURE_ENV}=1"

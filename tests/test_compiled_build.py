@@ -157,7 +157,7 @@ def test_an_install_with_no_c_compiler_falls_back_to_the_pure_modules_and_serves
     )
     assert which.returncode == 0, which.stderr
     assert which.stdout.splitlines()[0] == "pure"
-    assert "the install fell back: the C compiler failed" in which.stdout
+    assert "installed pure: the C compiler failed" in which.stdout
     assert not list((site / "replica").rglob("*.so"))
 
     served = subprocess.run(
