@@ -36,37 +36,51 @@ from typing import Any, NoReturn
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-STAMP = VENV / ".installed"
+STAMP = VENV / ".installed-pyproject"  # the dependencies: sha256 of pyproject.toml
+BUILD_STAMP = VENV / ".installed-build"  # the compiled modules: see build_digest
 PURE_BUILD = "REPLICA_PURE_BUILD"
 
 
-def install_digest(pyproject: dict[str, Any]) -> str:
-    """What the install was made from: its files, each compiled module's source, the choice."""
+def build_digest(pyproject: dict[str, Any]) -> str | None:
+    """What the build was made from: setup.py, each compiled module's source, the choice.
+
+    None when there is no setup.py, so nothing to compile.
+    """
+    if not (ROOT / "setup.py").exists():
+        return None
     compiled = pyproject["tool"]["replica"]["compiled"]
     digest = hashlib.sha256(os.environ.get(PURE_BUILD, "").encode())
-    for name in ["pyproject.toml", "setup.py", *compiled]:
+    for name in ["setup.py", *compiled]:
         digest.update(f"\0{name}\0".encode() + (ROOT / name).read_bytes())
     return digest.hexdigest()
 
 
 def ensure_environment() -> None:
-    with open(ROOT / "pyproject.toml", "rb") as file:
-        pyproject = tomllib.load(file)
-    digest = install_digest(pyproject)
-    if STAMP.exists() and STAMP.read_text() == digest:
+    text = (ROOT / "pyproject.toml").read_bytes()
+    pyproject = tomllib.loads(text.decode())
+    deps, build = hashlib.sha256(text).hexdigest(), build_digest(pyproject)
+    fresh = STAMP.exists() and STAMP.read_text() == deps
+    if fresh and (build is None or (BUILD_STAMP.exists() and BUILD_STAMP.read_text() == build)):
         return
     if not (BIN / "python").exists():
         print("creating virtual environment in .venv", file=sys.stderr)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print("installing replica and its test dependencies, compiling it", file=sys.stderr)
     pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "--upgrade", "pip", *pyproject["build-system"]["requires"]], check=True)
-    # The build tools just installed, so that a rebuild after an edit only compiles.
-    subprocess.run([*pip, "--no-build-isolation", "-e", f"{ROOT}[test]"], check=True)
-    build = [str(BIN / "python"), "-c", "import replica.build as b; print(b.describe())"]
-    made = subprocess.run(build, capture_output=True, text=True, check=True, cwd=VENV)
+    if fresh:  # only a compiled module's source (or setup.py) changed: rebuild the project
+        print("compiling replica again: a compiled module changed", file=sys.stderr)
+        subprocess.run([*pip, "--no-build-isolation", "--no-deps", "-e", str(ROOT)], check=True)
+    else:
+        print("installing replica and its test dependencies, compiling it", file=sys.stderr)
+        requires = pyproject["build-system"]["requires"]
+        subprocess.run([*pip, "--upgrade", "pip", *requires], check=True)
+        # The build tools just installed, so that a rebuild after an edit only compiles.
+        subprocess.run([*pip, "--no-build-isolation", "-e", f"{ROOT}[test]"], check=True)
+    check = [str(BIN / "python"), "-c", "import replica.build as b; print(b.describe())"]
+    made = subprocess.run(check, capture_output=True, text=True, check=True, cwd=VENV)
     print(f"replica build: {made.stdout.strip()}", file=sys.stderr)
-    STAMP.write_text(digest)
+    STAMP.write_text(deps)
+    if build is not None:
+        BUILD_STAMP.write_text(build)
 
 
 def run(argv: list[str]) -> int:
