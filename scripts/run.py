@@ -9,8 +9,11 @@
 `--config cluster.toml` unless they name a cluster file.
 
 Only python3 is assumed.  The environment lives in `.venv` beside this
-repository and is reinstalled only when pyproject.toml changed since the last
-install, so the second run starts at once.
+repository, with replica installed editable and the modules pyproject.toml lists
+under [tool.replica] compiled in place by mypyc (docs/compiled.md).  It is
+reinstalled only when pyproject.toml, setup.py or a compiled module's source
+changed since the last install (or REPLICA_PURE_BUILD did), so the second run
+starts at once and a compiled module is never older than its source.
 
 `cluster` and `node` then become the command they start (exec, the same
 process): a signal sent to run.py is a signal to the cluster's supervisor or
@@ -25,28 +28,59 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-STAMP = VENV / ".installed-pyproject"
+STAMP = VENV / ".installed-pyproject"  # the dependencies: sha256 of pyproject.toml
+BUILD_STAMP = VENV / ".installed-build"  # the compiled modules: see build_digest
+PURE_BUILD = "REPLICA_PURE_BUILD"
+
+
+def build_digest(pyproject: dict[str, Any]) -> str | None:
+    """What the build was made from: setup.py, each compiled module's source, the choice.
+
+    None when there is no setup.py, so nothing to compile.
+    """
+    if not (ROOT / "setup.py").exists():
+        return None
+    compiled = pyproject["tool"]["replica"]["compiled"]
+    digest = hashlib.sha256(os.environ.get(PURE_BUILD, "").encode())
+    for name in ["setup.py", *compiled]:
+        digest.update(f"\0{name}\0".encode() + (ROOT / name).read_bytes())
+    return digest.hexdigest()
 
 
 def ensure_environment() -> None:
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == digest:
+    text = (ROOT / "pyproject.toml").read_bytes()
+    pyproject = tomllib.loads(text.decode())
+    deps, build = hashlib.sha256(text).hexdigest(), build_digest(pyproject)
+    fresh = STAMP.exists() and STAMP.read_text() == deps
+    if fresh and (build is None or (BUILD_STAMP.exists() and BUILD_STAMP.read_text() == build)):
         return
     if not (BIN / "python").exists():
         print("creating virtual environment in .venv", file=sys.stderr)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print("installing replica and its test dependencies", file=sys.stderr)
     pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
-    STAMP.write_text(digest)
+    if fresh:  # only a compiled module's source (or setup.py) changed: rebuild the project
+        print("compiling replica again: a compiled module changed", file=sys.stderr)
+        subprocess.run([*pip, "--no-build-isolation", "--no-deps", "-e", str(ROOT)], check=True)
+    else:
+        print("installing replica and its test dependencies, compiling it", file=sys.stderr)
+        requires = pyproject["build-system"]["requires"]
+        subprocess.run([*pip, "--upgrade", "pip", *requires], check=True)
+        # The build tools just installed, so that a rebuild after an edit only compiles.
+        subprocess.run([*pip, "--no-build-isolation", "-e", f"{ROOT}[test]"], check=True)
+    check = [str(BIN / "python"), "-c", "import replica.build as b; print(b.describe())"]
+    made = subprocess.run(check, capture_output=True, text=True, check=True, cwd=VENV)
+    print(f"replica build: {made.stdout.strip()}", file=sys.stderr)
+    STAMP.write_text(deps)
+    if build is not None:
+        BUILD_STAMP.write_text(build)
 
 
 def run(argv: list[str]) -> int:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
+from replica import build
 from replica.cli.config import ClusterConfig, ConfigError, NodeConfig, load_node
 from replica.cli.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from replica.cli.logs import configure_logging
@@ -212,7 +213,13 @@ async def _serve_until(
         if node.durability is not None:
             await node.durability.close()
         return EXIT_FAILURE
-    log.info("%s listening on %s%s", me.id, me.address, "" if tls is None else " (TLS)")
+    log.info(
+        "%s listening on %s%s, the %s build",
+        me.id,
+        me.address,
+        "" if tls is None else " (TLS)",
+        build.describe(),
+    )
     resp_server = None
     if me.resp_port is not None:
         from replica.transports.resp import RespConnection

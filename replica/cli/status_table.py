@@ -105,12 +105,12 @@ def _client_tls(ca_file: Path) -> ssl.SSLContext:
 
 
 def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
-    """One row per node: its keys of each data type, max siblings, disk and peers."""
-    header = ("node", *NAMES, "max sib", "disk", "peers (connected, last ack, pending)")
+    """One row per node: its keys of each data type, max siblings, disk, build and peers."""
+    header = ("node", *NAMES, "max sib", "disk", "build", "peers (connected, last ack, pending)")
     lines = [header]
     for node_id, status in rows:
         if isinstance(status, str):
-            lines.append((node_id, *("-" for _ in NAMES), "-", "-", status))
+            lines.append((node_id, *("-" for _ in NAMES), "-", "-", "-", status))
             continue
         keys = status.get("keys", {})
         siblings = status.get("max_siblings", {})
@@ -120,6 +120,7 @@ def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
                 *(str(keys.get(name, 0)) for name in NAMES),
                 str(max(siblings.values(), default=0)),
                 _disk(status.get("durability", {})),
+                str(status.get("build", "?")),
                 "  ".join(_peer(p) for p in status.get("peers", [])) or "none",
             )
         )

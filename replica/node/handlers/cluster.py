@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 
+from replica import build
 from replica.crdt.malformed import Malformed, require_list, require_str
 from replica.crdt.registry import TYPES
 from replica.errors import ErrorCode, RequestError
@@ -114,6 +115,7 @@ def status(ctx: Context, body: Body, src: str | None) -> Body:
         "tombstones_collected": dict(keyspaces.collected),
         "gossip_bytes_sent": 0 if replicator is None else replicator.bytes_sent,
         "actor": keyspaces.actor,
+        "build": build.BUILD,
         "durability": {"mode": "memory"} if ctx.durability is None else ctx.durability.status(),
         "auth_failures": ctx.refusals.auth_failures,
         "connections_refused": ctx.refusals.connections,
