@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class StdioPair:
             n: asyncio.Queue() for n in processes
         }
         self.forwarded = 0
+        self.forwarded_types: Counter[str] = Counter()
         self._held: list[tuple[str, bytes]] | None = None
         self._next_msg_id = 1
         self._pumps = [asyncio.create_task(self._pump(n)) for n in processes]
@@ -66,6 +68,7 @@ class StdioPair:
             message = orjson.loads(line)
             dest = message.get("dest")
             if dest in self.processes and dest != node_id:
+                self.forwarded_types[str(message.get("body", {}).get("type"))] += 1
                 if self._held is not None:
                     self._held.append((dest, line))
                 else:
@@ -189,3 +192,37 @@ async def test_two_stdio_nodes_gossip_to_each_other_through_the_test(scratch_dir
             ],
         }
         assert pair.forwarded > 0
+
+
+async def test_over_stdio_a_tombstone_is_kept_and_no_one_is_asked_to_confirm_it(
+    scratch_dir: Path,
+) -> None:
+    """Collecting a tombstone relies on links that keep one sender's order; Maelstrom's need
+    not, so a stdio node keeps its tombstones."""
+    async with stdio_pair(scratch_dir) as pair:
+        for node_id in NODE_IDS:
+            body = {"type": "init", "node_id": node_id, "node_ids": NODE_IDS}
+            assert (await pair.request(node_id, body))["type"] == "init_ok"
+        for body in (
+            {"type": "lww_write", "key": "f", "value": 1},
+            {"type": "lww_delete", "key": "f"},
+        ):
+            assert (await pair.request("n1", body))["type"] == f"{body['type']}_ok"
+
+        async def tombstones() -> dict[str, Any]:
+            statuses = {n: await pair.request(n, {"type": "status"}) for n in NODE_IDS}
+            return {
+                n: (s["tombstones"]["lww"], s["tombstones_collected"]["lww"])
+                for n, s in statuses.items()
+            }
+
+        await eventually(tombstones, lambda seen: all(v == (1, 0) for v in seen.values()), "spread")
+        rounds = pair.forwarded_types["ae_roots"]
+        await eventually(
+            lambda: asyncio.sleep(0, pair.forwarded_types["ae_roots"]),
+            lambda seen: seen >= rounds + 6,
+            "anti-entropy rounds go on",
+            timeout=CONVERGE_TIMEOUT,
+        )
+        assert await tombstones() == {n: (1, 0) for n in NODE_IDS}
+        assert pair.forwarded_types["tombstone_ask"] == 0

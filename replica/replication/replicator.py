@@ -273,6 +273,8 @@ class Replicator:
 
     def _collecting(self) -> bool:
         """In "async" durability a node could confirm a tombstone it then loses in a crash."""
+        if not self.tombstones.enabled:
+            return False
         return self.durability is None or self.durability.holds_replies
 
     # -- only durable states leave the node ---------------------------------------------------

@@ -73,6 +73,8 @@ class TombstoneCollector:
         self.peers = list(peers)
         self.ask_every = ask_every
         self.clock = clock
+        self.enabled = True
+        """False where links need not keep one sender's order (stdio): nothing is collected."""
         self.candidates: dict[KeyRef, _Candidate] = {}
         self.inbound: dict[str, int] = {}
         """Peer -> its open connections to this node that proved it."""
