@@ -146,7 +146,16 @@ def test_the_status_table_shows_each_nodes_disk_and_its_failures() -> None:
     table = format_table(
         [
             ("n1", {"keys": {"mv": 3}, "durability": {"mode": "memory"}, "peers": []}),
-            ("n2", {"keys": {"mv": 3}, "durability": durable, "peers": []}),
+            (
+                "n2",
+                {
+                    "keys": {"mv": 3},
+                    "durability": durable,
+                    "peers": [],
+                    "tombstones": {"mv": 2, "lww": 1},
+                    "tombstones_collected": {"mv": 5},
+                },
+            ),
             ("n3", "down (ConnectionRefusedError)"),
         ]
     )
@@ -157,3 +166,5 @@ def test_the_status_table_shows_each_nodes_disk_and_its_failures() -> None:
     assert rows["n1"][disk] == "memory"
     assert rows["n2"][disk] == "sync,commits-FAILED:2,checkpoints-FAILED:1"
     assert rows["n3"][disk] == "-"
+    tombstones = header.index("tombstones") - 1
+    assert [rows[n][tombstones] for n in ("n1", "n2", "n3")] == ["0,0-gone", "3,5-gone", "-"]

@@ -105,12 +105,21 @@ def _client_tls(ca_file: Path) -> ssl.SSLContext:
 
 
 def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
-    """One row per node: its keys of each data type, max siblings, disk, build and peers."""
-    header = ("node", *NAMES, "max sib", "disk", "build", "peers (connected, last ack, pending)")
+    """One row per node: its keys of each data type, max siblings, disk, build, tombstones
+    (held, and dropped since it started) and peers."""
+    header = (
+        "node",
+        *NAMES,
+        "max sib",
+        "disk",
+        "build",
+        "tombstones",
+        "peers (connected, last ack, pending)",
+    )
     lines = [header]
     for node_id, status in rows:
         if isinstance(status, str):
-            lines.append((node_id, *("-" for _ in NAMES), "-", "-", "-", status))
+            lines.append((node_id, *("-" for _ in NAMES), "-", "-", "-", "-", status))
             continue
         keys = status.get("keys", {})
         siblings = status.get("max_siblings", {})
@@ -121,6 +130,7 @@ def format_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
                 str(max(siblings.values(), default=0)),
                 _disk(status.get("durability", {})),
                 str(status.get("build", "?")),
+                _tombstones(status),
                 "  ".join(_peer(p) for p in status.get("peers", [])) or "none",
             )
         )
@@ -139,6 +149,13 @@ def _disk(durability: dict[str, Any]) -> str:
         if durability.get(field):
             cell += f",{name}-FAILED:{durability[field]}"
     return cell
+
+
+def _tombstones(status: dict[str, Any]) -> str:
+    """Keys holding a tombstone now, and how many were dropped since the node started."""
+    held = sum(status.get("tombstones", {}).values())
+    gone = sum(status.get("tombstones_collected", {}).values())
+    return f"{held},{gone}-gone"
 
 
 def _peer(peer: dict[str, Any]) -> str:
