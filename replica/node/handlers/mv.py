@@ -40,7 +40,9 @@ def write(
     """
     current = keyspaces.states["mv"].get(key, _EMPTY)
     register, sibling = current.write(keyspaces.actor, value, context, keyspaces.dot_floor)
-    check_siblings("mv", key, len(current), len(register), keyspaces.limits.max_siblings)
+    check_siblings(
+        "mv", key, len(current.siblings), len(register.siblings), keyspaces.limits.max_siblings
+    )
     keyspaces.put(MV, key, register)
     return register, sibling
 
