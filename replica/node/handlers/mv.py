@@ -22,9 +22,9 @@ from replica.crdt.registry import MV
 from replica.crdt.version_vector import VersionVector
 from replica.keyspaces import Keyspaces
 from replica.limits import check_siblings, check_value
-from replica.node.context import Body, Context
+from replica.node.context import Body, Context, Handler
 from replica.node.handlers.merging import ack, merge
-from replica.node.resp_terms import Request, Term, Values, arity, ok, text, unknown
+from replica.node.resp_terms import Command, Request, Term, Values, arity, ok, text, unknown
 
 _EMPTY: MVRegister = MV.empty
 
@@ -148,10 +148,10 @@ def mv_delete_here(ctx: Context, body: Body, src: str | None) -> Body:
     return {"type": "mv_delete_ok"}
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     "mv_write": mv_write,
     "mv_read": mv_read,
     "mv_merge": mv_merge,
     "mv_delete": mv_delete,
 }
-RESP_COMMANDS = {b"MVREG": mvreg}
+RESP_COMMANDS: dict[bytes, Command] = {b"MVREG": mvreg}
