@@ -100,6 +100,17 @@ def test_merge_is_an_upper_bound(a: MVRegister, b: MVRegister) -> None:
 
 
 @given(a=mv_registers())
+def test_a_register_reads_as_the_sequence_of_its_siblings(a: MVRegister) -> None:
+    assert len(a) == len(a.siblings)
+    assert tuple(a) == a.siblings
+    assert [a[i] for i in range(len(a))] == list(a.siblings)
+    assert bool(a) == bool(a.siblings)
+    assert hash(a) == hash(MVRegister(a.siblings, a.deleted))
+    assert a == MVRegister(a.siblings, dict(a.deleted))
+    assert not MVRegister() and MVRegister() == MVRegister.of([])
+
+
+@given(a=mv_registers())
 def test_merge_with_an_equal_register_returns_it_unchanged(a: MVRegister) -> None:
     assert a.merge(a) is a
     assert a.merge(MVRegister.from_wire(a.to_wire())) is a
