@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from replica.crdt.malformed import Malformed
 from replica.crdt.mv_register import MVRegister, Sibling
-from replica.crdt.mv_sibling import new_sibling
+from replica.crdt.mv_sibling import NO_PAST
 from replica.crdt.version_vector import Dot, covers, join_all
 from tests.strategies_mv import (
     REPLICAS,
@@ -97,6 +97,17 @@ def test_merge_is_an_upper_bound(a: MVRegister, b: MVRegister) -> None:
     assert merged.merge(b) == merged
     assert descends(merged.context(), a.context())
     assert descends(merged.context(), b.context())
+
+
+@given(a=mv_registers())
+def test_a_register_reads_as_the_sequence_of_its_siblings(a: MVRegister) -> None:
+    assert len(a) == len(a.siblings)
+    assert tuple(a) == a.siblings
+    assert [a[i] for i in range(len(a))] == list(a.siblings)
+    assert bool(a) == bool(a.siblings)
+    assert hash(a) == hash(MVRegister(a.siblings, a.deleted))
+    assert a == MVRegister(a.siblings, dict(a.deleted))
+    assert not MVRegister() and MVRegister() == MVRegister.of([])
 
 
 @given(a=mv_registers())
@@ -242,7 +253,7 @@ def test_write_without_context_replaces_every_local_value() -> None:
     assert r.values() == ["a", "b"]
     r, new = r.write("n1", "c", None)
     assert r.values() == ["c"]
-    assert new == Sibling("c", Dot("n1", 2), {"n1": 1, "n2": 1})
+    assert new == Sibling.at("c", Dot("n1", 2), {"n1": 1, "n2": 1})
 
 
 def test_write_with_empty_context_keeps_every_local_value() -> None:
@@ -309,7 +320,10 @@ def test_write_does_not_keep_a_reference_to_the_callers_context() -> None:
 def test_context_joins_every_siblings_past_and_dot() -> None:
     assert MVRegister().context() == {}
     r = MVRegister.of(
-        [Sibling("a", Dot("n1", 3), {"n2": 4}), Sibling("b", Dot("n2", 5), {"n1": 1, "n3": 2})]
+        [
+            Sibling.at("a", Dot("n1", 3), {"n2": 4}),
+            Sibling.at("b", Dot("n2", 5), {"n1": 1, "n3": 2}),
+        ]
     )
     assert r.context() == {"n1": 3, "n2": 5, "n3": 2}
 
@@ -426,7 +440,7 @@ def test_clients_with_their_own_stale_contexts_make_at_most_one_sibling_each(
 
 def test_seed_entry_is_the_senders_write() -> None:
     sibling = Sibling.from_entry({"value": "v2", "vclock": {"n2": 1}}, "n2")
-    assert sibling == Sibling("v2", Dot("n2", 1), {})
+    assert sibling == Sibling.at("v2", Dot("n2", 1), {})
     local, _ = MVRegister().write("n1", "v1", None)
     merged = local.merge(MVRegister.of([sibling]))
     assert merged.values() == ["v1", "v2"]
@@ -452,7 +466,7 @@ def test_seed_entry_that_supersedes_a_local_write() -> None:
 @pytest.mark.parametrize("sender", [None, "n7"])
 def test_seed_entry_with_one_entry_belongs_to_that_node(sender: str | None) -> None:
     sibling = Sibling.from_entry({"value": None, "vclock": {"n3": 4, "n1": 0}}, sender)
-    assert sibling == Sibling(None, Dot("n3", 4), {"n3": 3})
+    assert sibling == Sibling.at(None, Dot("n3", 4), {"n3": 3})
 
 
 @pytest.mark.parametrize(
@@ -489,7 +503,7 @@ MISSING = object()
 
 def test_sibling_wire_forms() -> None:
     sibling = Sibling.from_wire(good_sibling())
-    assert sibling == Sibling({"cart": ["a"]}, Dot("n1", 2), {"n1": 1, "n2": 3})
+    assert sibling == Sibling.at({"cart": ["a"]}, Dot("n1", 2), {"n1": 1, "n2": 3})
     assert sibling.to_wire() == good_sibling()
     assert sibling.to_read() == {
         "value": {"cart": ["a"]},
@@ -574,9 +588,9 @@ def test_siblings_are_ordered_by_dot_whatever_the_input_order(
 def test_values_are_listed_by_node_then_counter() -> None:
     r = MVRegister.of(
         [
-            Sibling("n2-first", Dot("n2", 1), {}),
-            Sibling("n1-tenth", Dot("n1", 10), {}),
-            Sibling("n1-second", Dot("n1", 2), {}),
+            Sibling.at("n2-first", Dot("n2", 1), {}),
+            Sibling.at("n1-tenth", Dot("n1", 10), {}),
+            Sibling.at("n1-second", Dot("n1", 2), {}),
         ]
     )
     assert r.values() == ["n1-second", "n1-tenth", "n2-first"]
@@ -585,9 +599,9 @@ def test_values_are_listed_by_node_then_counter() -> None:
 def test_one_dot_with_two_values_resolves_the_same_way_in_either_order() -> None:
     dot = Dot("n1", 1)
     pairs = [
-        (Sibling("a", dot, {}), Sibling("b", dot, {})),
-        (Sibling(1, dot, {}), Sibling(True, dot, {})),
-        (Sibling("a", dot, {"n2": 1}), Sibling("a", dot, {"n2": 2})),
+        (Sibling.at("a", dot, {}), Sibling.at("b", dot, {})),
+        (Sibling.at(1, dot, {}), Sibling.at(True, dot, {})),
+        (Sibling.at("a", dot, {"n2": 1}), Sibling.at("a", dot, {"n2": 2})),
     ]
     for x, y in pairs:
         left, right = MVRegister.of([x]), MVRegister.of([y])
@@ -598,10 +612,10 @@ def test_one_dot_with_two_values_resolves_the_same_way_in_either_order() -> None
 
 def test_json_values_that_python_calls_equal_are_different_siblings() -> None:
     dot = Dot("n1", 1)
-    assert Sibling(1, dot, {}) != Sibling(True, dot, {})
-    assert Sibling(1, dot, {}) != Sibling(1.0, dot, {})
-    assert Sibling({"a": 1, "b": 2}, dot, {}) == Sibling({"b": 2, "a": 1}, dot, {})
-    assert MVRegister.of([Sibling(1, dot, {})]) != MVRegister.of([Sibling(True, dot, {})])
+    assert Sibling.at(1, dot, {}) != Sibling.at(True, dot, {})
+    assert Sibling.at(1, dot, {}) != Sibling.at(1.0, dot, {})
+    assert Sibling.at({"a": 1, "b": 2}, dot, {}) == Sibling.at({"b": 2, "a": 1}, dot, {})
+    assert MVRegister.of([Sibling.at(1, dot, {})]) != MVRegister.of([Sibling.at(True, dot, {})])
 
 
 def test_snapshots_cover_the_whole_program() -> None:
@@ -645,7 +659,7 @@ def test_a_write_after_a_delete_supersedes_it_and_drops_the_tombstone() -> None:
     again, new = gone.write("n1", "b", gone.context())
     assert new.dot == Dot("n1", 2)
     assert again.values() == ["b"] and again.deleted == {}
-    assert type(again) is MVRegister  # no tombstone field left to pay for
+    assert again.deleted is NO_PAST  # the shared empty history, no dict of its own
     plain, _ = gone.write("n2", "c", None)
     assert plain.deleted == {}
 
@@ -701,8 +715,8 @@ def test_registers_that_differ_only_in_their_deleted_history_are_not_equal() -> 
 def test_a_merge_that_deletes_every_sibling_keeps_what_their_pasts_had_seen() -> None:
     """The deleted history dropped n3's entry while a kept sibling's past held it; deleting
     that sibling must not forget it, or n3's next write would reissue (n3, 1)."""
-    here = MVRegister.of([new_sibling(26, "n1", 4, {"n2": 4, "n1": 3, "n3": 5})], {"n2": 5})
-    there = MVRegister.of([new_sibling(28, "n2", 5, {"n2": 4, "n1": 2, "n3": 5})], {"n1": 4})
+    here = MVRegister.of([Sibling(26, "n1", 4, {"n2": 4, "n1": 3, "n3": 5})], {"n2": 5})
+    there = MVRegister.of([Sibling(28, "n2", 5, {"n2": 4, "n1": 2, "n3": 5})], {"n1": 4})
     for merged in (here.merge(there), there.merge(here)):
         assert merged.values() == []
         assert merged.context() == {"n1": 4, "n2": 5, "n3": 5}

@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from replica.cli.config import ConfigError, parse_cluster
-from replica.crdt.mv_register import MVRegister
+from replica.node.handlers import RESP_COMMANDS
+from replica.node.resp_terms import Request, ok
 from replica.node.router import Node
 from replica.transports.resp import HEADER_ALLOWANCE, serve_resp
 from tests.harness import (
@@ -397,7 +398,11 @@ async def test_a_failing_command_is_an_error_and_the_node_keeps_serving(
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(MVRegister, "write", broken)
+    def mvreg(args: list[bytes]) -> Request:
+        return broken, {"type": "mv_write", "key": "k", "value": "v"}, ok
+
+    # The command table, not the register: a compiled class's methods cannot be patched.
+    monkeypatch.setitem(RESP_COMMANDS, b"MVREG", mvreg)
     server = await serve_resp(node, LOOPBACK, 0)
     client = resp2_client(server.addresses[0][1])
     try:

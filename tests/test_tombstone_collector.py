@@ -15,7 +15,7 @@ import pytest
 
 from replica.crdt import registry
 from replica.crdt.mv_register import MVRegister
-from replica.crdt.mv_sibling import new_sibling
+from replica.crdt.mv_sibling import Sibling
 from replica.crdt.mvcc import VersionChain
 from replica.keyspaces import Keyspaces
 from replica.node.handlers import mv as mv_handlers
@@ -78,7 +78,7 @@ def test_a_late_copy_of_a_dropped_tombstone_is_not_taken_back_but_anything_more_
     keyspaces.merge(MV, "k", tombstone({"n2": 4}))
     assert keyspaces.states["mv"]["k"] == tombstone({"n2": 4})
     keyspaces.remove(MV, "k")
-    fresh = MVRegister.of([new_sibling("new", "n2", 9, {})])
+    fresh = MVRegister.of([Sibling("new", "n2", 9, {})])
     keyspaces.merge(MV, "k", fresh)
     assert keyspaces.states["mv"]["k"] == fresh
 
@@ -106,7 +106,7 @@ def test_only_a_state_holding_the_tombstone_confirms_it() -> None:
     state = delete_and_deliver(keyspaces, replicator, sent)
     collector = replicator.tombstones
     (dot,) = [(actor, n) for actor, n in state.deleted.items()]
-    older = MVRegister.of([new_sibling("v", dot[0], dot[1], {})])
+    older = MVRegister.of([Sibling("v", dot[0], dot[1], {})])
     collector.heard("n2", "mv", "k", older)  # its old value: merged away, confirms nothing
     collector.heard("n3", "mv", "k", tombstone({}))
     assert collector.candidates[("mv", "k")].confirmed == set()

@@ -108,7 +108,9 @@ def test_merges_over_the_limit_are_all_counted_and_logged_at_most_once_an_interv
 
 def concurrent_register(actor: str, count: int) -> MVRegister:
     """`count` siblings of `actor` none of which saw another."""
-    return MVRegister.of([Sibling(f"{actor}{i}", Dot(actor, i), {}) for i in range(1, count + 1)])
+    return MVRegister.of(
+        [Sibling.at(f"{actor}{i}", Dot(actor, i), {}) for i in range(1, count + 1)]
+    )
 
 
 def test_the_write_past_max_siblings_changes_nothing_and_a_merge_past_it_is_kept() -> None:

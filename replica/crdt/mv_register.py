@@ -39,59 +39,65 @@ to dotted version vectors, not something this module can repair.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
 
 from replica.crdt import version_vector
 from replica.crdt.canonical import canonical
 from replica.crdt.malformed import Malformed, require_list
-from replica.crdt.mv_sibling import NO_PAST, Sibling, new_sibling, stored_sibling
+from replica.crdt.mv_sibling import NO_PAST, Sibling, stored_sibling
 from replica.crdt.version_vector import Dot, VersionVector
 
 __all__ = ["MVRegister", "Sibling"]
 
 
-class MVRegister(tuple[Sibling, ...]):
+class MVRegister:
     """A key's concurrent values, and the deleted history.  The empty register is the absent key.
 
-    The register *is* the tuple of its siblings, immutable like one, rather
-    than an object holding a tuple: a node keeps one register per key, and
-    the wrapper object would cost 48 bytes of every key's memory.  Only a
-    register that remembers a delete (`deleted` not empty) is a `_Tombstoned`,
-    which pays for the extra field.
+    Immutable: `siblings` and `deleted` are `Final` (the compiled build
+    refuses an assignment).  It reads as the sequence of its siblings:
+    `len`, iteration, indexing, and false when it has none.
 
     `deleted` (D) is the version vector of what deletes removed: no kept
     sibling's dot is inside it, and none of its entries is already inside a
     kept sibling's past (that sibling's past removes the same dots on merge,
     so the entry is dropped at once and a key written after its delete
-    carries no tombstone).  A register without siblings keeps D until it is
-    collected: it is what stops a peer's copy of a deleted value coming back.
+    carries no tombstone).  A register without a deleted history shares one
+    empty dict, never mutated.  A register without siblings keeps D until it
+    is collected: it is what stops a peer's copy of a deleted value coming back.
     """
 
-    __slots__ = ()
+    __slots__ = ("deleted", "siblings")
 
-    @property
-    def siblings(self) -> tuple[Sibling, ...]:
-        return self
-
-    @property
-    def deleted(self) -> VersionVector:
-        """The deleted history: dots inside it are gone and never come back."""
-        return NO_PAST
+    def __init__(
+        self, siblings: tuple[Sibling, ...] = (), deleted: VersionVector = NO_PAST
+    ) -> None:
+        """Callers pass siblings and a history that keep the invariants; `of` normalises any."""
+        self.siblings: Final[tuple[Sibling, ...]] = siblings
+        self.deleted: Final[VersionVector] = deleted
 
     def __repr__(self) -> str:
-        return f"MVRegister({tuple.__repr__(self)}, deleted={self.deleted!r})"
+        return f"MVRegister({self.siblings!r}, deleted={self.deleted!r})"
+
+    def __len__(self) -> int:
+        return len(self.siblings)
+
+    def __iter__(self) -> Iterator[Sibling]:
+        return iter(self.siblings)
+
+    def __getitem__(self, index: int) -> Sibling:
+        return self.siblings[index]
+
+    def __bool__(self) -> bool:
+        return bool(self.siblings)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MVRegister):
             return NotImplemented
-        return tuple.__eq__(self, other) and self.deleted == other.deleted
+        return self.siblings == other.siblings and self.deleted == other.deleted
 
-    def __ne__(self, other: object) -> bool:
-        equal = self.__eq__(other)
-        return equal if equal is NotImplemented else not equal
-
-    __hash__ = tuple.__hash__
+    def __hash__(self) -> int:
+        return hash(self.siblings)
 
     @staticmethod
     def of(siblings: Iterable[Sibling], deleted: VersionVector = NO_PAST) -> MVRegister:
@@ -127,10 +133,11 @@ class MVRegister(tuple[Sibling, ...]):
         With one sibling and no deleted history its vclock is the context, and
         the reply shares the dict.
         """
-        if len(self) == 1 and not self.deleted:
-            only = self[0].to_read()
+        siblings = self.siblings
+        if len(siblings) == 1 and not self.deleted:
+            only = siblings[0].to_read()
             return [only], only["vclock"]
-        return [s.to_read() for s in self], self.context()
+        return [s.to_read() for s in siblings], self.context()
 
     def write(
         self, node: str, value: Any, context: VersionVector | None, floor: int = 0
@@ -146,20 +153,20 @@ class MVRegister(tuple[Sibling, ...]):
         `floor` too: `node`'s counters up to it may have been issued for this
         key before its history was collected, and a client may still hold them.
         """
-        local = self.context() if self or self.deleted else NO_PAST
+        local = self.context() if self.siblings or self.deleted else NO_PAST
         counter = local.get(node, 0)
         if counter < floor:
             counter = floor
         if context is None:
             # The local context covers every local sibling and the deleted
             # history, so the new one is alone and carries no tombstone.
-            new = new_sibling(value, node, counter + 1, local)
-            return _register((new,)), new
+            new = Sibling(value, node, counter + 1, local)
+            return MVRegister((new,)), new
         past = dict(context)
         claimed = past.get(node, 0)
         if claimed > counter:
             counter = claimed
-        new = new_sibling(value, node, counter + 1, past)
+        new = Sibling(value, node, counter + 1, past)
         # No kept sibling can cover the new dot (its counter is above every
         # local entry for `node`), so only the superseded ones need dropping.
         kept = [s for s in self.siblings if not s.seen_by(past)]
@@ -185,13 +192,13 @@ class MVRegister(tuple[Sibling, ...]):
             return self
         deleted, other_deleted = self.deleted, other.deleted
         if not deleted and not other_deleted:
-            if not other.siblings or tuple.__eq__(self, other):
+            if not other.siblings or self.siblings == other.siblings:
                 return self
             if not self.siblings:
                 return other
-        elif self == other or not (other or other_deleted):
+        elif self == other or not (other.siblings or other_deleted):
             return self
-        elif not (self or deleted):
+        elif not (self.siblings or deleted):
             return other
         joined = version_vector.join(deleted, other_deleted) if other_deleted else deleted
         by_dot = {s.dot: s for s in self.siblings}
@@ -234,7 +241,7 @@ class MVRegister(tuple[Sibling, ...]):
         skips what the wire form adds for peers (field names, copied pasts).
         A deleted history is one more element, `{"deleted": {...}}`.
         """
-        stored: list[Any] = [[s.value, s.node, s.counter, s.past] for s in self]
+        stored: list[Any] = [[s.value, s.node, s.counter, s.past] for s in self.siblings]
         if self.deleted:
             stored.append({"deleted": self.deleted})
         return stored
@@ -257,35 +264,8 @@ class MVRegister(tuple[Sibling, ...]):
             if type(deleted) is not dict or any(type(c) is not int for c in deleted.values()):
                 raise TypeError("an MV register's deleted history must map node ids to counters")
             siblings = tuple([stored_sibling(entry) for entry in raw[:-1]])
-            return _tombstoned(siblings, deleted) if deleted else _register(siblings)
-        return _register([stored_sibling(entry) for entry in raw])
-
-
-class _Tombstoned(MVRegister):
-    """A register with a deleted history: the one kind that carries a field beside its siblings."""
-
-    __dict__: dict[str, Any]
-
-    @property
-    def deleted(self) -> VersionVector:
-        deleted: VersionVector = self.__dict__["deleted"]
-        return deleted
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"an MVRegister is immutable: cannot set {name!r}")
-
-
-_new_tuple = tuple.__new__
-
-
-def _register(siblings: tuple[Sibling, ...] | list[Sibling]) -> MVRegister:
-    return _new_tuple(MVRegister, siblings)
-
-
-def _tombstoned(siblings: tuple[Sibling, ...], deleted: VersionVector) -> MVRegister:
-    register = _new_tuple(_Tombstoned, siblings)
-    register.__dict__["deleted"] = deleted
-    return register
+            return MVRegister(siblings, deleted or NO_PAST)
+        return MVRegister(tuple([stored_sibling(entry) for entry in raw]))
 
 
 def _with_deleted(siblings: tuple[Sibling, ...], deleted: VersionVector) -> MVRegister:
@@ -300,7 +280,7 @@ def _with_deleted(siblings: tuple[Sibling, ...], deleted: VersionVector) -> MVRe
             for node, counter in deleted.items()
             if not any(s.past.get(node, 0) >= counter for s in siblings)
         }
-    return _tombstoned(siblings, deleted) if deleted else _register(siblings)
+    return MVRegister(siblings, deleted or NO_PAST)
 
 
 def _by_dot(s: Sibling) -> tuple[str, int]:

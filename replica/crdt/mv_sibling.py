@@ -8,7 +8,7 @@ past covers its own dot (a write never precedes itself).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from replica.crdt import version_vector
 from replica.crdt.canonical import canonical
@@ -19,10 +19,11 @@ from replica.crdt.version_vector import Dot, VersionVector, covers
 class Sibling:
     """One stored value and the write event that made it: `dot` is `(node, counter)`.
 
-    Immutable like a frozen dataclass (assigning an attribute raises).  The
-    dot's two parts are kept as fields of their own, not as a `Dot` object,
-    because a node holds a sibling per key: the extra object would cost every
-    key 56 bytes and an allocation per write.  `dot` builds the `Dot` on demand.
+    Immutable: the fields are `Final`, which mypy checks and the compiled
+    build enforces (assigning raises `AttributeError`).  The dot's two parts
+    are kept as fields of their own, not as a `Dot` object, because a node
+    holds a sibling per key: the extra object would cost every key 56 bytes
+    and an allocation per write.  `dot` builds the `Dot` on demand.
 
     Equality compares values by their canonical JSON, because `1` and `true`
     (or `1` and `1.0`) are equal in Python but are different writes on the
@@ -30,22 +31,18 @@ class Sibling:
     """
 
     __slots__ = ("counter", "node", "past", "value")
-    value: Any
-    node: str
-    counter: int
-    past: VersionVector
 
-    def __init__(self, value: Any, dot: Dot, past: VersionVector) -> None:
-        _set_value(self, value)
-        _set_node(self, dot[0])
-        _set_counter(self, dot[1])
-        _set_past(self, past)
+    def __init__(self, value: Any, node: str, counter: int, past: VersionVector) -> None:
+        """Callers pass fields that keep the invariants (`from_wire` checks a peer's)."""
+        self.value: Final[Any] = value
+        self.node: Final[str] = node
+        self.counter: Final[int] = counter
+        self.past: Final[VersionVector] = past
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"a Sibling is immutable: cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"a Sibling is immutable: cannot delete {name!r}")
+    @staticmethod
+    def at(value: Any, dot: Dot, past: VersionVector) -> Sibling:
+        """The sibling of `value` written as event `dot`, having seen `past`."""
+        return Sibling(value, dot[0], dot[1], past)
 
     def __repr__(self) -> str:
         return f"Sibling(value={self.value!r}, dot={self.dot!r}, past={self.past!r})"
@@ -101,7 +98,7 @@ class Sibling:
             raise Malformed(
                 f"MV sibling: its past {past} already contains its own dot {dot.to_wire()}"
             )
-        return new_sibling(value, dot.node, dot.counter, past or NO_PAST)
+        return Sibling(value, dot.node, dot.counter, past or NO_PAST)
 
     @staticmethod
     def from_entry(raw: Any, sender: str | None) -> Sibling:
@@ -135,14 +132,9 @@ class Sibling:
             del past[node]
         else:
             past[node] = counter - 1
-        return new_sibling(value, node, counter, past or NO_PAST)
+        return Sibling(value, node, counter, past or NO_PAST)
 
 
-_new = object.__new__
-_set_value = Sibling.value.__set__  # type: ignore[misc]
-_set_node = Sibling.node.__set__  # type: ignore[misc,attr-defined]
-_set_counter = Sibling.counter.__set__  # type: ignore[misc,attr-defined]
-_set_past = Sibling.past.__set__  # type: ignore[misc,attr-defined]
 NO_PAST: VersionVector = {}
 """The past of every sibling that had seen nothing, shared: version vectors are never mutated."""
 
@@ -160,18 +152,4 @@ def stored_sibling(entry: Any) -> Sibling:
         raise TypeError("an MV sibling must have a node, a counter and an object past")
     if past and any(type(seen) is not int for seen in past.values()):
         raise TypeError("an MV sibling's past must map node ids to counters")
-    return new_sibling(value, node, counter, past or NO_PAST)
-
-
-def new_sibling(value: Any, node: str, counter: int, past: VersionVector) -> Sibling:
-    """A Sibling built by setting its slots, without the checks of a constructor call.
-
-    Callers pass fields that already keep the invariants; this is the path of
-    every write and every stored sibling loaded at start.
-    """
-    sibling = _new(Sibling)
-    _set_value(sibling, value)
-    _set_node(sibling, node)
-    _set_counter(sibling, counter)
-    _set_past(sibling, past)
-    return sibling
+    return Sibling(value, node, counter, past or NO_PAST)

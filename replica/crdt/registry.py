@@ -110,13 +110,15 @@ def _lww_timestamp(register: LWWRegister) -> int:
 
 
 def _mv_tombstone(register: MVRegister) -> bool:
-    """`bool(register.deleted)`, by class: only a register with a deleted history is not a plain
-    `MVRegister` (its module's invariant), and this is asked twice per write."""
-    return type(register) is not MVRegister
+    return bool(register.deleted)
 
 
 def _mv_only_tombstone(register: MVRegister) -> bool:
-    return not register and type(register) is not MVRegister
+    return not register.siblings and bool(register.deleted)
+
+
+def _mv_sibling_count(register: MVRegister) -> int:
+    return len(register.siblings)
 
 
 def _mv_issued_by(register: MVRegister, actor: str) -> int:
@@ -150,7 +152,7 @@ MV = DataType(
     MVRegister.from_wire,
     MVRegister.from_stored,
     "siblings",
-    count_siblings=len,  # a register is the tuple of its siblings
+    count_siblings=_mv_sibling_count,
     holds_tombstone=_mv_tombstone,
     only_tombstone=_mv_only_tombstone,
     issued_by=_mv_issued_by,

@@ -124,7 +124,9 @@ def encode_commit(changes: Mapping[tuple[str, str], Any]) -> bytes:
         if state is None:
             add((tags[keyspace], key, None))
         elif keyspace == mv_name and not state.deleted:
-            add((mv_tag, key, (compact(state[0]),) if len(state) == 1 else [*map(compact, state)]))
+            siblings = state.siblings
+            one = len(siblings) == 1
+            add((mv_tag, key, (compact(siblings[0]),) if one else [*map(compact, siblings)]))
         else:
             add((tags[keyspace], key, state.to_stored()))
     return BATCH_HEADER + orjson.dumps(entries)

@@ -362,13 +362,13 @@ class Node:
                 return handler(self, body, src)
             except Suspect:
                 return self._handle_checked(handler, body, src)
-        except Malformed as exc:
-            return _error_body(ErrorCode.MALFORMED_REQUEST, str(exc))
-        except RequestError as exc:
-            return _error_body(exc.code, exc.text)
-        except Exception as exc:  # a bug: report it, keep serving
+        except Malformed as malformed:
+            return _error_body(ErrorCode.MALFORMED_REQUEST, str(malformed))
+        except RequestError as refused:
+            return _error_body(refused.code, refused.text)
+        except Exception as bug:  # a bug: report it, keep serving
             log.exception("handler for %r failed on %r", body.get("type"), body)
-            return _error_body(ErrorCode.CRASH, f"internal error: {type(exc).__name__}")
+            return _error_body(ErrorCode.CRASH, f"internal error: {type(bug).__name__}")
 
     def _handle_checked(self, handler: Handler, body: Body, src: str | None) -> Body | None:
         """After a `Suspect` value: refuse the line if it holds an integer beyond 64 bits.

@@ -14,8 +14,18 @@ from replica.crdt.malformed import Malformed, require_field, require_str
 from replica.crdt.pn_counter import MAX_TOTAL, TotalTooLarge
 from replica.crdt.registry import COUNTER
 from replica.errors import ErrorCode, RequestError
-from replica.node.context import Body, Context
-from replica.node.resp_terms import Integer, Request, Term, arity, integer, ok, text, unknown
+from replica.node.context import Body, Context, Handler
+from replica.node.resp_terms import (
+    Command,
+    Integer,
+    Request,
+    Term,
+    arity,
+    integer,
+    ok,
+    text,
+    unknown,
+)
 
 
 def counter_add(ctx: Context, body: Body, src: str | None) -> Body:
@@ -75,9 +85,9 @@ def counter_delete(ctx: Context, body: Body, src: str | None) -> Body:
     return {"type": "counter_delete_ok", "value": counter.value}
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     "counter_add": counter_add,
     "counter_read": counter_read,
     "counter_delete": counter_delete,
 }
-RESP_COMMANDS = {b"PNCOUNT": pncount}
+RESP_COMMANDS: dict[bytes, Command] = {b"PNCOUNT": pncount}

@@ -27,7 +27,7 @@ from replica.crdt.registry import KV
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces
 from replica.limits import check_siblings, check_value
-from replica.node.context import Body, Context
+from replica.node.context import Body, Context, Handler
 
 
 def put(keyspaces: Keyspaces, key: str, value: Any, clock: Clock) -> PutResult:
@@ -105,7 +105,7 @@ def kv_delete(ctx: Context, body: Body, src: str | None) -> Body:
     return reply
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     "kv_put": kv_put,
     "kv_get": kv_get,
     "kv_resolve": kv_resolve,

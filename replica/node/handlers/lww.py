@@ -14,9 +14,20 @@ from replica.crdt.registry import LWW
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces, TooFarAhead
 from replica.limits import check_value
-from replica.node.context import Body, Context
+from replica.node.context import Body, Context, Handler
 from replica.node.handlers.clocked import too_far_ahead
-from replica.node.resp_terms import Integer, Request, Term, Value, arity, integer, ok, text, unknown
+from replica.node.resp_terms import (
+    Command,
+    Integer,
+    Request,
+    Term,
+    Value,
+    arity,
+    integer,
+    ok,
+    text,
+    unknown,
+)
 
 
 def write(keyspaces: Keyspaces, key: str, value: Any, timestamp: int | None) -> int:
@@ -102,5 +113,9 @@ def lww_delete(ctx: Context, body: Body, src: str | None) -> Body:
     return {"type": "lww_delete_ok", "timestamp": ts, "replica": ctx.node_id}
 
 
-HANDLERS = {"lww_write": lww_write, "lww_read": lww_read, "lww_delete": lww_delete}
-RESP_COMMANDS = {b"TREG": treg}
+HANDLERS: dict[str, Handler] = {
+    "lww_write": lww_write,
+    "lww_read": lww_read,
+    "lww_delete": lww_delete,
+}
+RESP_COMMANDS: dict[bytes, Command] = {b"TREG": treg}

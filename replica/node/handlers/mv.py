@@ -22,9 +22,9 @@ from replica.crdt.registry import MV
 from replica.crdt.version_vector import VersionVector
 from replica.keyspaces import Keyspaces
 from replica.limits import check_siblings, check_value
-from replica.node.context import Body, Context
+from replica.node.context import Body, Context, Handler
 from replica.node.handlers.merging import ack, merge
-from replica.node.resp_terms import Request, Term, Values, arity, ok, text, unknown
+from replica.node.resp_terms import Command, Request, Term, Values, arity, ok, text, unknown
 
 _EMPTY: MVRegister = MV.empty
 
@@ -40,7 +40,9 @@ def write(
     """
     current = keyspaces.states["mv"].get(key, _EMPTY)
     register, sibling = current.write(keyspaces.actor, value, context, keyspaces.dot_floor)
-    check_siblings("mv", key, len(current), len(register), keyspaces.limits.max_siblings)
+    check_siblings(
+        "mv", key, len(current.siblings), len(register.siblings), keyspaces.limits.max_siblings
+    )
     keyspaces.put(MV, key, register)
     return register, sibling
 
@@ -146,10 +148,10 @@ def mv_delete_here(ctx: Context, body: Body, src: str | None) -> Body:
     return {"type": "mv_delete_ok"}
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     "mv_write": mv_write,
     "mv_read": mv_read,
     "mv_merge": mv_merge,
     "mv_delete": mv_delete,
 }
-RESP_COMMANDS = {b"MVREG": mvreg}
+RESP_COMMANDS: dict[bytes, Command] = {b"MVREG": mvreg}

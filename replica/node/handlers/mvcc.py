@@ -23,7 +23,7 @@ from replica.crdt.registry import MVCC
 from replica.errors import ErrorCode, RequestError
 from replica.keyspaces import Keyspaces, TooFarAhead
 from replica.limits import check_value
-from replica.node.context import Body, Context
+from replica.node.context import Body, Context, Handler
 from replica.node.handlers.clocked import too_far_ahead
 
 
@@ -131,16 +131,16 @@ def _versioned(
     """`add()` a version (a value or a tombstone): (its number, its timestamp), or the error."""
     try:
         return add()
-    except TimestampConflict as exc:
+    except TimestampConflict as conflict:
         raise RequestError(
             ErrorCode.TXN_CONFLICT,
-            f"timestamp {timestamp} is at or below the key's newest version ({exc.newest})",
+            f"timestamp {timestamp} is at or below the key's newest version ({conflict.newest})",
         ) from None
-    except TooFarAhead as exc:
-        raise too_far_ahead(ctx.keyspaces, exc) from None
+    except TooFarAhead as ahead:
+        raise too_far_ahead(ctx.keyspaces, ahead) from None
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     "mvcc_put": mvcc_put,
     "mvcc_get": mvcc_get,
     "mvcc_snapshot": mvcc_snapshot,

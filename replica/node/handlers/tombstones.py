@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from replica.crdt.malformed import Malformed, require_list, require_object
 from replica.crdt.registry import TYPES
-from replica.node.context import Body, Context
+from replica.node.context import Body, Context, Handler
 from replica.replication.delta_tracker import KeyRef
 from replica.replication.tombstones import ASK, GONE
 
@@ -47,4 +47,4 @@ def _keys(body: Body) -> dict[str, list[str]]:
     return raw
 
 
-HANDLERS = {ASK: tombstone_ask, GONE: tombstone_gone}
+HANDLERS: dict[str, Handler] = {ASK: tombstone_ask, GONE: tombstone_gone}
