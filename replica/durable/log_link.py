@@ -67,7 +67,9 @@ class LogLink:
         self._lock_fd = lock_fd
         self._checkpointed = checkpointed  # read afresh for every writer started
         self._process: subprocess.Popen[bytes] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # set while serving a loop
+        # Set while serving a loop.  Any: uvloop's add/remove_reader return None where typeshed
+        # says bool, and compiled code checks the declared result of a call.
+        self._loop: Any = None
         self._waiting: collections.deque[Done] = collections.deque()
         self._inbox = bytearray()  # results read, not yet a whole line
         self._outbox = bytearray()  # requests the pipe could not take yet
@@ -153,7 +155,7 @@ class LogLink:
         self._waiting.append(done)
         self._send(encode_request(APPEND, record))
 
-    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _attach(self, loop: Any) -> None:
         self.start()
         self._loop = loop
         os.set_blocking(self._stdin(), False)
