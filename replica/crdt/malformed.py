@@ -8,7 +8,6 @@ which is why this is its own exception type and not a bare `ValueError`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 MAX_INT = (1 << 63) - 1  # timestamps and counters must fit a signed 64-bit word
@@ -43,14 +42,14 @@ class Suspect(Malformed):
     """
 
 
-def require_str(body: Mapping[str, Any], field: str) -> str:
+def require_str(body: dict[str, Any], field: str) -> str:
     value = body.get(field)
     if not isinstance(value, str):
         raise Malformed(f"field {field!r} must be a string, got {_kind(value)}")
     return value
 
 
-def require_field(body: Mapping[str, Any], field: str) -> Any:
+def require_field(body: dict[str, Any], field: str) -> Any:
     """A field that may hold any JSON value, null included, but must be present."""
     if field not in body:
         raise Malformed(f"field {field!r} is required")
@@ -64,7 +63,7 @@ def require_count(value: Any, what: str, limit: int = MAX_INT) -> int:
     return value
 
 
-def require_value(body: Mapping[str, Any], field: str, *, checked: bool = False) -> Any:
+def require_value(body: dict[str, Any], field: str, *, checked: bool = False) -> Any:
     """A client's value: any JSON value, present, nested at most `MAX_VALUE_DEPTH` deep.
 
     Raises `Suspect` for a float that may be an integer beyond 64 bits, unless the
@@ -108,7 +107,7 @@ def _check_depth(value: list[Any] | dict[str, Any], field: str, checked: bool) -
         level = inner
 
 
-def optional_count(body: Mapping[str, Any], field: str) -> int | None:
+def optional_count(body: dict[str, Any], field: str) -> int | None:
     value = body.get(field)
     return None if value is None else require_count(value, f"field {field!r}")
 

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Mapping
-from operator import attrgetter
 from typing import Any
 
 import orjson
 
 from replica.crdt.malformed import Malformed
+from replica.crdt.mv_register import MVRegister
 from replica.crdt.registry import BY_NAME, BY_TAG, MV, NAMES
 from replica.durable.errors import DamagedRecord, StorageError
 
@@ -50,8 +49,6 @@ BATCH_HEADER = bytes((BATCH_TAG, RECORD_VERSION))
 Entry = tuple[str, str, Any]
 """(keyspace, key, stored form): a key's state as a log record carries it, None when gone."""
 
-_COMPACT_SIBLING = attrgetter("value", "node", "counter", "past")
-"""An MV sibling's stored form as a tuple, which JSON writes as `MVRegister.to_stored` does."""
 _MV_NAME, _MV_TAG = MV.name, MV.tag
 
 
@@ -110,25 +107,31 @@ def db_key_of(raw: bytes, max_key: int) -> bytes:
 # -- log records ---------------------------------------------------------------------------
 
 
-def encode_commit(changes: Mapping[tuple[str, str], Any]) -> bytes:
+def encode_commit(changes: dict[tuple[str, str], Any]) -> bytes:
     """The log record of `{(keyspace, key): state or None}`, the states a commit carries.
 
     Every commit of the node comes through here, on its event loop, so the
-    entries are built in one pass, and an MV sibling's stored form is taken by
-    one C-level `attrgetter` call rather than a Python list per sibling.
+    entries are built in one pass, and an MV sibling's stored form is a tuple
+    of its four fields, which JSON writes as `MVRegister.to_stored` does.
     """
-    tags, compact, mv_name, mv_tag = TYPE_TAGS, _COMPACT_SIBLING, _MV_NAME, _MV_TAG
+    tags, mv_name, mv_tag = TYPE_TAGS, _MV_NAME, _MV_TAG
     entries: list[tuple[int, str, Any]] = []
     add = entries.append
     for (keyspace, key), state in changes.items():
         if state is None:
             add((tags[keyspace], key, None))
-        elif keyspace == mv_name and not state.deleted:
-            siblings = state.siblings
-            one = len(siblings) == 1
-            add((mv_tag, key, (compact(siblings[0]),) if one else [*map(compact, siblings)]))
-        else:
-            add((tags[keyspace], key, state.to_stored()))
+            continue
+        if keyspace == mv_name:
+            register: MVRegister = state
+            if not register.deleted:
+                siblings = register.siblings
+                if len(siblings) == 1:
+                    s = siblings[0]
+                    add((mv_tag, key, ((s.value, s.node, s.counter, s.past),)))
+                else:
+                    add((mv_tag, key, [(s.value, s.node, s.counter, s.past) for s in siblings]))
+                continue
+        add((tags[keyspace], key, state.to_stored()))
     return BATCH_HEADER + orjson.dumps(entries)
 
 

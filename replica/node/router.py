@@ -36,6 +36,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import orjson
 
@@ -71,7 +72,10 @@ from replica.session import Session
 
 log = logging.getLogger("replica.node.router")
 
-LINE = orjson.OPT_APPEND_NEWLINE  # every encoded message is one line
+LINE: Final = orjson.OPT_APPEND_NEWLINE  # every encoded message is one line
+# Bound once: a compiled module reads a Final name directly, not through orjson's attributes.
+_loads: Final = orjson.loads
+_dumps: Final = orjson.dumps
 MIN_INTEGER = -(1 << 63)  # the range of integers the encoder writes back: i64 and u64
 MAX_INTEGER = (1 << 64) - 1
 AUTH_REQUIRED = (
@@ -230,7 +234,7 @@ class Node:
         proved nothing, on a connection of its own that ends with this line.
         """
         try:
-            message = orjson.loads(line)
+            message = _loads(line)
         except orjson.JSONDecodeError as exc:
             return self.error_line(ErrorCode.MALFORMED_REQUEST, f"not valid JSON: {exc}")
         if type(message) is not dict:
@@ -242,7 +246,7 @@ class Node:
             return self._handle_envelope(message, session)
         reply = self.handle_body(message, None, session)
         if type(reply) is dict:
-            return orjson.dumps(reply, option=LINE)
+            return _dumps(reply, option=LINE)
         if isinstance(reply, Deferred):
             return reply.then(_encoded)
         return None

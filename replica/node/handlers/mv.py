@@ -38,7 +38,7 @@ def write(
     history.  Raises `TooManySiblings`, changing nothing, for a write that
     would add a sibling past `max_siblings`.
     """
-    current = keyspaces.states["mv"].get(key, _EMPTY)
+    current: MVRegister = keyspaces.states["mv"].get(key, _EMPTY)
     register, sibling = current.write(keyspaces.actor, value, context, keyspaces.dot_floor)
     check_siblings(
         "mv", key, len(current.siblings), len(register.siblings), keyspaces.limits.max_siblings
@@ -86,7 +86,7 @@ def mv_values(ctx: Context, body: Body, src: str | None) -> Body:
 def mv_read(ctx: Context, body: Body, src: str | None) -> Body:
     key = require_str(body, "key")
     ctx.shown("mv", key)
-    register = ctx.keyspaces.states["mv"].get(key)
+    register: MVRegister | None = ctx.keyspaces.states["mv"].get(key)
     if register is None:
         return {"type": "mv_read_ok", "values": [], "context": {}}
     values, context = register.read_view()
