@@ -8,12 +8,15 @@ extension; `status` names the build that runs.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import venv
 from pathlib import Path
 
@@ -197,3 +200,54 @@ def _has_new_setuptools(python: Path, environment: dict[str, str]) -> bool:
         [str(python), "-c", code], capture_output=True, text=True, env=environment
     )
     return found.returncode == 0 and int(found.stdout.strip()) >= 77
+
+
+def test_every_library_the_compiled_modules_reach_is_a_build_requirement() -> None:
+    """mypyc checks what a compiled module imports, and an isolated build sees nothing else.
+
+    A library missing from `[build-system] requires` makes a user's `pip install .`
+    fall back to the pure build, which no editable install here would notice.
+    """
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    requires = {
+        re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].lower().replace("-", "_")
+        for r in pyproject["build-system"]["requires"]
+    }
+    todo = [ROOT / source for source in pyproject["tool"]["replica"]["compiled"]]
+    seen: set[Path] = set()
+    libraries: dict[str, Path] = {}
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imported(path):
+            top = name.split(".")[0]
+            if top == "replica":
+                todo.extend(_module_files(name))
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                libraries.setdefault(top, path)
+    assert len(seen) > len(pyproject["tool"]["replica"]["compiled"])  # it followed imports
+    missing = {
+        top: str(path.relative_to(ROOT)) for top, path in libraries.items() if top not in requires
+    }
+    assert not missing, f"imported by compiled code but not a build requirement: {missing}"
+
+
+def _imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _module_files(name: str) -> list[Path]:
+    """The files `import name` runs: the module or package, and the packages above it."""
+    parts = name.split(".")
+    files = [ROOT.joinpath(*parts[:i], "__init__.py") for i in range(1, len(parts) + 1)]
+    files += [ROOT.joinpath(*parts[:-1], parts[-1] + ".py")]
+    return [f for f in files if f.exists()]
