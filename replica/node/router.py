@@ -36,7 +36,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -61,7 +61,7 @@ from replica.limits import (
     DEFAULT_SIBLING_WARN,
     Limits,
 )
-from replica.node.context import Body, Handler, Refusals
+from replica.node.context import Body, Context, Handler, Refusals
 from replica.node.handlers import BEFORE_AUTH, HANDLERS, PEER_ONLY
 from replica.node.handlers.cluster import init
 from replica.node.handlers.merging import without_writes_of
@@ -117,7 +117,7 @@ class NodeSettings:
     """How long a write waits for `w` nodes, or a read for `r`, before error 0."""
 
 
-class Node:
+class Node(Context):
     """One replica.  Bound to an identity by `cluster.toml` or, in stdio mode, by `init`."""
 
     def __init__(
@@ -130,8 +130,10 @@ class Node:
     ) -> None:
         """`actor` names this node's MV dots; it defaults to the node id (a node in memory)."""
         self.node_id = node_id
-        self.node_ids: list[str] = list(node_ids)
+        self.node_ids = list(node_ids)
         self.settings = settings or NodeSettings()
+        self.cluster_secret = self.settings.secret
+        self.client_password = self.settings.password
         self._quorums_of_one = self.settings.w == 1 and self.settings.r == 1
         """True when a request naming neither `w` nor `r` runs as it always has."""
         self.msg_ids = itertools.count()
@@ -153,7 +155,7 @@ class Node:
                 self.settings.max_value_bytes,
             ),
         )
-        self.replicator: Replicator | None = None
+        self.replicator = None
         self._durability: Durability | None = None
         if node_id is not None:
             self._start_replication()
@@ -177,14 +179,6 @@ class Node:
             self.replicator = Replicator(self.node_id, peers, self.keyspaces, self.msg_ids)
 
     @property
-    def cluster_secret(self) -> bytes | None:
-        return self.settings.secret
-
-    @property
-    def client_password(self) -> bytes | None:
-        return self.settings.password
-
-    @property
     def durability(self) -> Durability | None:
         """The node's durable storage; None for a node in memory."""
         return self._durability
@@ -194,6 +188,10 @@ class Node:
         self._durability = durability
         if self.replicator is not None:
             self.replicator.durability = durability
+
+    def durable_status(self) -> dict[str, Any]:
+        durability = self._durability
+        return {"mode": "memory"} if durability is None else durability.status()
 
     @property
     def quorum_defaults(self) -> tuple[int | str, int | str, int]:

@@ -116,7 +116,7 @@ def status(ctx: Context, body: Body, src: str | None) -> Body:
         "gossip_bytes_sent": 0 if replicator is None else replicator.bytes_sent,
         "actor": keyspaces.actor,
         "build": build.BUILD,
-        "durability": {"mode": "memory"} if ctx.durability is None else ctx.durability.status(),
+        "durability": ctx.durable_status(),
         "auth_failures": ctx.refusals.auth_failures,
         "connections_refused": ctx.refusals.connections,
         "partial_lines_closed": ctx.refusals.partial_lines,
