@@ -8,7 +8,6 @@ extension; `status` names the build that runs.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import pytest
 
 import replica.build
 from replica.node.router import Node
+from tests.test_structure import all_imports
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "replica"
@@ -213,41 +213,26 @@ def test_every_library_the_compiled_modules_reach_is_a_build_requirement() -> No
         re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].lower().replace("-", "_")
         for r in pyproject["build-system"]["requires"]
     }
-    todo = [ROOT / source for source in pyproject["tool"]["replica"]["compiled"]]
-    seen: set[Path] = set()
-    libraries: dict[str, Path] = {}
+    compiled = [
+        source.removesuffix(".py").replace("/", ".")
+        for source in pyproject["tool"]["replica"]["compiled"]
+    ]
+    imports = all_imports(PACKAGE)
+    todo, seen = list(compiled), set()
+    libraries: dict[str, str] = {}
     while todo:
-        path = todo.pop()
-        if path in seen:
+        module = todo.pop()
+        if module in seen:
             continue
-        seen.add(path)
-        for name in _imported(path):
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:end]) for end in range(1, len(parts))]  # its packages run too
+        for name in imports[module]:
             top = name.split(".")[0]
-            if top == "replica":
-                todo.extend(_module_files(name))
+            if name in imports:
+                todo.append(name)
             elif top not in sys.stdlib_module_names and top != "__future__":
-                libraries.setdefault(top, path)
-    assert len(seen) > len(pyproject["tool"]["replica"]["compiled"])  # it followed imports
-    missing = {
-        top: str(path.relative_to(ROOT)) for top, path in libraries.items() if top not in requires
-    }
+                libraries.setdefault(top, module)
+    assert len(seen) > len(compiled)  # it followed imports
+    missing = {top: module for top, module in libraries.items() if top not in requires}
     assert not missing, f"imported by compiled code but not a build requirement: {missing}"
-
-
-def _imported(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def _module_files(name: str) -> list[Path]:
-    """The files `import name` runs: the module or package, and the packages above it."""
-    parts = name.split(".")
-    files = [ROOT.joinpath(*parts[:i], "__init__.py") for i in range(1, len(parts) + 1)]
-    files += [ROOT.joinpath(*parts[:-1], parts[-1] + ".py")]
-    return [f for f in files if f.exists()]
