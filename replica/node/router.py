@@ -268,7 +268,7 @@ class Node(Context):
         def encoded(reply: Body | None) -> bytes | None:
             if reply is None:
                 return None
-            return orjson.dumps({"src": me, "dest": src, "body": reply}, option=LINE)
+            return _dumps({"src": me, "dest": src, "body": reply}, option=LINE)
 
         if isinstance(reply, Deferred):
             return reply.then(encoded)
@@ -276,7 +276,7 @@ class Node(Context):
 
     def error_line(self, code: ErrorCode, text: str) -> bytes:
         """An error reply to a line that could not be read as a request (bare form)."""
-        return orjson.dumps(self._error(None, code, text), option=LINE)
+        return _dumps(self._error(None, code, text), option=LINE)
 
     def line_too_long(self) -> bytes:
         limit = self.settings.max_line_bytes
@@ -400,7 +400,7 @@ class Node(Context):
 
 
 def _encoded(reply: Body | None) -> bytes | None:
-    return None if reply is None else orjson.dumps(reply, option=LINE)
+    return None if reply is None else _dumps(reply, option=LINE)
 
 
 def _peer_refusal(msg_type: str, src: str | None, session: Session) -> str | None:
